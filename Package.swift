@@ -1,0 +1,43 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Module boxes follow DESIGN.md: pure logic (TOML, certificate profiles) apart from I/O shells
+// (Store's file layer, Trust's system commands); OpenSSL is the only crypto library.
+let package = Package(
+    name: "Loupe",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "loupe", targets: ["loupe"]),
+        .executable(name: "loupe-bench", targets: ["loupe-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+    ],
+    targets: [
+        .target(
+            name: "COpenSSL",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
+        .target(name: "TOML"),
+        .target(name: "TLS", dependencies: ["COpenSSL"]),
+        .target(name: "Platform"),
+        .target(name: "Store", dependencies: ["TLS", "Platform"]),
+        .target(name: "CA", dependencies: ["TLS", "Store", "TOML"]),
+        .target(name: "Trust", dependencies: ["TLS", "Platform"]),
+        .executableTarget(
+            name: "loupe",
+            dependencies: [
+                "CA", "Store", "Trust", "TLS",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS"]),
+        .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
+        .testTarget(name: "TLSTests", dependencies: ["TLS"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "TLS"]),
+        .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS"]),
+        .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,126 @@
+import Foundation
+import TLS
+
+/// What a leaf should say. Pure description; `LeafMinter` turns it into a certificate.
+public struct LeafRequest: Sendable, Hashable {
+    public enum Subject: Sendable, Hashable {
+        /// CN = this name (omitted when empty or longer than X.520's 64 characters).
+        case commonName(String)
+        /// The upstream's subject, copied as it is; identified by its DER fingerprint.
+        case mirrored(upstreamSHA256: String)
+    }
+
+    public var subject: Subject
+    /// Exactly these names: nothing is added that was not asked for.
+    public var names: [SubjectAltName]
+    /// The leaf never outlives this (the upstream certificate's notAfter when mirroring).
+    public var notAfterCap: Date?
+    public var notBeforeFloor: Date?
+    /// The upstream certificate when mirroring (not part of the identity: its hash is).
+    public var upstream: Certificate? { _upstream?.value }
+    private var _upstream: Box?
+
+    /// A leaf for names given by hand (`loupe ca mint HOST...`): all as SANs, CN = the first.
+    public static func forNames(_ names: [String]) -> LeafRequest {
+        let sans = names.map(SubjectAltName.parse)
+        let first = sans.first.map { san -> String in
+            switch san {
+            case .dns(let n): n
+            default: names[0]
+            }
+        } ?? ""
+        return LeafRequest(subject: .commonName(first), names: sans)
+    }
+
+    /// A leaf that mirrors `upstream`: its subject and SAN list as they are (a CN-only upstream
+    /// gets a CN-only leaf), plus `extraNames` (e.g. the destination IP of a hello without SNI).
+    public static func mirroring(_ upstream: Certificate, extraNames: [SubjectAltName] = []) -> LeafRequest {
+        var names = upstream.subjectAltNames
+        for extra in extraNames where !names.contains(extra) { names.append(extra) }
+        var request = LeafRequest(subject: .mirrored(upstreamSHA256: upstream.sha256Fingerprint), names: names)
+        request.notAfterCap = upstream.notAfter
+        request.notBeforeFloor = upstream.notBefore
+        request._upstream = Box(upstream)
+        return request
+    }
+
+    public init(subject: Subject, names: [SubjectAltName], notAfterCap: Date? = nil) {
+        self.subject = subject
+        self.names = names
+        self.notAfterCap = notAfterCap
+    }
+
+    final class Box: @unchecked Sendable, Hashable {
+        let value: Certificate
+        init(_ value: Certificate) { self.value = value }
+        // Identity is carried by `subject`'s fingerprint; the box never distinguishes requests.
+        static func == (a: Box, b: Box) -> Bool { true }
+        func hash(into hasher: inout Hasher) {}
+    }
+}
+
+/// A minted leaf with the chain to present and the shared key.
+public struct Leaf: Sendable {
+    public var certificate: Certificate
+    /// Certificates to send after the leaf (the root, so clients can match the anchor).
+    public var chain: [Certificate]
+    public var key: PrivateKey
+
+    public var pem: String { ([certificate] + chain).map(\.pem).joined() }
+}
+
+/// Signs leaves under one root. Everything that is the same for every leaf — the shared P-256
+/// key, basicConstraints, keyUsage, EKU, SKI, AKI — is built once here; per leaf only the
+/// serial, names, dates and signature are new (DESIGN.md "Keys").
+public final class LeafMinter: Sendable {
+    public let root: Root
+    public let profile: CAProfile
+    public let leafKey: PrivateKey
+    private let fixedExtensions: [CertificateExtension]
+
+    public init(root: Root, profile: CAProfile) throws {
+        self.root = root
+        self.profile = profile
+        self.leafKey = try PrivateKey.generateLegacyP256()
+        fixedExtensions = [
+            try CertificateExtension.make("basicConstraints", "critical,CA:FALSE"),
+            try CertificateExtension.make("keyUsage", "critical,digitalSignature"),
+            try CertificateExtension.make("extendedKeyUsage", "serverAuth"),
+            try CertificateExtension.make("subjectKeyIdentifier", "hash", subjectKey: leafKey),
+            try CertificateExtension.make("authorityKeyIdentifier", "keyid:always", issuer: root.certificate),
+        ]
+    }
+
+    public func mint(_ request: LeafRequest, now: Date = Date()) throws -> Leaf {
+        for name in request.names where !profile.permits(name) {
+            throw CAError("the root's name constraints do not permit \(name); refusing to mint a leaf clients would reject")
+        }
+        let rootCert = root.certificate
+        var notBefore = max(now.addingTimeInterval(-TimeInterval(profile.leafBackdateSeconds)), rootCert.notBefore)
+        if let floor = request.notBeforeFloor { notBefore = max(notBefore, floor) }
+        var notAfter = min(now.addingTimeInterval(TimeInterval(profile.leafMaxLifetimeDays) * 86_400), rootCert.notAfter)
+        if let cap = request.notAfterCap { notAfter = min(notAfter, cap) }
+        guard notAfter > notBefore, notAfter > now else {
+            throw CAError("no valid period for the leaf: the root or upstream certificate has expired (valid until \(notAfter))")
+        }
+
+        let subject: SubjectName
+        switch request.subject {
+        case .commonName(let cn):
+            subject = .attributes(cn.isEmpty || cn.utf8.count > 64 ? [] : [("CN", cn)])
+        case .mirrored:
+            guard let upstream = request.upstream else { throw CAError("a mirrored leaf request lost its upstream certificate") }
+            subject = .copied(from: upstream)
+        }
+        var extensions = fixedExtensions
+        if !request.names.isEmpty {
+            // RFC 5280: the SAN must be critical when the subject is empty.
+            let emptySubject = if case .attributes(let pairs) = subject { pairs.isEmpty } else { false }
+            extensions.append(try CertificateExtension.subjectAltNames(request.names, critical: emptySubject))
+        }
+        let spec = CertificateSpec(subject: subject, serial: try CertificateSpec.randomSerial(),
+                                   notBefore: notBefore, notAfter: notAfter, publicKey: leafKey, extensions: extensions)
+        let certificate = try CertificateBuilder.sign(spec, issuer: rootCert, issuerKey: root.key)
+        return Leaf(certificate: certificate, chain: [rootCert], key: leafKey)
+    }
+}

@@ -1,0 +1,54 @@
+#ifndef LOUPE_COPENSSL_H
+#define LOUPE_COPENSSL_H
+
+// The legacy EC_KEY path is used on purpose for the shared leaf key: on OpenSSL 3.0 it makes
+// X509_set_pubkey about 4x cheaper than a provider-native key (see shared/FACTS.md).
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/objects.h>
+#include <openssl/pem.h>
+#include <openssl/pkcs12.h>
+#include <openssl/rand.h>
+#include <openssl/rsa.h>
+#include <openssl/sha.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+// Thin shims for what OpenSSL's headers define as macros or variadic functions.
+
+/// BIO_get_mem_data: pointer to and length of a memory BIO's contents.
+long loupe_BIO_get_mem_data(BIO *bio, char **data);
+
+/// EVP_EC_gen / EVP_PKEY_Q_keygen (variadic): a provider-native EC key on a named curve.
+EVP_PKEY *loupe_EVP_EC_gen(const char *curve);
+
+/// EVP_RSA_gen (macro over variadic EVP_PKEY_Q_keygen).
+EVP_PKEY *loupe_EVP_RSA_gen(unsigned int bits);
+
+/// EVP_PKEY_assign_EC_KEY-equivalent: wraps a legacy EC_KEY in an EVP_PKEY (takes ownership).
+EVP_PKEY *loupe_EVP_PKEY_from_EC_KEY(EC_KEY *key);
+
+/// sk_GENERAL_NAME_* helpers (type-safe stack macros).
+int loupe_sk_GENERAL_NAME_num(const GENERAL_NAMES *names);
+GENERAL_NAME *loupe_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int i);
+GENERAL_NAMES *loupe_sk_GENERAL_NAME_new(void);
+int loupe_sk_GENERAL_NAME_push(GENERAL_NAMES *names, GENERAL_NAME *name);
+void loupe_GENERAL_NAMES_free(GENERAL_NAMES *names);
+
+/// XN_FLAG_RFC2253 (a compound macro).
+unsigned long loupe_XN_FLAG_RFC2253(void);
+
+/// sk_X509_* helpers.
+int loupe_sk_X509_num(const STACK_OF(X509) *certs);
+X509 *loupe_sk_X509_value(const STACK_OF(X509) *certs, int i);
+void loupe_sk_X509_pop_free(STACK_OF(X509) *certs);
+
+#endif

@@ -1,0 +1,33 @@
+#include "COpenSSL.h"
+
+long loupe_BIO_get_mem_data(BIO *bio, char **data) { return BIO_get_mem_data(bio, data); }
+
+EVP_PKEY *loupe_EVP_EC_gen(const char *curve) { return EVP_EC_gen(curve); }
+
+EVP_PKEY *loupe_EVP_RSA_gen(unsigned int bits) { return EVP_RSA_gen(bits); }
+
+EVP_PKEY *loupe_EVP_PKEY_from_EC_KEY(EC_KEY *key) {
+    EVP_PKEY *pkey = EVP_PKEY_new();
+    if (pkey == NULL) return NULL;
+    if (EVP_PKEY_assign_EC_KEY(pkey, key) != 1) {
+        EVP_PKEY_free(pkey);
+        return NULL;
+    }
+    return pkey;
+}
+
+int loupe_sk_GENERAL_NAME_num(const GENERAL_NAMES *names) { return sk_GENERAL_NAME_num(names); }
+GENERAL_NAME *loupe_sk_GENERAL_NAME_value(const GENERAL_NAMES *names, int i) {
+    return sk_GENERAL_NAME_value(names, i);
+}
+GENERAL_NAMES *loupe_sk_GENERAL_NAME_new(void) { return sk_GENERAL_NAME_new_null(); }
+int loupe_sk_GENERAL_NAME_push(GENERAL_NAMES *names, GENERAL_NAME *name) {
+    return sk_GENERAL_NAME_push(names, name);
+}
+void loupe_GENERAL_NAMES_free(GENERAL_NAMES *names) { GENERAL_NAMES_free(names); }
+
+int loupe_sk_X509_num(const STACK_OF(X509) *certs) { return sk_X509_num(certs); }
+X509 *loupe_sk_X509_value(const STACK_OF(X509) *certs, int i) { return sk_X509_value(certs, i); }
+void loupe_sk_X509_pop_free(STACK_OF(X509) *certs) { sk_X509_pop_free(certs, X509_free); }
+
+unsigned long loupe_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
