@@ -32,12 +32,13 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS"]),
+        .target(name: "TestSupport", dependencies: ["Platform"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
-        .testTarget(name: "TLSTests", dependencies: ["TLS"]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "TLS"]),
-        .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS"]),
-        .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS"]),
+        .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
+        .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),
+        .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -272,6 +272,7 @@ private struct Parser {
             items.append(try value())
             try skipWhitespaceAndComments()
             if peek == UInt8(ascii: ",") { pos += 1; continue }
+            guard peek != nil else { throw fail("unterminated array") }
             guard peek == UInt8(ascii: "]") else { throw fail("expected ',' or ']' in an array") }
         }
     }

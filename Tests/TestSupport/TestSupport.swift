@@ -1,0 +1,83 @@
+import Foundation
+import Platform
+
+/// Shared helpers for Loupe's tests: scratch directories, real tools, a real TPM simulator.
+public enum TestEnv {
+    public static var isRoot: Bool { geteuid() == 0 }
+    public static func has(_ tool: String) -> Bool { Subprocess.which(tool) != nil }
+
+    /// A fresh private directory under /tmp.
+    public static func scratch(_ name: String = "t") -> String {
+        let path = "/tmp/loupe-test-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        precondition(mkdir(path, 0o700) == 0, "cannot create \(path)")
+        return path
+    }
+
+    public static func remove(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
+
+    /// Runs a shell command line; returns status and combined output.
+    @discardableResult
+    public static func sh(_ command: String, stdin: [UInt8] = [], timeout: TimeInterval = 120) -> (status: Int32, out: String, err: String) {
+        do {
+            let r = try Subprocess.run("/bin/sh", ["-c", command], stdin: stdin, timeout: timeout)
+            return (r.status, r.stdoutText, r.stderrText)
+        } catch {
+            return (-1, "", "\(error)")
+        }
+    }
+
+    /// The package root (…/Tests/TestSupport/TestSupport.swift → …).
+    public static let packageRoot: String = {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    }()
+
+    /// The built `loupe` executable beside the test bundle (swift test builds it first).
+    public static let loupe: String = {
+        let beside = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("loupe").path
+        if FileManager.default.isExecutableFile(atPath: beside) { return beside }
+        return "\(packageRoot)/.build/debug/loupe"
+    }()
+
+    /// Runs `loupe` with arguments (shell-quoted by the caller where needed).
+    @discardableResult
+    public static func loupe(_ arguments: String, stdin: [UInt8] = [], timeout: TimeInterval = 120) -> (status: Int32, out: String, err: String) {
+        sh("LOUPE_CA_DIR='\(packageRoot)/ca' '\(loupe)' \(arguments)", stdin: stdin, timeout: timeout)
+    }
+}
+
+/// A real TPM 2.0 simulator (swtpm) on loopback, with its own state directory.
+public final class SoftwareTPM: @unchecked Sendable {
+    public let stateDirectory: String
+    public let port: Int
+    private let pidFile: String
+
+    public var tcti: String { "swtpm:host=127.0.0.1,port=\(port)" }
+
+    public init() throws {
+        stateDirectory = TestEnv.scratch("swtpm")
+        pidFile = "\(stateDirectory)/swtpm.pid"
+        var lastError = ""
+        for _ in 0..<20 {
+            let port = Int.random(in: 20_000...50_000)
+            // system(), not a pipe: the daemon would inherit and hold the pipe open forever.
+            let log = "\(stateDirectory)/start.log"
+            let status = system("swtpm socket --tpm2 --tpmstate dir=\(stateDirectory) --server type=tcp,port=\(port),bindaddr=127.0.0.1 --ctrl type=tcp,port=\(port + 1),bindaddr=127.0.0.1 --flags not-need-init,startup-clear --daemon --pid file=\(pidFile) --log file=\(stateDirectory)/swtpm.log </dev/null >\(log) 2>&1")
+            if status == 0 {
+                self.port = port
+                // Wait until it answers.
+                for _ in 0..<50 where TestEnv.sh("tpm2_getcap -T \(tcti) properties-fixed >/dev/null 2>&1").status != 0 { usleep(100_000) }
+                return
+            }
+            let r = (err: (try? String(contentsOfFile: log, encoding: .utf8)) ?? "exit \(status)", 0)
+            lastError = r.err
+        }
+        throw CommandError(command: "swtpm", reason: "could not start: \(lastError)")
+    }
+
+    public func stop() {
+        if let pid = try? String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), let p = Int32(pid) {
+            kill(p, SIGTERM)
+        }
+        TestEnv.remove(stateDirectory)
+    }
+}
