@@ -38,7 +38,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),
         .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS", "TestSupport"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS", "Store", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -76,8 +76,51 @@ public final class SoftwareTPM: @unchecked Sendable {
 
     public func stop() {
         if let pid = try? String(contentsOfFile: pidFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), let p = Int32(pid) {
-            kill(p, SIGTERM)
+            kill(p, SIGKILL)
         }
         TestEnv.remove(stateDirectory)
+    }
+}
+
+/// A long-running helper process (openssl s_server, ...) with output to a log file, not a pipe.
+public final class BackgroundProcess: @unchecked Sendable {
+    let process = Process()
+    public let log: String
+
+    public init(_ command: String, log: String) throws {
+        self.log = log
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "exec \(command)"]
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        process.standardOutput = handle
+        process.standardError = handle
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    public var isRunning: Bool { process.isRunning }
+    public var pid: Int32 { process.processIdentifier }
+
+    public func stop() {
+        // SIGKILL: children of the test runner may inherit a mask that blocks SIGTERM.
+        if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+    }
+
+    /// A TLS server (openssl s_server -www) on 127.0.0.1 serving `certFile`/`keyFile` with `chainFile`.
+    public static func tlsServer(cert certFile: String, key keyFile: String, chain chainFile: String? = nil, directory: String) throws -> (BackgroundProcess, Int) {
+        for _ in 0..<10 {
+            let port = Int.random(in: 20_000...60_000)
+            let chain = chainFile.map { "-cert_chain \($0)" } ?? ""
+            let server = try BackgroundProcess("openssl s_server -accept 127.0.0.1:\(port) -cert \(certFile) -key \(keyFile) \(chain) -www -quiet", log: "\(directory)/s_server-\(port).log")
+            for _ in 0..<50 {
+                if TestEnv.sh("curl -sk -o /dev/null --max-time 2 https://127.0.0.1:\(port)/").status == 0 { return (server, port) }
+                if !server.isRunning { break }
+                usleep(100_000)
+            }
+            server.stop()
+        }
+        throw CommandError(command: "openssl s_server", reason: "did not start")
     }
 }
