@@ -61,6 +61,8 @@ public final class LeafCache: Sendable {
 
     /// The leaf for `request`: cached, joined to a mint in flight, or minted here.
     public func leaf(for request: LeafRequest, now: Date = Date()) async throws -> Leaf {
+        // Hits never suspend: a continuation would cost a trip through the executor.
+        if let hit = cached(request, now: now) { return hit }
         let key = key(request)
         enum Step { case hit(Leaf), wait, mint }
         // Decide under the lock, but suspend outside it: the continuation is registered in the

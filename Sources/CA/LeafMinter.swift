@@ -76,12 +76,19 @@ public final class LeafMinter: Sendable {
     public let root: Root
     public let profile: CAProfile
     public let leafKey: PrivateKey
+    private let signingKey: PrivateKey
     private let fixedExtensions: [CertificateExtension]
+    // Read once: parsing ASN1 times on every mint is measurable.
+    private let rootNotBefore: Date
+    private let rootNotAfter: Date
 
     public init(root: Root, profile: CAProfile) throws {
         self.root = root
         self.profile = profile
         self.leafKey = try PrivateKey.generateLegacyP256()
+        self.signingKey = root.key.legacyEC()
+        self.rootNotBefore = root.certificate.notBefore
+        self.rootNotAfter = root.certificate.notAfter
         fixedExtensions = [
             try CertificateExtension.make("basicConstraints", "critical,CA:FALSE"),
             try CertificateExtension.make("keyUsage", "critical,digitalSignature"),
@@ -96,9 +103,9 @@ public final class LeafMinter: Sendable {
             throw CAError("the root's name constraints do not permit \(name); refusing to mint a leaf clients would reject")
         }
         let rootCert = root.certificate
-        var notBefore = max(now.addingTimeInterval(-TimeInterval(profile.leafBackdateSeconds)), rootCert.notBefore)
+        var notBefore = max(now.addingTimeInterval(-TimeInterval(profile.leafBackdateSeconds)), rootNotBefore)
         if let floor = request.notBeforeFloor { notBefore = max(notBefore, floor) }
-        var notAfter = min(now.addingTimeInterval(TimeInterval(profile.leafMaxLifetimeDays) * 86_400), rootCert.notAfter)
+        var notAfter = min(now.addingTimeInterval(TimeInterval(profile.leafMaxLifetimeDays) * 86_400), rootNotAfter)
         if let cap = request.notAfterCap { notAfter = min(notAfter, cap) }
         guard notAfter > notBefore, notAfter > now else {
             throw CAError("no valid period for the leaf: the root or upstream certificate has expired (valid until \(notAfter))")
@@ -120,7 +127,7 @@ public final class LeafMinter: Sendable {
         }
         let spec = CertificateSpec(subject: subject, serial: try CertificateSpec.randomSerial(),
                                    notBefore: notBefore, notAfter: notAfter, publicKey: leafKey, extensions: extensions)
-        let certificate = try CertificateBuilder.sign(spec, issuer: rootCert, issuerKey: root.key)
+        let certificate = try CertificateBuilder.sign(spec, issuer: rootCert, issuerKey: signingKey)
         return Leaf(certificate: certificate, chain: [rootCert], key: leafKey)
     }
 }
