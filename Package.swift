@@ -19,21 +19,24 @@ let package = Package(
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
         .target(name: "TOML"),
-        .target(name: "TLS", dependencies: ["COpenSSL"]),
+        .target(name: "Wire"),
+        .target(name: "Policy", dependencies: ["TOML", "Wire"]),
+        .target(name: "TLS", dependencies: ["COpenSSL", "Wire"]),
         .target(name: "Platform"),
         .target(name: "Store", dependencies: ["TLS", "Platform"]),
-        .target(name: "CA", dependencies: ["TLS", "Store", "TOML"]),
+        .target(name: "CA", dependencies: ["TLS", "Store", "TOML", "Wire"]),
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "CA", "Store", "Trust", "TLS",
+                "CA", "Store", "Trust", "TLS", "Policy", "TOML",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS"]),
         .target(name: "TestSupport", dependencies: ["Platform"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),

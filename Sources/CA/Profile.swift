@@ -1,6 +1,7 @@
 import Foundation
 import TLS
 import TOML
+import Wire
 
 /// The CA profile (ca/root.toml): how roots are made and what leaves may look like.
 /// Pure data plus validation; errors carry file:line.
@@ -113,9 +114,9 @@ public struct CAProfile: Sendable, Equatable {
         guard hasNameConstraints else { return nil }
         var parts: [String] = []
         parts += permittedDNS.map { "permitted;DNS:\($0)" }
-        parts += permittedIP.compactMap { CIDR($0).map { "permitted;IP:\($0.openSSLForm)" } }
+        parts += permittedIP.compactMap { CIDR($0).map { "permitted;IP:\($0.addressSlashMask)" } }
         parts += excludedDNS.map { "excluded;DNS:\($0)" }
-        parts += excludedIP.compactMap { CIDR($0).map { "excluded;IP:\($0.openSSLForm)" } }
+        parts += excludedIP.compactMap { CIDR($0).map { "excluded;IP:\($0.addressSlashMask)" } }
         return "critical," + parts.joined(separator: ",")
     }
 
@@ -141,33 +142,4 @@ public struct CAProfile: Sendable, Equatable {
         if constraint.hasPrefix(".") { return name.hasSuffix(constraint) }
         return name == constraint || name.hasSuffix("." + constraint)
     }
-}
-
-/// An address range, e.g. 10.0.0.0/8 or fd00::/8.
-struct CIDR: Equatable {
-    var address: [UInt8]
-    var prefix: Int
-
-    init?(_ text: String) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let address = IPAddress.parse(String(parts[0])), let prefix = Int(parts[1]),
-              prefix >= 0, prefix <= address.count * 8 else { return nil }
-        self.address = address
-        self.prefix = prefix
-    }
-
-    var mask: [UInt8] {
-        (0..<address.count).map { i in
-            let bits = max(0, min(8, prefix - i * 8))
-            return bits == 0 ? 0 : UInt8(truncatingIfNeeded: 0xFF << (8 - bits))
-        }
-    }
-
-    func contains(_ bytes: [UInt8]) -> Bool {
-        guard bytes.count == address.count else { return false }
-        return zip(zip(bytes, address), mask).allSatisfy { ($0.0 & $1) == ($0.1 & $1) }
-    }
-
-    /// OpenSSL's nameConstraints IP form: address/netmask.
-    var openSSLForm: String { "\(IPAddress.format(zip(address, mask).map { $0 & $1 }))/\(IPAddress.format(mask))" }
 }

@@ -1,5 +1,6 @@
 import COpenSSL
 import Foundation
+@_exported import Wire
 
 /// A subject alternative name as Loupe mints and mirrors them.
 public enum SubjectAltName: Sendable, Hashable, CustomStringConvertible {
@@ -24,25 +25,6 @@ public enum SubjectAltName: Sendable, Hashable, CustomStringConvertible {
         case .email(let e): "email:\(e)"
         case .uri(let u): "URI:\(u)"
         }
-    }
-}
-
-public enum IPAddress {
-    public static func parse(_ text: String) -> [UInt8]? {
-        var v4 = in_addr()
-        if inet_pton(AF_INET, text, &v4) == 1 { return withUnsafeBytes(of: &v4) { Array($0) } }
-        var v6 = in6_addr()
-        if inet_pton(AF_INET6, text, &v6) == 1 { return withUnsafeBytes(of: &v6) { Array($0) } }
-        return nil
-    }
-
-    public static func format(_ bytes: [UInt8]) -> String {
-        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        let family = bytes.count == 4 ? AF_INET : AF_INET6
-        guard bytes.count == 4 || bytes.count == 16, inet_ntop(family, bytes, &buffer, socklen_t(buffer.count)) != nil else {
-            return Crypto.hex(bytes)
-        }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 

@@ -5,6 +5,6 @@ struct Loupe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loupe",
         abstract: "Loupe: per-flow verdicts and TLS inspection for this host, under a per-host root CA.",
-        subcommands: [CACommand.self, StoreCommand.self, TrustCommand.self]
+        subcommands: [CACommand.self, StoreCommand.self, TrustCommand.self, VerdictCommand.self]
     )
 }

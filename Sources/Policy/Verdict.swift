@@ -1,0 +1,41 @@
+/// The three decision points of a flow (DESIGN.md "Verdicts, in stages").
+public enum Stage: String, Sendable, CaseIterable, Comparable {
+    case connect, hello, request
+
+    public var verdicts: [Verdict] {
+        switch self {
+        case .connect: [.allow, .block, .inspect]
+        case .hello: [.splice, .bump, .block]
+        case .request: [.allow, .block]
+        }
+    }
+
+    public static func < (a: Stage, b: Stage) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
+}
+
+public enum Verdict: String, Sendable, CaseIterable {
+    case allow, block, inspect, splice, bump
+}
+
+/// How a block is delivered at stage connect.
+public enum BlockMode: String, Sendable, CaseIterable {
+    /// TCP RST or ICMP unreachable: the client fails fast.
+    case reject
+    /// Silently dropped: the client times out.
+    case drop
+}
+
+/// A stage's answer, with the rule that made it ("default" when none matched) and why.
+public struct Decision: Sendable, Equatable, CustomStringConvertible {
+    public var stage: Stage
+    public var verdict: Verdict
+    public var rule: String
+    public var reason: String
+    /// Set when `verdict == .block`.
+    public var blockMode: BlockMode?
+
+    public var description: String {
+        let how = blockMode.map { " (\($0.rawValue))" } ?? ""
+        return "\(stage.rawValue): \(verdict.rawValue)\(how) by rule \"\(rule)\" — \(reason)"
+    }
+}

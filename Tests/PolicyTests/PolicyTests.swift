@@ -1,0 +1,304 @@
+import Foundation
+import TestSupport
+import Testing
+import TOML
+@testable import Policy
+
+func policy(_ rules: String, defaults: String = "connect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"", lists: String = "") throws -> Policy {
+    try Policy.parse("[defaults]\n\(defaults)\n[lists]\n\(lists)\n\(rules)", file: "p.toml")
+}
+
+func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { _ in }) -> FlowFacts {
+    var f = FlowFacts()
+    f.dst = FlowFacts.Endpoint(dst)
+    edit(&f)
+    return f
+}
+
+@Suite struct HostPatternTests {
+    @Test(arguments: [
+        ("example.com", "example.com", true), ("example.com", "EXAMPLE.com.", true), ("example.com", "www.example.com", false),
+        ("*.example.com", "example.com", false), ("*.example.com", "a.example.com", true), ("*.example.com", "a.b.example.com", true),
+        (".example.com", "example.com", true), (".example.com", "deep.a.example.com", true), (".example.com", "badexample.com", false),
+        ("bücher.example", "xn--bcher-kva.example", true), ("*.bücher.example", "WWW.BÜCHER.example", true),
+        ("example.com.", "example.com", true),
+    ])
+    func patterns(pattern: String, name: String, matches: Bool) throws {
+        let set = HostSet([try #require(HostPattern(pattern))])
+        #expect(set.contains(name) == matches, "\(pattern) vs \(name)")
+    }
+
+    @Test func invalidPatterns() {
+        for bad in ["", ".", "a..b", "*.", "a.*.b", "has space.com", "**.x"] { #expect(HostPattern(bad) == nil, "\(bad)") }
+    }
+
+    @Test func punycodeKnownAnswers() {
+        #expect(HostName.normalise("münchen.de") == "xn--mnchen-3ya.de")
+        #expect(HostName.normalise("例え.テスト") == "xn--r8jz45g.xn--zckzah")
+    }
+}
+
+@Suite struct MatchFieldTests {
+    @Test(arguments: [
+        // (condition, flow edit, should match)
+        ("proto = \"udp\"", "udp", true), ("proto = [\"tcp\"]", "udp", false),
+        ("family = \"ipv6\"", "v6", true), ("family = \"ipv6\"", "", false),
+        ("dst_net = [\"192.0.2.0/24\"]", "", true), ("dst_net = [\"2001:db8::/32\"]", "v6", true), ("dst_net = [\"10.0.0.0/8\"]", "", false),
+        ("src_net = [\"10.0.0.0/8\"]", "src", true), ("src_net = [\"10.0.0.0/8\"]", "", false),
+        ("dst_port = [443]", "", true), ("dst_port = [\"400-500\"]", "", true), ("dst_port = [80, \"8000-8999\"]", "", false),
+        ("src_port = [\"50000-60000\"]", "src", true),
+        ("uid = 1000", "ids", true), ("uid = [0, 1]", "ids", false), ("uid = 1000", "", false),
+        ("user = \"alice\"", "ids", true), ("gid = [100]", "ids", true), ("group = [\"staff\"]", "ids", false),
+        ("exe = [\"/usr/bin/*\"]", "ids", true), ("exe = [\"/usr/*\"]", "ids", false), ("exe = [\"/usr/bin/cur[lx]\"]", "ids", true),
+        ("names = [\".example.com\"]", "names", true), ("names = [\"other.test\"]", "names", false),
+    ])
+    func connectFields(condition: String, edit: String, matches: Bool) throws {
+        let p = try policy("[[rule]]\nname = \"r\"\nstage = \"connect\"\n\(condition)\naction = \"block\"")
+        let f = facts(dst: edit == "v6" ? "[2001:db8::1]:443" : "192.0.2.1:443") { f in
+            if edit == "udp" { f.proto = .udp }
+            if edit == "src" { f.src = FlowFacts.Endpoint("10.1.2.3:55555") }
+            if edit == "ids" { (f.uid, f.user, f.gid, f.group, f.exe) = (1000, "alice", 100, "users", "/usr/bin/curl") }
+            if edit == "names" { f.names = ["cdn.example.com"] }
+        }
+        #expect((p.decide(.connect, f).verdict == .block) == matches, "\(condition) with \(edit)")
+    }
+
+    @Test func helloAndRequestFields() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "h2-only"
+            stage = "hello"
+            sni = ["*.example.com"]
+            alpn = ["h2"]
+            action = "splice"
+            [[rule]]
+            name = "admin"
+            stage = "request"
+            method = ["post"]
+            path = ["/admin"]
+            action = "block"
+            [[rule]]
+            name = "by-url"
+            stage = "request"
+            url = ["HTTPS://Files.Example.com/private/"]
+            action = "block"
+            """)
+        var f = facts { $0.sni = "www.example.com"; $0.alpn = ["http/1.1", "H2"] }
+        #expect(p.decide(.hello, f).rule == "h2-only")
+        f.alpn = ["http/1.1"]
+        #expect(p.decide(.hello, f).rule == "default")
+        f.method = "POST"; f.url = "https://x.example.com/admin/panel?x=1"
+        #expect(p.decide(.request, f).rule == "admin")
+        f.method = "GET"
+        #expect(p.decide(.request, f).rule == "default")
+        f.url = "https://files.example.com/private/report.pdf"
+        #expect(p.decide(.request, f).rule == "by-url")
+        f.url = "https://files.example.com/Private/report.pdf"
+        #expect(p.decide(.request, f).rule == "default")
+        #expect(f.host == "files.example.com" && f.path == "/Private/report.pdf")
+    }
+
+    @Test func firstMatchWinsThenDefault() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "first"
+            stage = "connect"
+            dst_port = [443]
+            action = "inspect"
+            [[rule]]
+            name = "second"
+            stage = "connect"
+            dst_port = [443]
+            action = "block"
+            block = "drop"
+            [[rule]]
+            name = "ssh"
+            stage = "connect"
+            dst_port = [22]
+            action = "block"
+            """, defaults: "connect = \"block\"\nhello = \"bump\"\nrequest = \"allow\"\nblock = \"drop\"")
+        #expect(p.decide(.connect, facts()).rule == "first")
+        let ssh = p.decide(.connect, facts(dst: "192.0.2.1:22"))
+        #expect(ssh.rule == "ssh" && ssh.blockMode == .drop)  // the policy-wide block mode applies
+        let other = p.decide(.connect, facts(dst: "192.0.2.1:25"))
+        #expect(other.verdict == .block && other.rule == "default" && other.blockMode == .drop)
+        #expect(p.decide(.hello, facts()).verdict == .bump)
+        let (_, considered) = p.explain(.connect, facts(dst: "192.0.2.1:22"))
+        #expect(considered.map(\.rule.name) == ["first", "second", "ssh"])
+        #expect(considered[0].mismatch?.contains("port 22") == true && considered[2].mismatch == nil)
+    }
+
+    @Test func listsInlineAndFromFiles() throws {
+        let dir = TestEnv.scratch("lists")
+        defer { TestEnv.remove(dir) }
+        try "# comment\n\n.ads.test   # trailing\n*.track.test\n".write(toFile: "\(dir)/ads.txt", atomically: true, encoding: .utf8)
+        try """
+            [defaults]
+            connect = "allow"
+            hello = "bump"
+            request = "allow"
+            [lists]
+            ads = { file = "ads.txt" }
+            bank = ["bank.test"]
+            [[rule]]
+            name = "ads"
+            stage = "connect"
+            names = ["@ads", "extra.test"]
+            action = "block"
+            [[rule]]
+            name = "bank"
+            stage = "hello"
+            sni = ["@bank"]
+            action = "splice"
+            """.write(toFile: "\(dir)/policy.toml", atomically: true, encoding: .utf8)
+        let p = try Policy.load(path: "\(dir)/policy.toml")
+        for (name, blocked) in [("ads.test", true), ("x.ads.test", true), ("track.test", false), ("a.track.test", true), ("extra.test", true), ("ok.test", false)] {
+            #expect((p.decide(.connect, facts { $0.names = [name] }).verdict == .block) == blocked, "\(name)")
+        }
+        #expect(p.decide(.hello, facts { $0.sni = "BANK.test." }).verdict == .splice)
+        try "good.test\nbad pattern\n".write(toFile: "\(dir)/ads.txt", atomically: true, encoding: .utf8)
+        #expect(throws: ConfigError(file: "\(dir)/ads.txt", line: 2, message: "'bad pattern' is not a host pattern")) { try Policy.load(path: "\(dir)/policy.toml") }
+        try FileManager.default.removeItem(atPath: "\(dir)/ads.txt")
+        do {
+            _ = try Policy.load(path: "\(dir)/policy.toml")
+            Issue.record("a missing list file must be an error")
+        } catch {
+            #expect(error.file == "\(dir)/policy.toml" && error.line == 6 && error.message.contains("ads.txt"), "\(error)")
+        }
+    }
+
+    @Test(arguments: [
+        ("[defaults]\nconnect = \"allow\"\nhello = \"bump\"", 1, "needs 'request'"),
+        ("[defaults]\nconnect = \"splice\"\nhello = \"bump\"\nrequest = \"allow\"", 2, "not a verdict of stage connect"),
+        ("[defaults]\nconnect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"\nextra = 1", 5, "unknown key 'defaults.extra'"),
+        ("[[rule]]\nname = \"r\"\nstage = \"hello\"\naction = \"allow\"", 4, "not a verdict of stage hello"),
+        ("[[rule]]\nname = \"r\"\nstage = \"later\"\naction = \"allow\"", 3, "unknown stage 'later'"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\nsni = [\"a.test\"]\naction = \"allow\"", 4, "not known at stage connect"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ndst_net = [\"10.0.0.0/33\"]\naction = \"allow\"", 4, "not a CIDR"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ndst_port = [70000]\naction = \"allow\"", 4, "not a port"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ndst_port = [\"9-1\"]\naction = \"allow\"", 4, "not a port range"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\nexe = [\"/usr/[bin\"]\naction = \"allow\"", 4, "not a valid glob"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\nnames = [\"@nope\"]\naction = \"allow\"", 4, "unknown list '@nope'"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\nuid = \"root\"\naction = \"allow\"", 4, "numeric ids"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\nproto = \"icmp\"\naction = \"allow\"", 4, "tcp or udp"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ncolour = \"red\"\naction = \"allow\"", 4, "unknown key 'rule.colour'"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\naction = \"allow\"\nblock = \"drop\"", 5, "only to action"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\naction = \"allow\"\n[[rule]]\nname = \"r\"\nstage = \"connect\"\naction = \"allow\"", 5, "already used at line 5"),
+        ("[[rule]]\nstage = \"connect\"\naction = \"allow\"", 1, "needs a name"),
+        ("[[rule]]\nname = \"r\"\nstage = \"request\"\npath = [\"admin\"]\naction = \"allow\"", 4, "start with '/'"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ndst_port = []\naction = \"allow\"", 4, "never match"),
+    ])
+    func validationErrorsNameFileAndLine(text: String, line: Int, message: String) {
+        let full = text.hasPrefix("[defaults]") ? text : "[defaults]\nconnect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"\n" + text
+        let offset = text.hasPrefix("[defaults]") ? 0 : 4
+        do {
+            _ = try Policy.parse(full, file: "p.toml")
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.file == "p.toml" && error.line == line + offset, "\(error)")
+            #expect(error.message.contains(message), "\(error)")
+        }
+    }
+}
+
+@Suite struct CorpusTests {
+    static let policyText = """
+        [defaults]
+        connect = "allow"
+        hello = "bump"
+        request = "allow"
+        [[rule]]
+        name = "inspect"
+        stage = "connect"
+        dst_port = [443]
+        action = "inspect"
+        [[rule]]
+        name = "block-post"
+        stage = "request"
+        method = ["POST"]
+        action = "block"
+        """
+
+    @Test func outcomesFollowTheFlowThroughTheStages() throws {
+        let p = try Policy.parse(Self.policyText, file: "p.toml")
+        let flows = try Corpus.parse("""
+            [[flow]]
+            name = "ok"
+            dst = "192.0.2.1:443"
+            method = "POST"
+            url = "https://a.test/"
+            expect = { connect = "inspect", hello = "bump", request = "block" }
+            [[flow]]
+            name = "wrong verdict"
+            dst = "192.0.2.1:80"
+            expect = { connect = "block" }
+            [[flow]]
+            name = "never reaches hello"
+            dst = "[2001:db8::1]:80"
+            expect = { hello = "bump" }
+            """, file: "c.toml")
+        let outcomes = flows.map { FlowOutcome($0, policy: p) }
+        #expect(outcomes.map(\.passed) == [true, false, false])
+        #expect(outcomes[1].failures == ["connect: expected block, got allow (rule \"default\": no rule matched; the connect default)"])
+        #expect(outcomes[2].failures.first?.contains("never reaches it (connect decided allow") == true)
+        #expect(flows[2].line == 11)
+        let xml = JUnitReport.render(outcomes)
+        #expect(xml.contains("tests=\"3\" failures=\"2\"") && xml.contains("name=\"never reaches hello\"") && xml.contains("<failure message="))
+    }
+
+    @Test(arguments: [
+        ("[[flow]]\nname = \"x\"\nexpect = { connect = \"allow\" }", 1, "needs dst"),
+        ("[[flow]]\ndst = \"1.2.3.4\"\nexpect = { connect = \"allow\" }", 2, "not ADDRESS:PORT"),
+        ("[[flow]]\ndst = \"2001:db8::1:443\"\nexpect = { connect = \"allow\" }", 2, "not ADDRESS:PORT"),
+        ("[[flow]]\ndst = \"1.2.3.4:1\"\nexpect = { later = \"allow\" }", 3, "unknown stage 'later'"),
+        ("[[flow]]\ndst = \"1.2.3.4:1\"\nexpect = { hello = \"allow\" }", 3, "not a verdict of stage hello"),
+        ("[[flow]]\ndst = \"1.2.3.4:1\"\nsni = 5\nexpect = { connect = \"allow\" }", 3, "must be a string"),
+        ("[[flow]]\ndst = \"1.2.3.4:1\"", 1, "needs expect"),
+        ("flow = 1", 1, "[[flow]]"),
+    ])
+    func corpusErrorsNameFileAndLine(text: String, line: Int, message: String) {
+        do {
+            _ = try Corpus.parse(text, file: "c.toml")
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect(error.line == line && error.message.contains(message), "\(error)")
+        }
+    }
+
+    /// The shipped example corpus passes against the shipped example policy.
+    @Test func shippedCorpusPasses() throws {
+        let root = TestEnv.packageRoot
+        let p = try Policy.load(path: "\(root)/config/policy.toml")
+        let file = "\(root)/config/verdicts/example.toml"
+        let flows = try Corpus.parse(try String(contentsOfFile: file, encoding: .utf8), file: file)
+        let failed = flows.map { FlowOutcome($0, policy: p) }.filter { !$0.passed }
+        #expect(flows.count >= 7)
+        #expect(failed.isEmpty, "\(failed.flatMap(\.failures))")
+    }
+}
+
+@Suite struct BigListTests {
+    @Test func aMillionEntryListLoadsAndMatches() throws {
+        var text = ""
+        text.reserveCapacity(25_000_000)
+        for i in 0..<1_000_000 { text += i % 3 == 0 ? ".d\(i).example\n" : "h\(i).example\n" }
+        let p = try Policy.parse("""
+            [defaults]
+            connect = "allow"
+            hello = "bump"
+            request = "allow"
+            [lists]
+            big = { file = "big.txt" }
+            [[rule]]
+            name = "big"
+            stage = "connect"
+            names = ["@big"]
+            action = "block"
+            """, file: "p.toml") { _, _ in (text, "big.txt") }
+        #expect(p.lists["big"]?.count == 1_000_000)
+        #expect(p.decide(.connect, facts { $0.names = ["h1.example"] }).verdict == .block)
+        #expect(p.decide(.connect, facts { $0.names = ["deep.sub.d999999.example"] }).verdict == .block)
+        #expect(p.decide(.connect, facts { $0.names = ["x.h1.example"] }).verdict == .allow)
+        #expect(p.decide(.connect, facts { $0.names = ["nothere.example"] }).verdict == .allow)
+    }
+}
