@@ -29,7 +29,7 @@ let package = Package(
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "CA", "Store", "Trust", "TLS", "Policy", "TOML",
+                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -37,6 +37,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Platform"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),
+        .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),

@@ -2,12 +2,13 @@ import ArgumentParser
 import Foundation
 import Policy
 import TOML
+import Wire
 
 struct VerdictCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verdict",
         abstract: "Prove what a policy decides: regression corpora and explanations.",
-        subcommands: [Test.self, Explain.self]
+        subcommands: [Test.self, Explain.self, Replay.self]
     )
 
     struct PolicyOption: ParsableArguments {
@@ -109,6 +110,32 @@ struct VerdictCommand: ParsableCommand {
                     print("  (the flow stops here: later stages are not reached)")
                     break
                 }
+            }
+        }
+    }
+
+    struct Replay: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Decide every flow of a pcap/pcapng capture; optionally freeze the decisions as a corpus.")
+        @OptionGroup var policyOption: PolicyOption
+        @Argument(help: "The capture (pcap or pcapng).") var capture: String
+        @Option(help: "Write the flows and today's decisions as a corpus file.") var emitCorpus: String?
+
+        func run() throws {
+            let policy = try loadOrExit { try Policy.load(path: policyOption.policy) }
+            let packets = try loadOrExit { () throws -> [CapturedPacket] in
+                let bytes = Array(try Data(contentsOf: URL(fileURLWithPath: capture)))
+                do { return try CaptureFile.packets(bytes) } catch { throw ConfigError(file: capture, line: 0, message: "\(error)") }
+            }
+            let flows = CaptureReplay.flows(packets)
+            for flow in flows {
+                let decisions = FlowOutcome.walk(flow.facts, policy: policy, through: flow.sawHello ? .hello : .connect)
+                let text = decisions.map { "\($0.stage.rawValue) \($0.verdict.rawValue) (\($0.rule))" }.joined(separator: ", ")
+                print("\(CaptureReplay.label(flow)): \(text)" + (flow.helloProblem.map { " [\($0)]" } ?? ""))
+            }
+            print("replay: \(packets.count) packets, \(flows.count) flows")
+            if let emitCorpus {
+                try CaptureReplay.corpus(flows, policy: policy, source: capture).write(toFile: emitCorpus, atomically: true, encoding: .utf8)
+                print("wrote \(flows.count) flows to \(emitCorpus)")
             }
         }
     }

@@ -1,0 +1,148 @@
+/// What a TLS ClientHello offers (the facts of stage "hello").
+public struct ClientHello: Sendable, Equatable {
+    public var legacyVersion: UInt16
+    /// The host_name from server_name, if any.
+    public var serverName: String?
+    public var alpn: [String]
+    /// From supported_versions (TLS 1.3 clients), else [legacyVersion].
+    public var supportedVersions: [UInt16]
+    public var cipherSuites: [UInt16]
+    public var extensionTypes: [UInt16]
+}
+
+/// Collects a ClientHello from the first bytes of a connection, however TCP segments and TLS
+/// records split it (post-quantum key shares push hellos past one record). Sans-IO: feed
+/// bytes as they arrive; it answers "need more", the hello, or why it is not one.
+public struct ClientHelloReader: Sendable {
+    public enum Result: Sendable, Equatable {
+        case needMore
+        case hello(ClientHello)
+        /// Not TLS at all (e.g. plain HTTP on :443): policy decides what to do with it.
+        case notTLS
+        case malformed(WireError)
+    }
+
+    /// A hello bigger than this is refused (real ones are under 2 KiB; hybrid PQ ~1.8 KiB).
+    public static let maximumHelloSize = 64 * 1024
+
+    private var buffered: [UInt8] = []
+    private var handshake: [UInt8] = []
+    public private(set) var result: Result = .needMore
+
+    public init() {}
+
+    /// Every byte received so far (to replay upstream after a splice decision).
+    public var bytes: [UInt8] { buffered }
+
+    public mutating func feed(_ data: some Sequence<UInt8>) -> Result {
+        guard result == .needMore else { return result }
+        let before = buffered.count
+        buffered.append(contentsOf: data)
+        result = advance(from: before)
+        return result
+    }
+
+    private mutating func advance(from _: Int) -> Result {
+        // Records are re-walked from the start: hellos are small and this keeps no partial state.
+        handshake.removeAll(keepingCapacity: true)
+        var offset = 0
+        while true {
+            guard buffered.count - offset >= 5 else {
+                if offset == 0, let first = buffered.first, first != 0x16 { return .notTLS }
+                return .needMore
+            }
+            let type = buffered[offset]
+            let major = buffered[offset + 1]
+            let length = Int(buffered[offset + 3]) << 8 | Int(buffered[offset + 4])
+            guard type == 0x16, major == 3 else { return offset == 0 ? .notTLS : .malformed(.malformed("record type \(type) inside the ClientHello")) }
+            guard length > 0, length <= 16_384 + 256 else { return .malformed(.malformed("TLS record length \(length)")) }
+            guard buffered.count - offset - 5 >= length else { return .needMore }
+            handshake.append(contentsOf: buffered[(offset + 5)..<(offset + 5 + length)])
+            offset += 5 + length
+            if handshake.count >= 4 {
+                guard handshake[0] == 1 else { return .malformed(.malformed("first handshake message is type \(handshake[0]), not ClientHello")) }
+                let helloLength = Int(handshake[1]) << 16 | Int(handshake[2]) << 8 | Int(handshake[3])
+                guard helloLength <= Self.maximumHelloSize else { return .malformed(.malformed("ClientHello of \(helloLength) bytes")) }
+                if handshake.count >= 4 + helloLength {
+                    do {
+                        return .hello(try Self.parseHello(handshake[4..<(4 + helloLength)]))
+                    } catch {
+                        return .malformed(error)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parses a ClientHello body (after the 4-byte handshake header).
+    public static func parseHello(_ body: ArraySlice<UInt8>) throws(WireError) -> ClientHello {
+        var r = ByteReader(body)
+        let version = try r.u16("legacy_version")
+        try r.skip(32, "random")
+        try r.skip(Int(try r.u8("session_id length")), "session_id")
+        let suitesLength = Int(try r.u16("cipher_suites length"))
+        guard suitesLength % 2 == 0, suitesLength > 0 else { throw .malformed("cipher_suites length \(suitesLength)") }
+        var suitesReader = try r.sub(suitesLength, "cipher_suites")
+        var suites: [UInt16] = []
+        while !suitesReader.isAtEnd { suites.append(try suitesReader.u16()) }
+        try r.skip(Int(try r.u8("compression length")), "compression_methods")
+        var hello = ClientHello(legacyVersion: version, serverName: nil, alpn: [], supportedVersions: [version],
+                                cipherSuites: suites, extensionTypes: [])
+        if r.isAtEnd { return hello }  // no extensions (SSL 3.0-era hellos)
+        var extensions = try r.sub(Int(try r.u16("extensions length")), "extensions")
+        guard r.isAtEnd else { throw .malformed("bytes after the extensions") }
+        var seen = Set<UInt16>()
+        while !extensions.isAtEnd {
+            let type = try extensions.u16("extension type")
+            var data = try extensions.sub(Int(try extensions.u16("extension length")), "extension \(type)")
+            guard seen.insert(type).inserted else { throw .malformed("extension \(type) appears twice") }
+            hello.extensionTypes.append(type)
+            switch type {
+            case 0: hello.serverName = try serverName(&data)
+            case 16: hello.alpn = try alpn(&data)
+            case 43: hello.supportedVersions = try supportedVersions(&data)
+            default: continue
+            }
+            guard data.isAtEnd else { throw .malformed("extension \(type) has trailing bytes") }
+        }
+        return hello
+    }
+
+    static func serverName(_ r: inout ByteReader) throws(WireError) -> String? {
+        var list = try r.sub(Int(try r.u16("server_name list length")), "server_name list")
+        var name: String?
+        while !list.isAtEnd {
+            let type = try list.u8("server_name type")
+            let value = try list.take(Int(try list.u16("server_name length")), "server_name")
+            guard type == 0 else { continue }
+            guard name == nil else { throw .malformed("two host_name entries in server_name") }
+            // RFC 6066: ASCII host name, no trailing dot, no NUL or other control bytes.
+            guard !value.isEmpty, value.count <= 255, value.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else {
+                throw .malformed("server_name is not an ASCII host name")
+            }
+            name = String(decoding: value, as: UTF8.self)
+        }
+        return name
+    }
+
+    static func alpn(_ r: inout ByteReader) throws(WireError) -> [String] {
+        var list = try r.sub(Int(try r.u16("ALPN list length")), "ALPN list")
+        var protocols: [String] = []
+        while !list.isAtEnd {
+            let value = try list.take(Int(try list.u8("ALPN protocol length")), "ALPN protocol")
+            guard !value.isEmpty else { throw .malformed("empty ALPN protocol name") }
+            protocols.append(String(decoding: value, as: UTF8.self))
+        }
+        guard !protocols.isEmpty else { throw .malformed("empty ALPN list") }
+        return protocols
+    }
+
+    static func supportedVersions(_ r: inout ByteReader) throws(WireError) -> [UInt16] {
+        let length = Int(try r.u8("supported_versions length"))
+        guard length % 2 == 0, length > 0 else { throw .malformed("supported_versions length \(length)") }
+        var list = try r.sub(length, "supported_versions")
+        var versions: [UInt16] = []
+        while !list.isAtEnd { versions.append(try list.u16()) }
+        return versions
+    }
+}

@@ -1,0 +1,96 @@
+/// The head of an HTTP/1.1 request or response (start line and header fields).
+public struct HTTPHead: Sendable, Equatable {
+    public enum Kind: Sendable, Equatable {
+        case request(method: String, target: String)
+        case response(status: Int, reason: String)
+    }
+    public var kind: Kind
+    public var version: String
+    public var headers: [(name: String, value: String)]
+    /// Bytes taken by the head, including the blank line.
+    public var length: Int
+
+    public static func == (a: HTTPHead, b: HTTPHead) -> Bool {
+        a.kind == b.kind && a.version == b.version && a.length == b.length
+            && a.headers.map(\.name) == b.headers.map(\.name) && a.headers.map(\.value) == b.headers.map(\.value)
+    }
+
+    public func header(_ name: String) -> String? {
+        headers.first { $0.name.lowercased() == name.lowercased() }?.value
+    }
+
+    public static let maximumLength = 64 * 1024
+    public static let maximumFields = 100
+
+    public enum Result: Sendable, Equatable {
+        case needMore
+        case head(HTTPHead)
+        case malformed(WireError)
+    }
+
+    /// Parses a head from the start of `bytes`; `.needMore` until the blank line arrives.
+    public static func parse(_ bytes: ArraySlice<UInt8>, expectRequest: Bool) -> Result {
+        guard let end = headEnd(bytes) else {
+            return bytes.count > maximumLength ? .malformed(.malformed("head longer than \(maximumLength) bytes")) : .needMore
+        }
+        guard end - bytes.startIndex <= maximumLength else { return .malformed(.malformed("head longer than \(maximumLength) bytes")) }
+        var lines = bytes[bytes.startIndex..<end].split(separator: 0x0A, omittingEmptySubsequences: false).map { line in
+            line.last == 0x0D ? line.dropLast() : line
+        }
+        while lines.last?.isEmpty == true { lines.removeLast() }
+        guard let start = lines.first else { return .malformed(.malformed("empty head")) }
+        let parts = start.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        let kind: Kind, version: String
+        if expectRequest {
+            guard parts.count == 3, isToken(parts[0]), !parts[1].isEmpty, !parts[1].contains(where: { $0.isWhitespace }),
+                  parts[2].hasPrefix("HTTP/1.") else { return .malformed(.malformed("request line")) }
+            kind = .request(method: parts[0], target: parts[1])
+            version = parts[2]
+        } else {
+            guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), parts[1].count == 3, let status = Int(parts[1]) else {
+                return .malformed(.malformed("status line"))
+            }
+            kind = .response(status: status, reason: parts.count == 3 ? parts[2] : "")
+            version = parts[0]
+        }
+        var headers: [(String, String)] = []
+        for line in lines.dropFirst() {
+            guard headers.count < maximumFields else { return .malformed(.malformed("more than \(maximumFields) header fields")) }
+            guard let colon = line.firstIndex(of: 0x3A) else { return .malformed(.malformed("header line without ':'")) }
+            let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self)
+            // RFC 9112: no whitespace between the name and the colon; obsolete folding refused.
+            guard isToken(name) else { return .malformed(.malformed("header name '\(name.prefix(40))'")) }
+            let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingSpaces()
+            headers.append((name, value))
+        }
+        return .head(HTTPHead(kind: kind, version: version, headers: headers, length: end - bytes.startIndex))
+    }
+
+    /// Index just past the blank line that ends the head (CRLFCRLF, or bare LFLF).
+    static func headEnd(_ bytes: ArraySlice<UInt8>) -> Int? {
+        var i = bytes.startIndex
+        while i < bytes.endIndex {
+            if bytes[i] == 0x0A {
+                if i + 1 < bytes.endIndex, bytes[i + 1] == 0x0A { return i + 2 }
+                if i + 2 < bytes.endIndex, bytes[i + 1] == 0x0D, bytes[i + 2] == 0x0A { return i + 3 }
+            }
+            i += 1
+        }
+        return nil
+    }
+
+    static func isToken(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.allSatisfy { c in
+            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(c)
+        }
+    }
+}
+
+extension String {
+    func trimmingSpaces() -> String {
+        var s = Substring(self)
+        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
+        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
+        return String(s)
+    }
+}

@@ -1,0 +1,239 @@
+import Foundation
+import TestSupport
+import Testing
+@testable import Wire
+
+/// A ClientHello as openssl s_client sent it on this machine (SNI www.example.test, ALPN h2 +
+/// http/1.1), captured by a listening socket: the seed for the splitting and fuzz tests.
+let realHello = Array(try! Data(contentsOf: URL(fileURLWithPath: "\(TestEnv.packageRoot)/Tests/WireTests/Fixtures/clienthello-openssl.bin")))
+
+/// Builds a ClientHello record by hand: `records` splits the handshake over that many records.
+func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 0, records: Int = 1) -> [UInt8] {
+    func u16(_ v: Int) -> [UInt8] { [UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+    var extensions: [UInt8] = []
+    if let sni {
+        let name = Array(sni.utf8)
+        let entry = [0] + u16(name.count) + name
+        extensions += u16(0) + u16(entry.count + 2) + u16(entry.count) + entry
+    }
+    if !alpn.isEmpty {
+        let list = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+        extensions += u16(16) + u16(list.count + 2) + u16(list.count) + list
+    }
+    extensions += u16(43) + u16(5) + [4, 0x03, 0x04, 0x03, 0x03]
+    if padding > 0 { extensions += u16(0xFE0D) + u16(padding) + [UInt8](repeating: 0xAB, count: padding) }  // e.g. a PQ key share
+    var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + u16(4) + [0x13, 0x01, 0x13, 0x02] + [1, 0]
+    body += u16(extensions.count) + extensions
+    let handshake: [UInt8] = [1, UInt8(body.count >> 16), UInt8(body.count >> 8 & 0xFF), UInt8(body.count & 0xFF)] + body
+    let chunk = (handshake.count + records - 1) / records
+    var out: [UInt8] = []
+    var offset = 0
+    while offset < handshake.count {
+        let piece = handshake[offset..<min(handshake.count, offset + chunk)]
+        out += [0x16, 3, 1] + u16(piece.count) + piece
+        offset += chunk
+    }
+    return out
+}
+
+@Suite struct ClientHelloTests {
+    @Test func realOpenSSLHello() throws {
+        var reader = ClientHelloReader()
+        guard case .hello(let hello) = reader.feed(realHello) else { Issue.record("\(reader.result)"); return }
+        #expect(hello.serverName == "www.example.test")
+        #expect(hello.alpn == ["h2", "http/1.1"])
+        #expect(hello.supportedVersions.contains(0x0304))
+    }
+
+    /// Fed in every possible two-piece split, and byte by byte, the answer is the same.
+    @Test func everySplitGivesTheSameHello() {
+        var whole = ClientHelloReader()
+        let expected = whole.feed(realHello)
+        for cut in 0...realHello.count {
+            var reader = ClientHelloReader()
+            let first = reader.feed(realHello[..<cut])
+            if cut < realHello.count { #expect(first == .needMore, "cut \(cut)") }
+            #expect(reader.feed(realHello[cut...]) == expected, "cut \(cut)")
+        }
+        var trickle = ClientHelloReader()
+        for byte in realHello { _ = trickle.feed([byte]) }
+        #expect(trickle.result == expected)
+    }
+
+    @Test func helloSpanningRecordsAndLargeKeyShares() {
+        for records in [1, 2, 3, 7] {
+            var reader = ClientHelloReader()
+            guard case .hello(let hello) = reader.feed(makeHello(sni: "pq.test", padding: 1800, records: records)) else {
+                Issue.record("\(records) records: \(reader.result)"); continue
+            }
+            #expect(hello.serverName == "pq.test" && hello.alpn == ["h2"])
+        }
+    }
+
+    @Test func noSNIAndNotTLS() {
+        var reader = ClientHelloReader()
+        guard case .hello(let hello) = reader.feed(makeHello(sni: nil, alpn: [])) else { Issue.record("\(reader.result)"); return }
+        #expect(hello.serverName == nil && hello.alpn.isEmpty)
+        var http = ClientHelloReader()
+        #expect(http.feed(Array("GET / HTTP/1.1\r\n".utf8)) == .notTLS)
+        var ssh = ClientHelloReader()
+        #expect(ssh.feed(Array("SSH-2.0-OpenSSH\r\n".utf8)) == .notTLS)
+    }
+
+    @Test func hostileHellosAreTypedErrors() {
+        func result(_ bytes: [UInt8]) -> ClientHelloReader.Result { var r = ClientHelloReader(); return r.feed(bytes) }
+        var hello = makeHello(sni: "a.test")
+        // The SNI length claims more than the extension holds.
+        if let i = hello.firstIndex(of: UInt8(ascii: "a")) { hello[i - 1] = 200 }
+        guard case .malformed = result(hello) else { Issue.record("bad SNI length accepted"); return }
+        guard case .malformed = result(makeHello(sni: "a\u{0}b.test")) else { Issue.record("NUL in SNI accepted"); return }
+        guard case .malformed = result([0x16, 3, 1, 0, 4, 2, 0, 0, 0]) else { Issue.record("ServerHello accepted"); return }
+        guard case .malformed = result([0x16, 3, 1, 0x50, 0x00]) else { Issue.record("oversized record accepted"); return }
+        guard case .malformed = result([0x16, 3, 1, 0, 4, 1, 0xFF, 0xFF, 0xFF]) else { Issue.record("16 MiB hello accepted"); return }
+        let truncatedRecord = Array(realHello.prefix(100))
+        #expect(result(truncatedRecord) == .needMore)
+    }
+
+    /// Property test: random mutations of real and built hellos never crash or hang; the
+    /// reader always ends in a typed result.
+    @Test func mutationFuzz() {
+        var rng = SplitMix(seed: 0x10_0BE)
+        let seeds = [realHello, makeHello(), makeHello(sni: nil, padding: 900, records: 3)]
+        for i in 0..<20_000 {
+            var bytes = seeds[i % seeds.count]
+            for _ in 0..<(1 + Int(rng.next() % 4)) {
+                let at = Int(rng.next() % UInt64(bytes.count))
+                switch rng.next() % 4 {
+                case 0: bytes[at] ^= UInt8(truncatingIfNeeded: rng.next() | 1)
+                case 1: bytes.removeSubrange(at...)
+                case 2: bytes.insert(UInt8(truncatingIfNeeded: rng.next()), at: at)
+                default: bytes[at] = 0xFF
+                }
+                if bytes.isEmpty { bytes = [0x16] }
+            }
+            var reader = ClientHelloReader()
+            _ = reader.feed(bytes)
+            _ = try? ClientHelloReader.parseHello(bytes[...])
+            _ = try? IPPacket.parse(bytes[...])
+            _ = try? DNSMessage.parse(bytes[...])
+            _ = HTTPHead.parse(bytes[...], expectRequest: i % 2 == 0)
+        }
+    }
+}
+
+/// A small deterministic PRNG so fuzz runs are reproducible.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+@Suite struct PacketTests {
+    func u16(_ v: Int) -> [UInt8] { [UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+
+    @Test func ipv4TCP() throws {
+        let tcp: [UInt8] = u16(51514) + u16(443) + [0, 0, 0, 1] + [0, 0, 0, 0] + [0x50, 0x02] + u16(64240) + [0, 0, 0, 0] + Array("hi".utf8)
+        let ip: [UInt8] = [0x45, 0] + u16(20 + tcp.count) + [0, 0, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 2, 203, 0, 113, 10] + tcp + [0, 0, 0]  // Ethernet padding
+        let packet = try IPPacket.parse(ip[...])
+        #expect(packet.version == 4 && packet.transport == 6 && !packet.isLaterFragment)
+        #expect(IPAddress.format(packet.destination) == "203.0.113.10")
+        let segment = try TCPSegment.parse(packet.payload)
+        #expect(segment.sourcePort == 51514 && segment.destinationPort == 443 && segment.isSYN && !segment.isACK)
+        #expect(Array(segment.payload) == Array("hi".utf8))
+    }
+
+    @Test func ipv6WithExtensionHeadersAndFragments() throws {
+        let udp: [UInt8] = u16(5353) + u16(53) + u16(10) + [0, 0, 0xAA, 0xBB]
+        let hopByHop: [UInt8] = [60, 0, 1, 4, 0, 0, 0, 0]        // next: destination options
+        let destOpts: [UInt8] = [44, 0, 1, 4, 0, 0, 0, 0]        // next: fragment
+        let fragment: [UInt8] = [17, 0, 0, 0, 0, 0, 0, 1]        // first fragment, next: UDP
+        let payload = hopByHop + destOpts + fragment + udp
+        var ip: [UInt8] = [0x60, 0, 0, 0] + u16(payload.count) + [0, 64]
+        ip += IPAddress.parse("2001:db8::1")! + IPAddress.parse("2001:db8::53")!
+        let packet = try IPPacket.parse((ip + payload)[...])
+        #expect(packet.transport == 17 && !packet.isLaterFragment)
+        let datagram = try UDPDatagram.parse(packet.payload)
+        #expect(datagram.destinationPort == 53 && Array(datagram.payload) == [0xAA, 0xBB])
+        var later = ip + hopByHop + destOpts + [17, 0, 0, 8, 0, 0, 0, 1] + udp
+        later[5] = UInt8(payload.count)
+        #expect(try IPPacket.parse(later[...]).isLaterFragment)
+    }
+
+    @Test func malformedPackets() {
+        #expect(throws: WireError.self) { try IPPacket.parse([][...]) }
+        #expect(throws: WireError.self) { try IPPacket.parse([0x45, 0, 0, 10][...]) }
+        #expect(throws: WireError.self) { try IPPacket.parse([0x41] + [UInt8](repeating: 0, count: 30)) }  // IHL 4 bytes
+        #expect(throws: WireError.self) { try IPPacket.parse([0x75] + [UInt8](repeating: 0, count: 30)) }
+        #expect(throws: WireError.self) { try TCPSegment.parse([0, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0][...]) }
+        #expect(throws: WireError.self) { try UDPDatagram.parse([0, 1, 0, 2, 0, 4, 0, 0][...]) }
+    }
+}
+
+@Suite struct DNSTests {
+    /// www.example.test CNAME edge.cdn.test; edge.cdn.test A 192.0.2.7 and AAAA; compressed names.
+    func response() -> [UInt8] {
+        var m: [UInt8] = [0x12, 0x34, 0x81, 0x80, 0, 1, 0, 3, 0, 0, 0, 0]
+        m += [3] + Array("www".utf8) + [7] + Array("example".utf8) + [4] + Array("test".utf8) + [0, 0, 1, 0, 1]
+        m += [0xC0, 12, 0, 5, 0, 1, 0, 0, 0, 60, 0, 11] + [4] + Array("edge".utf8) + [3] + Array("cdn".utf8) + [0xC0, 24]
+        let edge = 12 + 18 + 4 + 12  // offset of "edge" in the CNAME RDATA
+        m += [0xC0, UInt8(edge), 0, 1, 0, 1, 0, 0, 1, 0, 0, 4, 192, 0, 2, 7]
+        m += [0xC0, UInt8(edge), 0, 28, 0, 1, 0, 0, 0, 30, 0, 16] + IPAddress.parse("2001:db8::7")!
+        return m
+    }
+
+    @Test func answersAndCNAMEChains() throws {
+        let message = try DNSMessage.parse(response()[...])
+        #expect(message.isResponse && message.rcode == 0 && message.questions == ["www.example.test"])
+        #expect(message.answers.count == 3)
+        #expect(message.answers[0].data == .cname("edge.cdn.test"))
+        let byAddress = message.namesByAddress
+        #expect(byAddress.count == 2)
+        #expect(byAddress[0].names == ["edge.cdn.test", "www.example.test"] && byAddress[0].ttl == 256)
+        #expect(IPAddress.format(byAddress[1].address) == "2001:db8::7")
+    }
+
+    @Test func hostileMessages() {
+        var loop = response()
+        loop[12] = 0xC0; loop[13] = 12  // the question name points at itself
+        #expect(throws: WireError.self) { try DNSMessage.parse(loop[...]) }
+        var lying = response()
+        lying[7] = 200  // ANCOUNT far beyond the message
+        #expect(throws: WireError.self) { try DNSMessage.parse(lying[...]) }
+        #expect(throws: WireError.self) { try DNSMessage.parse(Array(response().prefix(40))[...]) }
+        var badA = response()
+        badA[badA.count - 16 - 12 - 5] = 5  // A RDLENGTH 5
+        #expect(throws: WireError.self) { try DNSMessage.parse(badA[...]) }
+    }
+}
+
+@Suite struct HTTPHeadTests {
+    @Test func requestAndResponseHeads() {
+        let text = "POST /admin/upload?x=1 HTTP/1.1\r\nHost: intranet.corp.test\r\nContent-Length: 5\r\n\r\nhello"
+        guard case .head(let head) = HTTPHead.parse(Array(text.utf8)[...], expectRequest: true) else { Issue.record("no head"); return }
+        #expect(head.kind == .request(method: "POST", target: "/admin/upload?x=1"))
+        #expect(head.header("host") == "intranet.corp.test" && head.length == text.utf8.count - 5)
+        for cut in 0..<(head.length - 1) {
+            #expect(HTTPHead.parse(Array(text.utf8)[..<cut], expectRequest: true) == .needMore, "cut \(cut)")
+        }
+        guard case .head(let response) = HTTPHead.parse(Array("HTTP/1.1 403 Forbidden\r\nX-A:  b \r\n\r\n".utf8)[...], expectRequest: false) else {
+            Issue.record("no response head"); return
+        }
+        #expect(response.kind == .response(status: 403, reason: "Forbidden") && response.header("x-a") == "b")
+    }
+
+    @Test func malformedHeads() {
+        for bad in ["GET\r\n\r\n", "GET / HTTP/2\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "GET / HTTP/1.1\r\nNoColon\r\n\r\n", "G(T / HTTP/1.1\r\n\r\n"] {
+            guard case .malformed = HTTPHead.parse(Array(bad.utf8)[...], expectRequest: true) else { Issue.record("accepted \(bad)"); continue }
+        }
+        let many = "GET / HTTP/1.1\r\n" + String(repeating: "A: b\r\n", count: 101) + "\r\n"
+        guard case .malformed = HTTPHead.parse(Array(many.utf8)[...], expectRequest: true) else { Issue.record("101 fields accepted"); return }
+        let huge = [UInt8](repeating: 0x41, count: HTTPHead.maximumLength + 1)
+        guard case .malformed = HTTPHead.parse(huge[...], expectRequest: true) else { Issue.record("endless head accepted"); return }
+    }
+}
