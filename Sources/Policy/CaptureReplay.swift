@@ -18,6 +18,9 @@ public enum CaptureReplay {
         var a: [UInt8], aPort: UInt16, b: [UInt8], bPort: UInt16
     }
 
+    /// Answers are kept at least this long: a client connects right after a TTL-0 answer.
+    static let minimumTTL: UInt32 = 30
+
     struct TCPState {
         var nextSequence: UInt32?
         var pending: [UInt32: ArraySlice<UInt8>] = [:]
@@ -42,7 +45,7 @@ public enum CaptureReplay {
                 guard let udp = try? UDPDatagram.parse(ip.payload) else { continue }
                 if udp.sourcePort == 53, let message = try? DNSMessage.parse(udp.payload), message.isResponse, message.rcode == 0 {
                     for (address, found, ttl) in message.namesByAddress {
-                        dns[address] = (found, packet.timestamp + Double(ttl))
+                        dns[address] = (found, packet.timestamp + Double(max(ttl, minimumTTL)))
                     }
                 }
                 let forward = Key(proto: 17, a: ip.source, aPort: udp.sourcePort, b: ip.destination, bPort: udp.destinationPort)
