@@ -33,7 +33,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS"]),
+        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy"]),
         .target(name: "TestSupport", dependencies: ["Platform"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),

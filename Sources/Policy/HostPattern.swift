@@ -9,6 +9,23 @@ public struct HostPattern: Hashable, Sendable, CustomStringConvertible {
     /// The normalised name the pattern is anchored at.
     public var name: String
 
+    init(kind: Kind, name: String) {
+        self.kind = kind
+        self.name = name
+    }
+
+    /// From the bytes of a list file's line: the ASCII fast path without an intermediate String.
+    init?(bytes: ArraySlice<UInt8>) {
+        var body = bytes
+        var kind = Kind.exact
+        if body.starts(with: [0x2A, 0x2E]) { kind = .subdomains; body = body.dropFirst(2) } else if body.first == 0x2E { kind = .apexAndSubdomains; body = body.dropFirst() }
+        if let name = HostName.normaliseASCII(bytes: body) {
+            self.init(kind: kind, name: name)
+        } else {
+            self.init(String(decoding: bytes, as: UTF8.self))
+        }
+    }
+
     public init?(_ text: String) {
         var body = Substring(text)
         var kind = Kind.exact
@@ -30,6 +47,7 @@ public struct HostPattern: Hashable, Sendable, CustomStringConvertible {
 public enum HostName {
     /// Lowercase, no trailing dot, A-labels; nil when it cannot be a host name.
     public static func normalise(_ text: String) -> String? {
+        if let fast = normaliseASCII(text) { return fast }
         var text = text
         if text.hasSuffix(".") { text.removeLast() }
         guard !text.isEmpty, text.utf8.count <= 253 * 4 else { return nil }
@@ -47,6 +65,32 @@ public enum HostName {
         }
         let joined = labels.joined(separator: ".")
         return joined.utf8.count <= 253 ? joined : nil
+    }
+}
+
+extension HostName {
+    /// The common case — ASCII letters, digits, '-', '_' — in one pass over the bytes; nil
+    /// sends anything else (IDNs, odd bytes) down the general path.
+    static func normaliseASCII(_ text: String) -> String? { normaliseASCII(bytes: text.utf8) }
+
+    static func normaliseASCII(bytes input: some Collection<UInt8>) -> String? {
+        var bytes = Array(input)
+        if bytes.last == 0x2E { bytes.removeLast() }
+        guard !bytes.isEmpty, bytes.count <= 253 else { return nil }
+        var labelLength = 0
+        for i in bytes.indices {
+            let c = bytes[i]
+            switch c {
+            case 0x41...0x5A: bytes[i] = c | 0x20; labelLength += 1
+            case 0x61...0x7A, 0x30...0x39, 0x2D, 0x5F: labelLength += 1
+            case 0x2E:
+                guard labelLength > 0 else { return nil }
+                labelLength = 0
+            default: return nil
+            }
+        }
+        guard labelLength > 0 else { return nil }
+        return String(decoding: bytes, as: UTF8.self)
     }
 }
 

@@ -23,6 +23,8 @@ public struct Rule: Sendable {
         return nil
     }
 
+    public func matches(_ facts: FlowFacts) -> Bool { conditions.allSatisfy { $0.matches(facts) } }
+
     public var matchReason: String {
         reason ?? (conditions.isEmpty ? "matches every flow" : "matched " + conditions.map(\.description).joined(separator: ", "))
     }
@@ -92,30 +94,53 @@ public enum Condition: Sendable, CustomStringConvertible {
         ranges.map { $0.lowerBound == $0.upperBound ? "\($0.lowerBound)" : "\($0.lowerBound)-\($0.upperBound)" }.joined(separator: "|")
     }
 
-    func mismatch(_ f: FlowFacts) -> String? {
-        func check(_ ok: Bool, _ known: Bool, _ what: String) -> String? {
-            ok ? nil : (known ? "\(description): flow has \(what)" : "\(description): flow's \(what) is unknown")
-        }
+    /// The hot path: no strings are built.
+    func matches(_ f: FlowFacts) -> Bool {
         switch self {
-        case .proto(let s): return check(s.contains(f.proto), true, f.proto.rawValue)
-        case .family(let s): return check(f.family.map(s.contains) ?? false, f.family != nil, f.family?.rawValue ?? "family")
-        case .dstNet(let n): return check(f.dst.map { d in n.contains { $0.contains(d.address) } } ?? false, f.dst != nil, f.dst.map { IPAddress.format($0.address) } ?? "destination")
-        case .srcNet(let n): return check(f.src.map { s in n.contains { $0.contains(s.address) } } ?? false, f.src != nil, f.src.map { IPAddress.format($0.address) } ?? "source")
-        case .dstPort(let p): return check(f.dst.map { d in p.contains { $0.contains(d.port) } } ?? false, f.dst != nil, f.dst.map { "port \($0.port)" } ?? "destination port")
-        case .srcPort(let p): return check(f.src.map { s in p.contains { $0.contains(s.port) } } ?? false, f.src != nil, f.src.map { "port \($0.port)" } ?? "source port")
-        case .uid(let s): return check(f.uid.map(s.contains) ?? false, f.uid != nil, f.uid.map { "uid \($0)" } ?? "uid")
-        case .user(let s): return check(f.user.map(s.contains) ?? false, f.user != nil, f.user.map { "user \($0)" } ?? "user")
-        case .gid(let s): return check(f.gid.map(s.contains) ?? false, f.gid != nil, f.gid.map { "gid \($0)" } ?? "gid")
-        case .group(let s): return check(f.group.map(s.contains) ?? false, f.group != nil, f.group.map { "group \($0)" } ?? "group")
-        case .exe(let globs):
-            return check(f.exe.map { exe in globs.contains { fnmatch($0, exe, FNM_PATHNAME) == 0 } } ?? false, f.exe != nil, f.exe ?? "executable")
-        case .names(let m): return check(f.names.contains(where: m.matches), !f.names.isEmpty, f.names.isEmpty ? "names" : "names \(f.names.joined(separator: ","))")
-        case .sni(let m): return check(f.sni.map(m.matches) ?? false, f.sni != nil, f.sni.map { "sni \($0)" } ?? "sni")
-        case .alpn(let s): return check(f.alpn.contains { s.contains($0.lowercased()) }, !f.alpn.isEmpty, f.alpn.isEmpty ? "alpn" : "alpn \(f.alpn.joined(separator: ","))")
-        case .method(let s): return check(f.method.map { s.contains($0.uppercased()) } ?? false, f.method != nil, f.method ?? "method")
-        case .path(let p): return check(f.path.map { path in p.contains { path.hasPrefix($0) } } ?? false, f.path != nil, f.path.map { "path \($0)" } ?? "path")
-        case .url(let u): return check(f.url.map { url in u.contains { Self.urlMatches(url, prefix: $0) } } ?? false, f.url != nil, f.url ?? "url")
+        case .proto(let s): return s.contains(f.proto)
+        case .family(let s): return f.family.map(s.contains) ?? false
+        case .dstNet(let n): return f.dst.map { d in n.contains { $0.contains(d.address) } } ?? false
+        case .srcNet(let n): return f.src.map { s in n.contains { $0.contains(s.address) } } ?? false
+        case .dstPort(let p): return f.dst.map { d in p.contains { $0.contains(d.port) } } ?? false
+        case .srcPort(let p): return f.src.map { s in p.contains { $0.contains(s.port) } } ?? false
+        case .uid(let s): return f.uid.map(s.contains) ?? false
+        case .user(let s): return f.user.map(s.contains) ?? false
+        case .gid(let s): return f.gid.map(s.contains) ?? false
+        case .group(let s): return f.group.map(s.contains) ?? false
+        case .exe(let globs): return f.exe.map { exe in globs.contains { fnmatch($0, exe, FNM_PATHNAME) == 0 } } ?? false
+        case .names(let m): return f.names.contains(where: m.matches)
+        case .sni(let m): return f.sni.map(m.matches) ?? false
+        case .alpn(let s): return f.alpn.contains { s.contains($0.lowercased()) }
+        case .method(let s): return f.method.map { s.contains($0.uppercased()) } ?? false
+        case .path(let p): return f.path.map { path in p.contains { path.hasPrefix($0) } } ?? false
+        case .url(let u): return f.url.map { url in u.contains { Self.urlMatches(url, prefix: $0) } } ?? false
         }
+    }
+
+    /// nil when the condition holds; otherwise what the flow had instead (for `explain`).
+    func mismatch(_ f: FlowFacts) -> String? {
+        if matches(f) { return nil }
+        let had: String? = switch self {
+        case .proto: f.proto.rawValue
+        case .family: f.family?.rawValue
+        case .dstNet: f.dst.map { IPAddress.format($0.address) }
+        case .srcNet: f.src.map { IPAddress.format($0.address) }
+        case .dstPort: f.dst.map { "port \($0.port)" }
+        case .srcPort: f.src.map { "port \($0.port)" }
+        case .uid: f.uid.map { "uid \($0)" }
+        case .user: f.user.map { "user \($0)" }
+        case .gid: f.gid.map { "gid \($0)" }
+        case .group: f.group.map { "group \($0)" }
+        case .exe: f.exe
+        case .names: f.names.isEmpty ? nil : "names \(f.names.joined(separator: ","))"
+        case .sni: f.sni.map { "sni \($0)" }
+        case .alpn: f.alpn.isEmpty ? nil : "alpn \(f.alpn.joined(separator: ","))"
+        case .method: f.method
+        case .path: f.path.map { "path \($0)" }
+        case .url: f.url
+        }
+        let field = description.prefix { $0 != " " }
+        return had.map { "\(description): flow has \($0)" } ?? "\(description): flow's \(field) is unknown"
     }
 
     /// URL prefixes compare scheme and host case-insensitively, the rest exactly.

@@ -128,6 +128,34 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(considered[0].mismatch?.contains("port 22") == true && considered[2].mismatch == nil)
     }
 
+    /// The port index must never change which rule wins: file order holds across indexed
+    /// (dst_port) and unindexed rules, and across huge port ranges.
+    @Test func portIndexKeepsFileOrder() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "net-first"
+            stage = "connect"
+            dst_net = ["192.0.2.0/24"]
+            dst_port = ["1-65535"]
+            action = "allow"
+            [[rule]]
+            name = "port-second"
+            stage = "connect"
+            dst_port = [443]
+            action = "block"
+            [[rule]]
+            name = "any-third"
+            stage = "connect"
+            action = "inspect"
+            """)
+        #expect(p.decide(.connect, facts(dst: "192.0.2.1:443")).rule == "net-first")
+        #expect(p.decide(.connect, facts(dst: "198.51.100.1:443")).rule == "port-second")
+        #expect(p.decide(.connect, facts(dst: "198.51.100.1:80")).rule == "any-third")
+        var noDestination = FlowFacts()
+        noDestination.proto = .udp
+        #expect(p.decide(.connect, noDestination).rule == "any-third")
+    }
+
     @Test func listsInlineAndFromFiles() throws {
         let dir = TestEnv.scratch("lists")
         defer { TestEnv.remove(dir) }
