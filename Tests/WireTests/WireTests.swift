@@ -95,11 +95,14 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
     }
 
     /// Property test: random mutations of real and built hellos never crash or hang; the
-    /// reader always ends in a typed result.
+    /// reader always ends in a typed result. LOUPE_FUZZ_ITERATIONS / LOUPE_FUZZ_SEED run longer
+    /// or different campaigns (see README).
     @Test func mutationFuzz() {
-        var rng = SplitMix(seed: 0x10_0BE)
+        let environment = ProcessInfo.processInfo.environment
+        let iterations = environment["LOUPE_FUZZ_ITERATIONS"].flatMap(Int.init) ?? 20_000
+        var rng = SplitMix(seed: environment["LOUPE_FUZZ_SEED"].flatMap(UInt64.init) ?? 0x10_0BE)
         let seeds = [realHello, makeHello(), makeHello(sni: nil, padding: 900, records: 3)]
-        for i in 0..<20_000 {
+        for i in 0..<iterations {
             var bytes = seeds[i % seeds.count]
             for _ in 0..<(1 + Int(rng.next() % 4)) {
                 let at = Int(rng.next() % UInt64(bytes.count))
