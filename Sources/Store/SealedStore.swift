@@ -37,11 +37,16 @@ struct StoreMetadata: Codable {
 public final class SealedStore: @unchecked Sendable {
     public let layout: StoreLayout
     public let provider: ProviderKind
-    public private(set) var items: [Item] = []
+    /// The view of the item files as of the last (re)load; guarded by `lock`.
+    private var _items: [Item] = []
+    private var _problems: [ItemProblem] = []
+    private var _leftovers: [String] = []
+
+    public var items: [Item] { lock.withLock { _items } }
     /// Files under items/ that could not be read as items (corrupt, truncated, foreign).
-    public private(set) var problems: [ItemProblem] = []
+    public var problems: [ItemProblem] { lock.withLock { _problems } }
     /// Temp files of interrupted writes; the items they were replacing are intact.
-    public private(set) var leftoverTempFiles: [String] = []
+    public var leftoverTempFiles: [String] { lock.withLock { _leftovers } }
     private let dataKey: [UInt8]
     private let lock = NSLock()
 
@@ -168,20 +173,18 @@ public final class SealedStore: @unchecked Sendable {
             }
         }
         lock.withLock {
-            self.items = loaded.sorted { ($0.created, $0.ref) < ($1.created, $1.ref) }
-            self.problems = problems
-            self.leftoverTempFiles = leftovers
+            _items = loaded.sorted { ($0.created, $0.ref) < ($1.created, $1.ref) }
+            _problems = problems
+            _leftovers = leftovers
         }
     }
 
-    public func item(_ ref: String) -> Item? { lock.withLock { items.first { $0.ref == ref } } }
+    public func item(_ ref: String) -> Item? { items.first { $0.ref == ref } }
 
     /// Items of `itemClass` whose attributes include every pair in `matching`.
     public func find(_ itemClass: ItemClass, matching: [String: String] = [:]) -> [Item] {
-        lock.withLock {
-            items.filter { item in
-                item.itemClass == itemClass && matching.allSatisfy { item.attributes[$0.key] == $0.value }
-            }
+        items.filter { item in
+            item.itemClass == itemClass && matching.allSatisfy { item.attributes[$0.key] == $0.value }
         }
     }
 
@@ -224,7 +227,7 @@ public final class SealedStore: @unchecked Sendable {
     @discardableResult
     public func update(_ ref: String, data: [UInt8]? = nil, attributes: [String: String] = [:]) throws -> Item {
         try mutate {
-            guard var item = self.items.first(where: { $0.ref == ref }) else { throw StoreError.notFound(ref: ref) }
+            guard var item = self.item(ref) else { throw StoreError.notFound(ref: ref) }
             if let data {
                 item.data = data
                 do { item.attributes.merge(try DerivedAttributes.make(item.itemClass, data: data)) { $1 } } catch {
@@ -242,7 +245,7 @@ public final class SealedStore: @unchecked Sendable {
     /// Deletes one item, by explicit request only.
     public func delete(_ ref: String) throws {
         try mutate {
-            guard self.items.contains(where: { $0.ref == ref }) else { throw StoreError.notFound(ref: ref) }
+            guard self.item(ref) != nil else { throw StoreError.notFound(ref: ref) }
             let path = self.layout.itemPath(ref)
             guard unlink(path) == 0 else { throw StoreError.io(FileError(path: path, reason: "cannot delete: \(String(cString: strerror(errno)))")) }
             try PrivateFiles.syncDirectory(self.layout.items)

@@ -36,13 +36,12 @@ public struct ClientHelloReader: Sendable {
 
     public mutating func feed(_ data: some Sequence<UInt8>) -> Result {
         guard result == .needMore else { return result }
-        let before = buffered.count
         buffered.append(contentsOf: data)
-        result = advance(from: before)
+        result = advance()
         return result
     }
 
-    private mutating func advance(from _: Int) -> Result {
+    private mutating func advance() -> Result {
         // Records are re-walked from the start: hellos are small and this keeps no partial state.
         handshake.removeAll(keepingCapacity: true)
         var offset = 0
