@@ -46,6 +46,16 @@ void loupe_GENERAL_NAMES_free(GENERAL_NAMES *names);
 /// XN_FLAG_RFC2253 (a compound macro).
 unsigned long loupe_XN_FLAG_RFC2253(void);
 
+/// SSL_CTX_set_min_proto_version / max (macros over SSL_CTX_ctrl).
+int loupe_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
+int loupe_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
+
+/// SSL_set_tlsext_host_name (macro over SSL_ctrl): the SNI a client sends.
+int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
+
+/// SSL_CTX_set_mode (macro): partial writes and moving buffers suit memory BIOs.
+long loupe_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);
+
 /// sk_X509_* helpers.
 int loupe_sk_X509_num(const STACK_OF(X509) *certs);
 X509 *loupe_sk_X509_value(const STACK_OF(X509) *certs, int i);

@@ -1,0 +1,247 @@
+import COpenSSL
+
+/// TLS protocol versions as OpenSSL numbers them.
+public enum TLSVersion: Int32, Sendable, Comparable {
+    case tls10 = 0x0301, tls11 = 0x0302, tls12 = 0x0303, tls13 = 0x0304
+    public static func < (a: TLSVersion, b: TLSVersion) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Shared TLS settings (an SSL_CTX): one for all client-facing sessions, one for upstreams.
+public final class TLSContext: @unchecked Sendable {
+    let ctx: OpaquePointer
+    public let isServer: Bool
+
+    deinit { SSL_CTX_free(ctx) }
+
+    private init(server: Bool, minimum: TLSVersion, maximum: TLSVersion?) throws(OpenSSLError) {
+        ERR_clear_error()
+        guard let ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()) else { throw OpenSSLError.drain("SSL_CTX_new") }
+        self.ctx = ctx
+        self.isServer = server
+        try check("minimum TLS version", loupe_SSL_CTX_set_min_proto_version(ctx, minimum.rawValue) == 1)
+        if let maximum { try check("maximum TLS version", loupe_SSL_CTX_set_max_proto_version(ctx, maximum.rawValue) == 1) }
+        // Memory BIOs: partial writes are fine and the write buffer may move between retries.
+        _ = loupe_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
+        if server {
+            SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, nil)
+        }
+    }
+
+    /// For the client-facing leg: certificates are set per session (each host its own leaf).
+    public static func server(minimum: TLSVersion = .tls12, maximum: TLSVersion? = nil) throws(OpenSSLError) -> TLSContext {
+        try TLSContext(server: true, minimum: minimum, maximum: maximum)
+    }
+
+    /// For upstream connections: peers are verified strictly against `trustBundle` (a PEM file)
+    /// or, when nil, the system trust store.
+    public static func client(trustBundle: String? = nil, minimum: TLSVersion = .tls12, maximum: TLSVersion? = nil) throws(OpenSSLError) -> TLSContext {
+        let context = try TLSContext(server: false, minimum: minimum, maximum: maximum)
+        if let trustBundle {
+            try check("loading the trust bundle \(trustBundle)", SSL_CTX_load_verify_locations(context.ctx, trustBundle, nil) == 1)
+        } else {
+            try check("loading the system trust store", SSL_CTX_set_default_verify_paths(context.ctx) == 1)
+        }
+        SSL_CTX_set_verify(context.ctx, SSL_VERIFY_PEER, nil)
+        return context
+    }
+}
+
+/// Server-side ALPN: pick the first protocol the client offered that this session allows
+/// (on a bumped flow: exactly what the upstream chose). No overlap → no ALPN, not a guess.
+private let alpnSelect: @convention(c) (OpaquePointer?, UnsafeMutablePointer<UnsafePointer<UInt8>?>?, UnsafeMutablePointer<UInt8>?, UnsafePointer<UInt8>?, UInt32, UnsafeMutableRawPointer?) -> Int32 = { ssl, out, outLength, input, inputLength, _ in
+    guard let ssl, let out, let outLength, let input, let raw = SSL_get_ex_data(ssl, 0) else { return SSL_TLSEXT_ERR_NOACK }
+    let session = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue()
+    guard let allowed = session.allowedALPN else { return SSL_TLSEXT_ERR_NOACK }
+    var i = 0
+    let count = Int(inputLength)
+    while i < count {
+        let length = Int(input[i])
+        guard length > 0, i + 1 + length <= count else { return SSL_TLSEXT_ERR_NOACK }
+        let offered = Array(UnsafeBufferPointer(start: input + i + 1, count: length))
+        if allowed.contains(offered) {
+            out.pointee = input + i + 1
+            outLength.pointee = UInt8(length)
+            return SSL_TLSEXT_ERR_OK
+        }
+        i += 1 + length
+    }
+    return SSL_TLSEXT_ERR_NOACK
+}
+
+/// One TLS connection driven sans-IO over memory BIOs: network bytes in with `receive`,
+/// network bytes out with `takeOutput`, plaintext through `read` and `write`. The owner (a NIO
+/// handler, or a test pumping two sessions together) moves the bytes; this type never does I/O.
+public final class TLSSession: @unchecked Sendable {
+    public enum State: Equatable, Sendable {
+        case handshaking
+        case established
+        /// The peer sent close_notify.
+        case closed
+        case failed(String)
+    }
+
+    let ssl: OpaquePointer
+    private let networkIn: OpaquePointer   // we write peer bytes here; OpenSSL reads them
+    private let networkOut: OpaquePointer  // OpenSSL writes here; we send these to the peer
+    public private(set) var state: State = .handshaking
+    /// Server side: protocols this session may select (wire form, without length prefixes).
+    var allowedALPN: [[UInt8]]?
+    public let context: TLSContext
+
+    deinit { SSL_free(ssl) }
+
+    private init(context: TLSContext) throws(OpenSSLError) {
+        ERR_clear_error()
+        guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("SSL_new") }
+        guard let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else {
+            SSL_free(ssl)
+            throw OpenSSLError.drain("BIO_new")
+        }
+        SSL_set_bio(ssl, rbio, wbio)
+        self.ssl = ssl
+        self.networkIn = rbio
+        self.networkOut = wbio
+        self.context = context
+        SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    /// A client session to `serverName` (SNI and the name verified; an IP address is verified
+    /// against IP SANs and sent without SNI), offering `alpn`.
+    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = []) throws(OpenSSLError) -> TLSSession {
+        let session = try TLSSession(context: context)
+        ERR_clear_error()
+        if let serverName {
+            if IPAddress.parse(serverName) != nil {
+                try check("verifying IP \(serverName)", X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(session.ssl), serverName) == 1)
+            } else {
+                try check("SNI \(serverName)", loupe_SSL_set_tlsext_host_name(session.ssl, serverName) == 1)
+                try check("verifying \(serverName)", SSL_set1_host(session.ssl, serverName) == 1)
+            }
+        }
+        if !alpn.isEmpty {
+            let wire = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
+            try check("ALPN", SSL_set_alpn_protos(session.ssl, wire, UInt32(wire.count)) == 0)
+        }
+        SSL_set_connect_state(session.ssl)
+        return session
+    }
+
+    /// A server session presenting `chain[0]` (with the rest as its chain) and `key`; ALPN is
+    /// selected only from `alpn`.
+    public static func server(_ context: TLSContext, chain: [Certificate], key: PrivateKey, alpn: [String] = []) throws(OpenSSLError) -> TLSSession {
+        let session = try TLSSession(context: context)
+        ERR_clear_error()
+        guard let leaf = chain.first else { throw OpenSSLError(operation: "a server session needs a certificate", details: []) }
+        try check("SSL_use_certificate", SSL_use_certificate(session.ssl, leaf.x509) == 1)
+        try check("SSL_use_PrivateKey", SSL_use_PrivateKey(session.ssl, key.pkey) == 1)
+        for extra in chain.dropFirst() {
+            try check("adding a chain certificate", SSL_ctrl(session.ssl, SSL_CTRL_CHAIN_CERT, 1, UnsafeMutableRawPointer(extra.x509)) == 1)
+        }
+        session.allowedALPN = alpn.isEmpty ? nil : alpn.map { Array($0.utf8) }
+        SSL_set_accept_state(session.ssl)
+        return session
+    }
+
+    /// Bytes from the peer.
+    public func receive(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        _ = bytes.withUnsafeBytes { BIO_write(networkIn, $0.baseAddress, Int32($0.count)) }
+        advanceHandshake()
+    }
+
+    /// Bytes to send to the peer (handshake records, application data, alerts).
+    public func takeOutput() -> [UInt8] {
+        let pending = Int(BIO_ctrl_pending(networkOut))
+        guard pending > 0 else { return [] }
+        var out = [UInt8](repeating: 0, count: pending)
+        let n = out.withUnsafeMutableBytes { BIO_read(networkOut, $0.baseAddress, Int32(pending)) }
+        return n > 0 ? Array(out.prefix(Int(n))) : []
+    }
+
+    /// Starts (client) or continues the handshake; call after `receive`.
+    public func advanceHandshake() {
+        guard state == .handshaking else { return }
+        ERR_clear_error()
+        let rc = SSL_do_handshake(ssl)
+        if rc == 1 {
+            state = .established
+            return
+        }
+        switch SSL_get_error(ssl, rc) {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return
+        default: state = .failed(failureReason())
+        }
+    }
+
+    /// Decrypted application data received so far.
+    public func read() -> [UInt8] {
+        guard state == .established else { return [] }
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 16_384)
+        while true {
+            ERR_clear_error()
+            var n = 0
+            let rc = buffer.withUnsafeMutableBytes { SSL_read_ex(ssl, $0.baseAddress, $0.count, &n) }
+            if rc == 1 { out.append(contentsOf: buffer[0..<n]); continue }
+            switch SSL_get_error(ssl, rc) {
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return out
+            case SSL_ERROR_ZERO_RETURN: state = .closed; return out
+            default: state = .failed(failureReason()); return out
+            }
+        }
+    }
+
+    /// Encrypts `plaintext`; the records appear in `takeOutput()`.
+    public func write(_ plaintext: [UInt8]) throws(OpenSSLError) {
+        guard state == .established else { throw OpenSSLError(operation: "writing before the handshake completed", details: []) }
+        var offset = 0
+        while offset < plaintext.count {
+            ERR_clear_error()
+            var n = 0
+            let rc = plaintext.withUnsafeBytes { SSL_write_ex(ssl, $0.baseAddress! + offset, $0.count - offset, &n) }
+            guard rc == 1 else { throw OpenSSLError.drain("SSL_write") }
+            offset += n
+        }
+    }
+
+    /// Sends close_notify.
+    public func close() {
+        ERR_clear_error()
+        _ = SSL_shutdown(ssl)
+        ERR_clear_error()
+    }
+
+    // MARK: what was negotiated
+
+    public var alpn: String? {
+        var data: UnsafePointer<UInt8>?
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
+    public var version: String { String(cString: SSL_get_version(ssl)) }
+    public var cipher: String? { SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } }
+
+    /// The peer's certificate chain as sent (leaf first).
+    public var peerChain: [Certificate] {
+        guard let chain = SSL_get_peer_cert_chain(ssl) else { return [] }
+        return (0..<loupe_sk_X509_num(chain)).compactMap { i in
+            guard let x = loupe_sk_X509_value(chain, i), X509_up_ref(x) == 1 else { return nil }
+            return Certificate(taking: x)
+        }
+    }
+
+    /// OpenSSL's verdict on the peer's chain (client sessions): nil when it verified.
+    public var verifyError: String? {
+        let code = SSL_get_verify_result(ssl)
+        return code == X509_V_OK ? nil : String(cString: X509_verify_cert_error_string(code))
+    }
+
+    private func failureReason() -> String {
+        if let verifyError, !context.isServer { return "certificate verify failed: \(verifyError)" }
+        let error = OpenSSLError.drain("TLS handshake")
+        return error.details.isEmpty ? "TLS handshake failed" : error.details.joined(separator: "; ")
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import TestSupport
+import Testing
+@testable import TLS
+
+/// A root and leaves built with the TLS module alone, written where OpenSSL can load them.
+struct TestPKI {
+    let root: Certificate
+    let rootKey: PrivateKey
+    let dir: String
+    var bundle: String { "\(dir)/root.pem" }
+
+    init(name: String = "Test Root") throws {
+        dir = TestEnv.scratch("pki")
+        rootKey = try PrivateKey.generate(.ecP256)
+        let spec = CertificateSpec(subject: .attributes([("CN", name)]), serial: try CertificateSpec.randomSerial(),
+                                   notBefore: Date().addingTimeInterval(-3600), notAfter: Date().addingTimeInterval(86_400 * 30), publicKey: rootKey,
+                                   extensions: [try CertificateExtension.make("basicConstraints", "critical,CA:TRUE"),
+                                                try CertificateExtension.make("keyUsage", "critical,keyCertSign,cRLSign")])
+        root = try CertificateBuilder.sign(spec, issuer: nil, issuerKey: rootKey)
+        try root.pem.write(toFile: bundle, atomically: true, encoding: .utf8)
+    }
+
+    func leaf(_ names: [SubjectAltName], notBefore: Date = Date().addingTimeInterval(-60), notAfter: Date = Date().addingTimeInterval(86_400)) throws -> (Certificate, PrivateKey) {
+        let key = try PrivateKey.generate(.ecP256)
+        let spec = CertificateSpec(subject: .attributes([("CN", "leaf")]), serial: try CertificateSpec.randomSerial(),
+                                   notBefore: notBefore, notAfter: notAfter, publicKey: key,
+                                   extensions: [try CertificateExtension.subjectAltNames(names),
+                                                try CertificateExtension.make("extendedKeyUsage", "serverAuth")])
+        return (try CertificateBuilder.sign(spec, issuer: root, issuerKey: rootKey), key)
+    }
+}
+
+/// Moves bytes between two sessions until neither has anything to say.
+func pump(_ a: TLSSession, _ b: TLSSession) {
+    for _ in 0..<50 {
+        let fromA = a.takeOutput(), fromB = b.takeOutput()
+        if fromA.isEmpty && fromB.isEmpty { return }
+        b.receive(fromA)
+        a.receive(fromB)
+    }
+}
+
+@Suite struct TLSSessionTests {
+    @Test func handshakeALPNAndDataBothWays() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let server = try TLSSession.server(try TLSContext.server(), chain: [leaf, pki.root], key: key, alpn: ["http/1.1"])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: "origin.test", alpn: ["h2", "http/1.1"])
+        client.advanceHandshake()
+        pump(client, server)
+        #expect(client.state == .established && server.state == .established, "\(client.state) \(server.state)")
+        #expect(client.alpn == "http/1.1" && server.alpn == "http/1.1")  // only what the server side allows
+        #expect(client.version == "TLSv1.3" && client.cipher != nil)
+        #expect(client.verifyError == nil)
+        #expect(client.peerChain.first?.der == leaf.der)
+        try client.write(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        pump(client, server)
+        #expect(server.read() == Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        let big = [UInt8](repeating: 0x5A, count: 100_000)
+        try server.write(big)
+        pump(client, server)
+        #expect(client.read() == big)
+        server.close()
+        pump(client, server)
+        _ = client.read()
+        #expect(client.state == .closed)
+    }
+
+    @Test func noALPNOverlapMeansNoALPN() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key, alpn: ["h2"])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: "origin.test", alpn: ["http/1.1"])
+        client.advanceHandshake()
+        pump(client, server)
+        #expect(client.state == .established && client.alpn == nil)
+    }
+
+    /// Strict verification: every bad certificate fails the client's handshake with the reason.
+    @Test func strictUpstreamVerification() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let other = try TestPKI(name: "Another Root")
+        defer { TestEnv.remove(other.dir) }
+        let cases: [(String, (Certificate, PrivateKey), String)] = [
+            ("wrong name", try pki.leaf([.dns("other.test")]), "hostname mismatch"),
+            ("expired", try pki.leaf([.dns("origin.test")], notBefore: Date().addingTimeInterval(-86_400 * 3), notAfter: Date().addingTimeInterval(-86_400)), "expired"),
+            ("not yet valid", try pki.leaf([.dns("origin.test")], notBefore: Date().addingTimeInterval(86_400)), "not yet valid"),
+            ("untrusted root", try other.leaf([.dns("origin.test")]), "unable to get local issuer certificate"),
+        ]
+        for (label, (leaf, key), reason) in cases {
+            let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: "origin.test")
+            client.advanceHandshake()
+            pump(client, server)
+            guard case .failed(let why) = client.state else { Issue.record("\(label): \(client.state)"); continue }
+            #expect(why.contains(reason), "\(label): \(why)")
+        }
+        // IP addresses are verified against IP SANs.
+        let (ipLeaf, ipKey) = try pki.leaf([.ip([192, 0, 2, 9])])
+        for (name, ok) in [("192.0.2.9", true), ("192.0.2.10", false)] {
+            let server = try TLSSession.server(try TLSContext.server(), chain: [ipLeaf], key: ipKey)
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: name)
+            client.advanceHandshake()
+            pump(client, server)
+            #expect((client.state == .established) == ok, "\(name): \(client.state)")
+        }
+    }
+
+    @Test func anOldProtocolIsNotUpgraded() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        // A server stuck at TLS 1.1 against a client that requires 1.2: no session at all.
+        let oldServer = try TLSSession.server(try TLSContext.server(minimum: .tls10, maximum: .tls11), chain: [leaf], key: key)
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle, minimum: .tls12), serverName: "origin.test")
+        client.advanceHandshake()
+        pump(client, oldServer)
+        guard case .failed = client.state else { Issue.record("TLS 1.1 was accepted: \(client.state)"); return }
+    }
+
+    @Test func garbageFromThePeerFailsCleanly() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+        server.receive(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        guard case .failed(let why) = server.state else { Issue.record("\(server.state)"); return }
+        #expect(why.contains("http request"), "\(why)")
+        #expect(throws: OpenSSLError.self) { try server.write([1]) }
+    }
+}
