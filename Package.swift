@@ -25,6 +25,7 @@ let package = Package(
         .target(name: "Platform"),
         .target(name: "Store", dependencies: ["TLS", "Platform"]),
         .target(name: "CA", dependencies: ["TLS", "Store", "TOML", "Wire"]),
+        .target(name: "Proxy", dependencies: ["CA", "Policy", "TLS", "Wire"]),
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
         .executableTarget(
             name: "loupe",
@@ -34,10 +35,11 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy"]),
-        .target(name: "TestSupport", dependencies: ["Platform"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Platform", "TLS"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"], exclude: ["Fixtures"]),
+        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "CA", "Store", "Policy", "TLS", "TestSupport"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),

@@ -1,0 +1,256 @@
+import CA
+import Policy
+import TLS
+import Wire
+
+/// The life of one diverted TCP connection, sans-IO (as mitmproxy's proxy layers): events in,
+/// commands out. The NIO handler that will own the sockets only moves bytes and timers; every
+/// decision — peek, splice, bump, block, what the client sees when upstream verification
+/// fails — is made here and tested as a script of events.
+///
+///   peeking ──hello──▶ policy(hello) ─┬─ splice ─▶ connecting ─▶ relaying (opaque bytes)
+///      │ not TLS ─▶ splice (opaque)    ├─ block ──▶ TLS alert, closed
+///      │ timeout ─▶ closed             └─ bump ───▶ connecting ─▶ upstream TLS handshake
+///                                                    ─▶ mint leaf ─▶ client TLS handshake ─▶ relaying (plaintext)
+public final class ConnectionMachine {
+    public enum Event: Sendable {
+        case clientData([UInt8])
+        case clientClosed
+        case upstreamConnected
+        case upstreamConnectFailed(String)
+        case upstreamData([UInt8])
+        case upstreamClosed
+        case leafReady(Leaf)
+        case leafFailed(String)
+        /// The current stage's deadline passed (peek, connect or handshake).
+        case timeout
+    }
+
+    public enum Command: Equatable, Sendable {
+        case connectUpstream(FlowFacts.Endpoint)
+        case sendClient([UInt8])
+        case sendUpstream([UInt8])
+        case mintLeaf(LeafRequest)
+        case decided(Decision)
+        case closeClient
+        case closeUpstream
+        /// The connection is over; `reason` goes to the flow log.
+        case finished(reason: String)
+    }
+
+    public enum Phase: Equatable, Sendable {
+        case peeking, connecting, upstreamHandshake, minting, clientHandshake, relaying, closed
+    }
+
+    public struct Settings: Sendable {
+        /// Trust for upstream verification (system store, or `--upstream-ca`).
+        public var upstreamContext: TLSContext
+        public var clientContext: TLSContext
+        /// ALPN protocols Loupe can relay on a bumped flow.
+        public var relayableALPN: [String] = ["h2", "http/1.1"]
+        public init(upstreamContext: TLSContext, clientContext: TLSContext) {
+            self.upstreamContext = upstreamContext
+            self.clientContext = clientContext
+        }
+    }
+
+    public private(set) var phase: Phase = .peeking
+    public private(set) var facts: FlowFacts
+    public private(set) var mode: Verdict?
+    private let policy: Policy
+    private let settings: Settings
+    private var hello = ClientHelloReader()
+    private var upstreamTLS: TLSSession?
+    private var clientTLS: TLSSession?
+    private var clientClosed = false
+    private var upstreamClosed = false
+
+    /// `facts` are the connect-stage facts (original destination from the socket).
+    public init(facts: FlowFacts, policy: Policy, settings: Settings) {
+        self.facts = facts
+        self.policy = policy
+        self.settings = settings
+    }
+
+    public func handle(_ event: Event) -> [Command] {
+        switch (phase, event) {
+        case (.closed, _):
+            return []
+        case (.peeking, .clientData(let bytes)):
+            switch hello.feed(bytes) {
+            case .needMore: return []
+            case .hello(let h): return decide(h)
+            case .notTLS: return startSplice(reason: "not TLS: relayed as opaque TCP")
+            case .malformed(let error): return finish("malformed ClientHello: \(error)", alert: 50)  // decode_error
+            }
+        case (.peeking, .timeout):
+            return finish("no ClientHello before the deadline")
+        case (_, .clientClosed) where phase != .relaying:
+            return finish("client closed during \(phase)")
+        case (.connecting, .upstreamConnected):
+            if mode == .splice {
+                phase = .relaying
+                return [.sendUpstream(hello.bytes)]
+            }
+            return startUpstreamTLS()
+        case (.connecting, .upstreamConnectFailed(let why)):
+            return finish("upstream connect failed: \(why)", alert: mode == .bump ? 40 : nil)
+        case (.upstreamHandshake, .upstreamData(let bytes)):
+            guard let upstream = upstreamTLS else { return [] }
+            upstream.receive(bytes)
+            var out = send(upstream: upstream.takeOutput())
+            switch upstream.state {
+            case .handshaking: return out
+            case .failed(let why):
+                // Never launder: the client's handshake fails too, with an alert, not a page.
+                return out + finish("upstream TLS failed: \(why)", alert: alert(for: why))
+            case .established, .closed:
+                guard let leafCert = upstream.peerChain.first else { return out + finish("upstream sent no certificate", alert: 42) }
+                var extra: [SubjectAltName] = []
+                if facts.sni == nil, let dst = facts.dst { extra.append(.ip(dst.address)) }
+                phase = .minting
+                out.append(.mintLeaf(.mirroring(leafCert, extraNames: extra)))
+                return out
+            }
+        case (.minting, .leafReady(let leaf)):
+            return startClientTLS(leaf)
+        case (.minting, .leafFailed(let why)):
+            return finish("minting the masquerade leaf failed: \(why)", alert: 80)
+        case (.clientHandshake, .clientData(let bytes)):
+            return pumpClientHandshake(bytes)
+        case (.clientHandshake, .upstreamData(let bytes)), (.minting, .upstreamData(let bytes)):
+            // Early upstream data (a TLS 1.3 ticket) waits inside the upstream session.
+            upstreamTLS?.receive(bytes)
+            return []
+        case (.relaying, let event):
+            return relay(event)
+        case (_, .timeout):
+            return finish("deadline passed during \(phase)", alert: phase == .clientHandshake ? nil : 40)
+        case (_, .upstreamClosed):
+            return finish("upstream closed during \(phase)", alert: 40)
+        default:
+            return []
+        }
+    }
+
+    // MARK: stages
+
+    private func decide(_ h: ClientHello) -> [Command] {
+        facts.sni = h.serverName
+        facts.alpn = h.alpn
+        let decision = policy.decide(.hello, facts)
+        mode = decision.verdict
+        switch decision.verdict {
+        case .block:
+            return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule)", alert: 49)  // access_denied
+        case .splice:
+            return [.decided(decision)] + startSplice(reason: nil)
+        default:
+            phase = .connecting
+            return [.decided(decision), .connectUpstream(facts.dst!)]
+        }
+    }
+
+    private func startSplice(reason: String?) -> [Command] {
+        mode = .splice
+        phase = .connecting
+        guard let dst = facts.dst else { return finish("no original destination") }
+        return [.connectUpstream(dst)]
+    }
+
+    private func startUpstreamTLS() -> [Command] {
+        let offered = facts.alpn.filter { settings.relayableALPN.contains($0) }
+        let name = facts.sni ?? facts.dst.map { IPAddress.format($0.address) }
+        do {
+            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered)
+            upstreamTLS = upstream
+            phase = .upstreamHandshake
+            upstream.advanceHandshake()
+            return send(upstream: upstream.takeOutput())
+        } catch {
+            return finish("cannot start the upstream TLS session: \(error)", alert: 80)
+        }
+    }
+
+    private func startClientTLS(_ leaf: Leaf) -> [Command] {
+        // Present exactly the protocol the upstream chose, or none.
+        let alpn = upstreamTLS?.alpn.map { [$0] } ?? []
+        do {
+            let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate] + leaf.chain, key: leaf.key, alpn: alpn)
+            clientTLS = client
+            phase = .clientHandshake
+            return pumpClientHandshake(hello.bytes)
+        } catch {
+            return finish("cannot start the client TLS session: \(error)", alert: 80)
+        }
+    }
+
+    private func pumpClientHandshake(_ bytes: [UInt8]) -> [Command] {
+        guard let client = clientTLS else { return [] }
+        client.receive(bytes)
+        var out = send(client: client.takeOutput())
+        switch client.state {
+        case .handshaking: return out
+        case .failed(let why): return out + finish("client aborted our handshake: \(why)")
+        case .established, .closed:
+            phase = .relaying
+            // Anything either side already sent past the handshake flows now.
+            out += forwardPlaintext()
+            return out
+        }
+    }
+
+    private func relay(_ event: Event) -> [Command] {
+        switch (mode, event) {
+        case (.splice?, .clientData(let bytes)): return [.sendUpstream(bytes)]
+        case (.splice?, .upstreamData(let bytes)): return [.sendClient(bytes)]
+        case (_, .clientData(let bytes)):
+            clientTLS?.receive(bytes)
+            return forwardPlaintext()
+        case (_, .upstreamData(let bytes)):
+            upstreamTLS?.receive(bytes)
+            return forwardPlaintext()
+        case (_, .clientClosed):
+            clientClosed = true
+            return upstreamClosed ? finish("both sides closed") : [.closeUpstream]
+        case (_, .upstreamClosed):
+            upstreamClosed = true
+            return clientClosed ? finish("both sides closed") : [.closeClient]
+        default:
+            return []
+        }
+    }
+
+    /// Decrypt on one leg, encrypt on the other, both directions.
+    private func forwardPlaintext() -> [Command] {
+        guard let client = clientTLS, let upstream = upstreamTLS else { return [] }
+        var out: [Command] = []
+        let up = client.read()
+        if !up.isEmpty { try? upstream.write(up) }
+        let down = upstream.read()
+        if !down.isEmpty { try? client.write(down) }
+        out += send(upstream: upstream.takeOutput())
+        out += send(client: client.takeOutput())
+        return out
+    }
+
+    private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(bytes)] }
+    private func send(client bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendClient(bytes)] }
+
+    /// A TLS alert description for an upstream failure, as a direct client would have met it.
+    private func alert(for reason: String) -> UInt8 {
+        if reason.contains("expired") { return 45 }              // certificate_expired
+        if reason.contains("unable to get local issuer") || reason.contains("self-signed") || reason.contains("self signed") { return 48 }  // unknown_ca
+        if reason.contains("verify failed") { return 42 }        // bad_certificate
+        if reason.contains("protocol version") || reason.contains("unsupported protocol") { return 70 }  // protocol_version
+        return 40                                                 // handshake_failure
+    }
+
+    /// Ends the connection; with `alert`, first sends the client a fatal TLS alert record.
+    private func finish(_ reason: String, alert: UInt8? = nil) -> [Command] {
+        phase = .closed
+        var out: [Command] = []
+        if let alert { out.append(.sendClient([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert])) }
+        return out + [.closeClient, .closeUpstream, .finished(reason: reason)]
+    }
+}

@@ -1,0 +1,219 @@
+import Foundation
+import TestSupport
+import Testing
+import CA
+import Policy
+@testable import Proxy
+import Store
+import TLS
+
+/// A world for one connection: a real client TLS session (trusting Loupe's root), a real origin
+/// TLS session (its own PKI), Loupe's CA — and the machine between them. `run` plays the NIO
+/// handler's part: it carries bytes, answers connects and mints, and records what happened.
+final class Playbook {
+    let loupeDir: String
+    let minter: LeafMinter
+    let loupeRootBundle: String
+    let originPKI: TestPKI
+    var log: [ConnectionMachine.Command] = []
+    var connectFails: String?
+
+    init() throws {
+        loupeDir = TestEnv.scratch("proxy")
+        let authority = RootAuthority(store: try SealedStore.create(stateDirectory: loupeDir, provider: .hostKey), profile: CAProfile())
+        _ = try authority.initialize()
+        let root = try authority.root()!
+        minter = try LeafMinter(root: root, profile: CAProfile())
+        loupeRootBundle = "\(loupeDir)/loupe-root.pem"
+        try root.certificate.pem.write(toFile: loupeRootBundle, atomically: true, encoding: .utf8)
+        originPKI = try TestPKI(name: "Origin Test Root")
+    }
+
+    deinit {
+        TestEnv.remove(loupeDir)
+        TestEnv.remove(originPKI.dir)
+    }
+
+    static let policyText = """
+        [defaults]
+        connect = "inspect"
+        hello = "bump"
+        request = "allow"
+        [[rule]]
+        name = "splice-bank"
+        stage = "hello"
+        sni = [".bank.test"]
+        action = "splice"
+        [[rule]]
+        name = "block-bad"
+        stage = "hello"
+        sni = ["bad.test"]
+        action = "block"
+        """
+
+    func machine(dst: String = "192.0.2.10:443") throws -> ConnectionMachine {
+        var facts = FlowFacts()
+        facts.dst = FlowFacts.Endpoint(dst)
+        let settings = ConnectionMachine.Settings(upstreamContext: try TLSContext.client(trustBundle: originPKI.bundle),
+                                                  clientContext: try TLSContext.server())
+        return ConnectionMachine(facts: facts, policy: try Policy.parse(Self.policyText, file: "p.toml"), settings: settings)
+    }
+
+    func origin(_ names: [SubjectAltName], expired: Bool = false, alpn: [String] = ["h2", "http/1.1"]) throws -> TLSSession {
+        let (leaf, key) = expired
+            ? try originPKI.leaf(names, notBefore: Date().addingTimeInterval(-86_400 * 9), notAfter: Date().addingTimeInterval(-86_400))
+            : try originPKI.leaf(names)
+        return try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key, alpn: alpn)
+    }
+
+    /// Delivers `first` and then carries bytes until nothing moves.
+    func run(_ m: ConnectionMachine, client: TLSSession, origin: TLSSession, first: [ConnectionMachine.Event] = []) {
+        var queue = first
+        for _ in 0..<200 {
+            if queue.isEmpty {
+                let fromClient = client.takeOutput()
+                let fromOrigin = origin.takeOutput()
+                if !fromClient.isEmpty { queue.append(.clientData(fromClient)) }
+                if !fromOrigin.isEmpty { queue.append(.upstreamData(fromOrigin)) }
+                if queue.isEmpty { return }
+            }
+            let event = queue.removeFirst()
+            for command in m.handle(event) {
+                log.append(command)
+                switch command {
+                case .connectUpstream: queue.append(connectFails.map { .upstreamConnectFailed($0) } ?? .upstreamConnected)
+                case .sendUpstream(let bytes): origin.receive(bytes)
+                case .sendClient(let bytes): client.receive(bytes)
+                case .mintLeaf(let request):
+                    do { queue.append(.leafReady(try minter.mint(request))) } catch { queue.append(.leafFailed("\(error)")) }
+                default: break
+                }
+            }
+        }
+    }
+
+    var finishedReason: String? {
+        for case .finished(let reason) in log { return reason }
+        return nil
+    }
+
+    var decisions: [Decision] {
+        log.compactMap { if case .decided(let d) = $0 { d } else { nil } }
+    }
+}
+
+@Suite struct ConnectionMachineTests {
+    @Test func bumpRelaysPlaintextUnderAMirroredLeaf() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")], alpn: ["h2", "http/1.1"])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["h2", "http/1.1"])
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(client.state == .established, "\(client.state) / \(p.finishedReason ?? "-")")
+        #expect(m.phase == .relaying && m.mode == .bump)
+        #expect(p.decisions.map(\.verdict) == [.bump])
+        // The client sees Loupe's leaf, mirroring the origin's names, and the origin's ALPN.
+        #expect(client.peerChain.first?.subjectAltNames == [.dns("www.origin.test")])
+        #expect(client.peerChain.first?.issuer.contains("Loupe Root CA") == true)
+        #expect(client.alpn == "h2" && origin.alpn == "h2")
+        try client.write(Array("GET / HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(String(decoding: origin.read(), as: UTF8.self).hasPrefix("GET / HTTP/1.1"))
+        let body = [UInt8](repeating: 0x42, count: 50_000)
+        try origin.write(body)
+        p.run(m, client: client, origin: origin)
+        #expect(client.read() == body)
+    }
+
+    @Test func spliceRelaysTheOriginalBytesUntouched() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("online.bank.test")])
+        // The client trusts the origin's own root: only an untouched relay can succeed.
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.originPKI.bundle), serverName: "online.bank.test")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(m.mode == .splice && p.decisions.first?.rule == "splice-bank")
+        #expect(client.state == .established && client.peerChain.first?.issuer == "CN=Origin Test Root")
+    }
+
+    @Test func blockAtHelloSendsAnAlert() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("bad.test")])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "bad.test")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        guard case .failed(let why) = client.state else { Issue.record("\(client.state)"); return }
+        #expect(why.contains("access denied"), "\(why)")
+        #expect(!p.log.contains { if case .connectUpstream = $0 { true } else { false } })
+        #expect(p.finishedReason?.contains("block-bad") == true)
+    }
+
+    /// Never launder: a bad upstream certificate fails the client's handshake too, with an
+    /// alert matching the reason, and no leaf is ever minted for it.
+    @Test(arguments: ["expired", "wrong name", "untrusted root"])
+    func upstreamVerificationFailureFailsTheClient(problem: String) throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let stranger = try TestPKI(name: "Stranger Root")
+        defer { TestEnv.remove(stranger.dir) }
+        let origin: TLSSession
+        switch problem {
+        case "expired": origin = try p.origin([.dns("www.origin.test")], expired: true)
+        case "wrong name": origin = try p.origin([.dns("elsewhere.test")])
+        default:
+            let (leaf, key) = try stranger.leaf([.dns("www.origin.test")])
+            origin = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+        }
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        guard case .failed(let why) = client.state else { Issue.record("\(problem): \(client.state)"); return }
+        let expectedAlert = ["expired": "certificate expired", "wrong name": "bad certificate", "untrusted root": "unknown ca"][problem]!
+        #expect(why.contains(expectedAlert), "\(problem): \(why)")
+        #expect(p.finishedReason?.hasPrefix("upstream TLS failed") == true, "\(problem): \(p.finishedReason ?? "-")")
+        #expect(!p.log.contains { if case .mintLeaf = $0 { true } else { false } })
+    }
+
+    @Test func helloWithoutSNIGetsTheDestinationIP() throws {
+        let p = try Playbook()
+        let m = try p.machine(dst: "192.0.2.10:443")
+        let origin = try p.origin([.ip([192, 0, 2, 10]), .dns("origin.test")])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "192.0.2.10")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(client.state == .established, "\(client.state) / \(p.finishedReason ?? "-")")
+        #expect(client.peerChain.first?.subjectAltNames == [.ip([192, 0, 2, 10]), .dns("origin.test")])
+    }
+
+    @Test func notTLSIsSplicedAsOpaqueBytes() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let commands = m.handle(.clientData(Array("GET / HTTP/1.1\r\n".utf8)))
+        #expect(commands == [.connectUpstream(FlowFacts.Endpoint("192.0.2.10:443")!)])
+        #expect(m.handle(.upstreamConnected) == [.sendUpstream(Array("GET / HTTP/1.1\r\n".utf8))])
+        #expect(m.handle(.upstreamData([1, 2])) == [.sendClient([1, 2])])
+        #expect(m.handle(.clientClosed) == [.closeUpstream])
+        #expect(m.handle(.upstreamClosed) == [.closeClient, .closeUpstream, .finished(reason: "both sides closed")])
+        #expect(m.phase == .closed && m.handle(.clientData([9])) == [])
+    }
+
+    @Test func deadlinesAndEarlyCloses() throws {
+        let p = try Playbook()
+        let silent = try p.machine()
+        #expect(silent.handle(.timeout) == [.closeClient, .closeUpstream, .finished(reason: "no ClientHello before the deadline")])
+        let partial = try p.machine()
+        #expect(partial.handle(.clientData([0x16, 0x03, 0x01])) == [])
+        #expect(partial.handle(.clientClosed).last == .finished(reason: "client closed during peeking"))
+        let unreachable = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")])
+        p.connectFails = "connection refused"
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test")
+        client.advanceHandshake()
+        p.run(unreachable, client: client, origin: origin)
+        guard case .failed = client.state else { Issue.record("\(client.state)"); return }
+        #expect(p.finishedReason == "upstream connect failed: connection refused")
+    }
+}
