@@ -62,6 +62,8 @@ public final class ConnectionMachine {
     private var hello = ClientHelloReader()
     private var upstreamTLS: TLSSession?
     private var clientTLS: TLSSession?
+    /// Present on bumped HTTP/1.1 flows: each request head is decided before it goes upstream.
+    private var requests: HTTPRequestTracker?
     private var clientClosed = false
     private var upstreamClosed = false
 
@@ -194,6 +196,7 @@ public final class ConnectionMachine {
         case .failed(let why): return out + finish("client aborted our handshake: \(why)")
         case .established, .closed:
             phase = .relaying
+            if client.alpn == nil || client.alpn == "http/1.1" { requests = HTTPRequestTracker() }
             // Anything either side already sent past the handshake flows now.
             out += forwardPlaintext()
             return out
@@ -226,12 +229,48 @@ public final class ConnectionMachine {
         guard let client = clientTLS, let upstream = upstreamTLS else { return [] }
         var out: [Command] = []
         let up = client.read()
-        if !up.isEmpty { try? upstream.write(up) }
+        if !up.isEmpty {
+            if requests == nil {
+                try? upstream.write(up)
+            } else {
+                for piece in requests!.feed(up) {
+                    switch piece {
+                    case .bytes(let bytes): try? upstream.write(bytes)
+                    case .gaveUp: requests = nil
+                    case .head(let head, let raw):
+                        guard case .request(let method, let target) = head.kind else { continue }
+                        facts.method = method
+                        facts.url = Self.url(target: target, host: head.header("host") ?? facts.sni ?? "")
+                        let decision = policy.decide(.request, facts)
+                        out.append(.decided(decision))
+                        if decision.verdict == .block {
+                            try? client.write(Self.forbidden(decision))
+                            client.close()
+                            return out + send(upstream: upstream.takeOutput()) + send(client: client.takeOutput())
+                                + finish("request blocked by rule \(decision.rule)")
+                        }
+                        try? upstream.write(raw)
+                    }
+                }
+            }
+        }
         let down = upstream.read()
         if !down.isEmpty { try? client.write(down) }
         out += send(upstream: upstream.takeOutput())
         out += send(client: client.takeOutput())
         return out
+    }
+
+    /// The absolute URL of a request: origin-form targets get the Host header's authority.
+    static func url(target: String, host: String) -> String {
+        if target.hasPrefix("http://") || target.hasPrefix("https://") { return target }
+        return "https://\(host)\(target.hasPrefix("/") ? target : "/" + target)"
+    }
+
+    /// The page a blocked request gets inside the (trusted) bumped session.
+    static func forbidden(_ decision: Decision) -> [UInt8] {
+        let body = "Blocked by Loupe policy (rule \(decision.rule)): \(decision.reason)\n"
+        return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
     }
 
     private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(bytes)] }

@@ -49,6 +49,13 @@ final class Playbook {
         stage = "hello"
         sni = ["bad.test"]
         action = "block"
+        [[rule]]
+        name = "no-admin-post"
+        stage = "request"
+        method = ["POST"]
+        path = ["/admin"]
+        action = "block"
+        reason = "admin uploads are not allowed"
         """
 
     func machine(dst: String = "192.0.2.10:443") throws -> ConnectionMachine {
@@ -124,6 +131,28 @@ final class Playbook {
         try origin.write(body)
         p.run(m, client: client, origin: origin)
         #expect(client.read() == body)
+    }
+
+    /// Each HTTP/1.1 request on a bumped flow is decided before any of it goes upstream.
+    @Test func requestStageBlocksWithA403AndForwardsNothing() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.1"])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["http/1.1"])
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(client.state == .established)
+        try client.write(Array("POST /upload HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 5\r\n\r\nhello".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(String(decoding: origin.read(), as: UTF8.self).hasSuffix("\r\n\r\nhello"))
+        try client.write(Array("POST /admin/users HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 6\r\n\r\nsecret".utf8))
+        p.run(m, client: client, origin: origin)
+        let page = String(decoding: client.read(), as: UTF8.self)
+        #expect(page.hasPrefix("HTTP/1.1 403 Forbidden") && page.contains("no-admin-post"), "\(page)")
+        #expect(origin.read().isEmpty, "not one byte of a blocked request may reach the origin")
+        #expect(p.decisions.map(\.stage) == [.hello, .request, .request])
+        #expect(p.decisions.last?.verdict == .block)
+        #expect(p.finishedReason == "request blocked by rule no-admin-post")
     }
 
     @Test func spliceRelaysTheOriginalBytesUntouched() throws {

@@ -1,0 +1,96 @@
+import Wire
+
+/// Splits the client's plaintext on a bumped HTTP/1.1 flow into request heads and everything
+/// else, so each request can be decided (stage "request") before a byte of it goes upstream.
+/// Bodies are skipped by Content-Length or chunked framing; an upgrade (WebSocket) or anything
+/// unparseable turns the rest of the stream into opaque bytes.
+public struct HTTPRequestTracker: Sendable {
+    public enum Piece: Equatable, Sendable {
+        case head(HTTPHead, raw: [UInt8])
+        /// Body bytes, or bytes after an upgrade: forwarded as they are.
+        case bytes([UInt8])
+        /// The stream is not HTTP/1.1 as expected; the reason, then opaque relaying.
+        case gaveUp(String)
+    }
+
+    private enum State: Sendable {
+        case head
+        case body(remaining: Int)
+        case chunkSize
+        case chunkData(remaining: Int)
+        case trailers
+        case opaque
+    }
+
+    private var state = State.head
+    private var buffer: [UInt8] = []
+
+    public init() {}
+
+    public mutating func feed(_ bytes: [UInt8]) -> [Piece] {
+        buffer += bytes
+        var pieces: [Piece] = []
+        while !buffer.isEmpty {
+            switch state {
+            case .opaque:
+                pieces.append(.bytes(buffer))
+                buffer.removeAll()
+            case .head:
+                switch HTTPHead.parse(buffer[...], expectRequest: true) {
+                case .needMore: return pieces
+                case .malformed(let error):
+                    state = .opaque
+                    pieces.append(.gaveUp("\(error)"))
+                case .head(let head):
+                    let raw = Array(buffer.prefix(head.length))
+                    buffer.removeFirst(head.length)
+                    pieces.append(.head(head, raw: raw))
+                    state = Self.bodyState(after: head)
+                }
+            case .body(let remaining):
+                let n = min(remaining, buffer.count)
+                pieces.append(.bytes(Array(buffer.prefix(n))))
+                buffer.removeFirst(n)
+                state = remaining - n == 0 ? .head : .body(remaining: remaining - n)
+            case .chunkSize, .trailers:
+                guard let lineEnd = buffer.firstIndex(of: 0x0A) else {
+                    if buffer.count > 8192 { state = .opaque; pieces.append(.gaveUp("chunk line too long")) }
+                    return pieces
+                }
+                let line = Array(buffer.prefix(lineEnd + 1))
+                buffer.removeFirst(lineEnd + 1)
+                pieces.append(.bytes(line))
+                // Bytes, not Characters: "\r\n" is a single Character in Swift.
+                var trimmed = line[...]
+                while let l = trimmed.last, l == 0x0A || l == 0x0D || l == 0x20 || l == 0x09 { trimmed = trimmed.dropLast() }
+                while let f = trimmed.first, f == 0x20 || f == 0x09 { trimmed = trimmed.dropFirst() }
+                let text = String(decoding: trimmed, as: UTF8.self)
+                if case .trailers = state {
+                    if text.isEmpty { state = .head }
+                    continue
+                }
+                let sizeText = text.split(separator: ";").first.map(String.init) ?? ""
+                guard let size = Int(sizeText, radix: 16), size >= 0 else {
+                    state = .opaque
+                    pieces.append(.gaveUp("bad chunk size '\(sizeText)'"))
+                    continue
+                }
+                state = size == 0 ? .trailers : .chunkData(remaining: size + 2)  // data + CRLF
+            case .chunkData(let remaining):
+                let n = min(remaining, buffer.count)
+                pieces.append(.bytes(Array(buffer.prefix(n))))
+                buffer.removeFirst(n)
+                state = remaining - n == 0 ? .chunkSize : .chunkData(remaining: remaining - n)
+            }
+        }
+        return pieces
+    }
+
+    private static func bodyState(after head: HTTPHead) -> State {
+        if head.header("upgrade") != nil, head.header("connection")?.lowercased().contains("upgrade") == true { return .opaque }
+        if case .request(let method, _) = head.kind, method == "CONNECT" { return .opaque }
+        if head.header("transfer-encoding")?.lowercased().contains("chunked") == true { return .chunkSize }
+        if let length = head.header("content-length").flatMap({ Int($0) }), length > 0 { return .body(remaining: length) }
+        return .head
+    }
+}

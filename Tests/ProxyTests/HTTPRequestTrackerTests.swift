@@ -1,0 +1,51 @@
+import Testing
+@testable import Proxy
+import Wire
+
+@Suite struct HTTPRequestTrackerTests {
+    func heads(_ pieces: [HTTPRequestTracker.Piece]) -> [String] {
+        pieces.compactMap { if case .head(let h, _) = $0, case .request(let m, let t) = h.kind { "\(m) \(t)" } else { nil } }
+    }
+
+    func bytes(_ pieces: [HTTPRequestTracker.Piece]) -> [UInt8] {
+        pieces.flatMap { piece -> [UInt8] in
+            switch piece {
+            case .head(_, let raw): raw
+            case .bytes(let b): b
+            case .gaveUp: []
+            }
+        }
+    }
+
+    static let stream = Array((
+        "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nGET "
+        + "PUT /b HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3;x=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\n"
+        + "GET /c HTTP/1.1\r\nHost: h\r\n\r\n").utf8)
+
+    @Test func framesBodiesByLengthAndChunks() {
+        var tracker = HTTPRequestTracker()
+        let pieces = tracker.feed(Self.stream)
+        #expect(heads(pieces) == ["POST /a", "PUT /b", "GET /c"])  // "GET " inside a body is not a request
+        #expect(bytes(pieces) == Self.stream)
+    }
+
+    /// Whatever the segmentation, the same requests and the same bytes come out.
+    @Test func everySplitGivesTheSameRequests() {
+        for cut in 0...Self.stream.count {
+            var tracker = HTTPRequestTracker()
+            let pieces = tracker.feed(Array(Self.stream[..<cut])) + tracker.feed(Array(Self.stream[cut...]))
+            #expect(heads(pieces) == ["POST /a", "PUT /b", "GET /c"], "cut \(cut)")
+            #expect(bytes(pieces) == Self.stream, "cut \(cut)")
+        }
+    }
+
+    @Test func upgradesAndGarbageBecomeOpaque() {
+        var ws = HTTPRequestTracker()
+        let upgrade = ws.feed(Array("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{81}\u{05}GET / HTTP/1.1\r\n\r\n".utf8))
+        #expect(heads(upgrade) == ["GET /ws"])  // frames after the upgrade are never parsed as requests
+        var junk = HTTPRequestTracker()
+        let pieces = junk.feed(Array("NOT HTTP AT ALL\r\n\r\n".utf8))
+        guard case .gaveUp? = pieces.first else { Issue.record("\(pieces)"); return }
+        #expect(junk.feed([1, 2, 3]) == [.bytes([1, 2, 3])])
+    }
+}
