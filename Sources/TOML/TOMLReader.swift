@@ -86,6 +86,4 @@ public struct TOMLReader: Sendable {
         guard let t = v.table else { throw error("'\(name(key))' must be a table, found \(v.typeName)", at: v) }
         return TOMLReader(file: file, table: t, path: name(key))
     }
-
-    public func line(of key: String) -> Int { table[key]?.line ?? table.line }
 }
