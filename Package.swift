@@ -12,6 +12,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         .target(
@@ -25,12 +26,16 @@ let package = Package(
         .target(name: "Platform"),
         .target(name: "Store", dependencies: ["TLS", "Platform"]),
         .target(name: "CA", dependencies: ["TLS", "Store", "TOML", "Wire"]),
-        .target(name: "Proxy", dependencies: ["CA", "Policy", "TLS", "Wire"]),
+        .target(name: "Proxy", dependencies: [
+            "CA", "Policy", "TLS", "Wire",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire",
+                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire", "Proxy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

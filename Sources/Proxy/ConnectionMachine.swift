@@ -214,11 +214,17 @@ public final class ConnectionMachine {
             upstreamTLS?.receive(bytes)
             return forwardPlaintext()
         case (_, .clientClosed):
+            if clientClosed { return upstreamClosed ? finish("both sides closed") : [] }
             clientClosed = true
-            return upstreamClosed ? finish("both sides closed") : [.closeUpstream]
+            upstreamTLS?.close()
+            let flush = send(upstream: upstreamTLS?.takeOutput() ?? [])
+            return flush + (upstreamClosed ? finish("both sides closed") : [.closeUpstream])
         case (_, .upstreamClosed):
+            if upstreamClosed { return clientClosed ? finish("both sides closed") : [] }
             upstreamClosed = true
-            return clientClosed ? finish("both sides closed") : [.closeClient]
+            clientTLS?.close()
+            let flush = send(client: clientTLS?.takeOutput() ?? [])
+            return flush + (clientClosed ? finish("both sides closed") : [.closeClient])
         default:
             return []
         }
@@ -256,9 +262,22 @@ public final class ConnectionMachine {
         }
         let down = upstream.read()
         if !down.isEmpty { try? client.write(down) }
+        // A close_notify on one leg is passed on as a close_notify on the other, then a half-close.
+        var halfClose: [Command] = []
+        if upstream.state == .closed, !upstreamClosed {
+            upstreamClosed = true
+            client.close()
+            halfClose.append(.closeClient)
+        }
+        if client.state == .closed, !clientClosed {
+            clientClosed = true
+            upstream.close()
+            halfClose.append(.closeUpstream)
+        }
         out += send(upstream: upstream.takeOutput())
         out += send(client: client.takeOutput())
-        return out
+        if clientClosed && upstreamClosed { return out + finish("both sides closed") }
+        return out + halfClose
     }
 
     /// The absolute URL of a request: origin-form targets get the Host header's authority.

@@ -1,10 +1,10 @@
 import ArgumentParser
 
 @main
-struct Loupe: ParsableCommand {
+struct Loupe: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "loupe",
         abstract: "Loupe: per-flow verdicts and TLS inspection for this host, under a per-host root CA.",
-        subcommands: [CACommand.self, StoreCommand.self, TrustCommand.self, VerdictCommand.self]
+        subcommands: [CACommand.self, StoreCommand.self, TrustCommand.self, VerdictCommand.self, ProxyCommand.self]
     )
 }

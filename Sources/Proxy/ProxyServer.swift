@@ -1,0 +1,277 @@
+import CA
+import Foundation
+import NIOCore
+import NIOPosix
+import Policy
+import TLS
+import Wire
+
+/// The I/O shell around `ConnectionMachine`: a NIO listener for diverted connections. Each
+/// accepted socket learns its original destination (SO_ORIGINAL_DST after an nft redirect),
+/// gets a machine, and this file only carries bytes, connects, timers and mints between the
+/// sockets and the machine.
+public final class ProxyServer: Sendable {
+    public struct Configuration: Sendable {
+        public var policy: Policy
+        public var cache: LeafCache
+        public var upstreamContext: TLSContext
+        public var clientContext: TLSContext
+        /// Set on upstream sockets so the diversion rules let Loupe's own traffic pass.
+        public var bypassMark: UInt32?
+        /// For tests without a redirect: the destination to use when the socket has none.
+        public var fixedDestination: FlowFacts.Endpoint?
+        /// Deadline for the ClientHello and for each handshake.
+        public var handshakeTimeout: TimeAmount = .seconds(10)
+        public var flowLog: (@Sendable (String) -> Void)?
+
+        public init(policy: Policy, cache: LeafCache, upstreamContext: TLSContext, clientContext: TLSContext) {
+            self.policy = policy
+            self.cache = cache
+            self.upstreamContext = upstreamContext
+            self.clientContext = clientContext
+        }
+    }
+
+    let configuration: Configuration
+    let group: MultiThreadedEventLoopGroup
+
+    public init(configuration: Configuration, threads: Int = System.coreCount) {
+        self.configuration = configuration
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+    }
+
+    /// Binds and serves; the returned channel's closeFuture ends with the server.
+    public func start(host: String, port: Int) async throws -> Channel {
+        let configuration = self.configuration
+        return try await ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 1024)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.allowRemoteHalfClosure, value: true)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration))
+                }
+            }
+            .bind(host: host, port: port).get()
+    }
+
+    public func shutdown() async throws { try await group.shutdownGracefully() }
+}
+
+/// Reads the original destination of a redirected socket.
+enum OriginalDestination {
+    static func of(_ channel: Channel) -> EventLoopFuture<FlowFacts.Endpoint?> {
+        guard let provider = channel as? SocketOptionProvider, let local = channel.localAddress else {
+            return channel.eventLoop.makeSucceededFuture(nil)
+        }
+        // SO_ORIGINAL_DST (80) for IPv4, IP6T_SO_ORIGINAL_DST (80) for IPv6; Glibc exports neither.
+        if local.protocol == .inet6 {
+            let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
+            return future.map { addr in
+                var a = addr
+                let bytes = withUnsafeBytes(of: &a.sin6_addr) { Array($0) }
+                return FlowFacts.Endpoint(address: bytes, port: UInt16(bigEndian: addr.sin6_port))
+            }.recover { _ in nil }
+        }
+        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
+        return future.map { addr in
+            var a = addr
+            let bytes = withUnsafeBytes(of: &a.sin_addr) { Array($0) }
+            return FlowFacts.Endpoint(address: bytes, port: UInt16(bigEndian: addr.sin_port))
+        }.recover { _ in nil }
+    }
+}
+
+/// The client's socket: owns the machine and executes its commands.
+final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let configuration: ProxyServer.Configuration
+    var machine: ConnectionMachine?
+    var context: ChannelHandlerContext?
+    var upstream: Channel?
+    var pending: [ConnectionMachine.Event] = []
+    var deadline: Scheduled<Void>?
+    let started = Date()
+
+    init(configuration: ProxyServer.Configuration) { self.configuration = configuration }
+
+    func channelActive(context: ChannelHandlerContext) {
+        self.context = context
+        let channel = context.channel
+        OriginalDestination.of(channel).whenComplete { [self] result in
+            let local = channel.localAddress
+            let ownAddress = local.flatMap { a -> FlowFacts.Endpoint? in
+                guard let ip = a.ipAddress, let port = a.port, let bytes = IPAddress.parse(ip) else { return nil }
+                return FlowFacts.Endpoint(address: bytes, port: UInt16(port))
+            }
+            // No redirect (the socket's own address came back) → the configured destination.
+            var destination = (try? result.get()) ?? nil
+            if destination == nil || destination == ownAddress { destination = configuration.fixedDestination }
+            var facts = FlowFacts()
+            facts.proto = .tcp
+            facts.dst = destination
+            if let remote = channel.remoteAddress, let ip = remote.ipAddress, let port = remote.port, let bytes = IPAddress.parse(ip) {
+                facts.src = FlowFacts.Endpoint(address: bytes, port: UInt16(port))
+            }
+            guard destination != nil else {
+                log(["event": "refused", "reason": "no original destination (not redirected and no fixed destination)"])
+                channel.close(promise: nil)
+                return
+            }
+            machine = ConnectionMachine(facts: facts, policy: configuration.policy,
+                                        settings: .init(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext))
+            deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in
+                if machine?.phase != .relaying { handle(.timeout) }
+            }
+            let queued = pending
+            pending = []
+            for event in queued { handle(event) }
+        }
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        handle(.clientData(buffer.readBytes(length: buffer.readableBytes) ?? []))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed { handle(.clientClosed) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if machine?.phase != .closed { handle(.clientClosed) }
+        upstream?.close(promise: nil)
+        deadline?.cancel()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+
+    /// Runs one event through the machine and carries out its commands (on the event loop).
+    func handle(_ event: ConnectionMachine.Event) {
+        guard let machine else { pending.append(event); return }
+        for command in machine.handle(event) { execute(command) }
+    }
+
+    func execute(_ command: ConnectionMachine.Command) {
+        guard let context else { return }
+        switch command {
+        case .connectUpstream(let destination):
+            connect(to: destination, on: context.eventLoop)
+        case .sendClient(let bytes):
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+        case .sendUpstream(let bytes):
+            guard let upstream else { return }
+            upstream.writeAndFlush(upstream.allocator.buffer(bytes: bytes), promise: nil)
+        case .mintLeaf(let request):
+            if let leaf = configuration.cache.cached(request) {
+                handle(.leafReady(leaf))
+                return
+            }
+            let loop = context.eventLoop
+            let cache = configuration.cache
+            let this = NIOLoopBound(self, eventLoop: loop)
+            Task {
+                do {
+                    let leaf = try await cache.leaf(for: request)
+                    loop.execute { this.value.handle(.leafReady(leaf)) }
+                } catch {
+                    let reason = "\(error)"
+                    loop.execute { this.value.handle(.leafFailed(reason)) }
+                }
+            }
+        case .decided(let decision):
+            log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
+                 "rule": decision.rule, "reason": decision.reason])
+        case .closeClient:
+            if machine?.phase == .closed { return }
+            context.close(mode: .output, promise: nil)
+        case .closeUpstream:
+            if machine?.phase == .closed { return }
+            upstream?.close(mode: .output, promise: nil)
+        case .finished(let reason):
+            deadline?.cancel()
+            log(["event": "closed", "reason": reason, "mode": machine?.mode?.rawValue ?? "none",
+                 "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000)])
+            // Let queued writes (an alert, a 403) leave before closing.
+            let channel = context.channel
+            channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).whenComplete { _ in
+                channel.close(promise: nil)
+            }
+            upstream?.close(promise: nil)
+        }
+    }
+
+    func connect(to destination: FlowFacts.Endpoint, on loop: EventLoop) {
+        let address: SocketAddress
+        do {
+            address = try SocketAddress(ipAddress: IPAddress.format(destination.address), port: Int(destination.port))
+        } catch {
+            handle(.upstreamConnectFailed("\(error)"))
+            return
+        }
+        let this = NIOLoopBound(self, eventLoop: loop)
+        var bootstrap = ClientBootstrap(group: loop)
+            .channelOption(.allowRemoteHalfClosure, value: true)
+            .connectTimeout(configuration.handshakeTimeout)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(UpstreamSide(client: this))
+                }
+            }
+        if let mark = configuration.bypassMark {
+            // SO_MARK (36): the diversion rules accept marked packets before redirecting.
+            bootstrap = bootstrap.channelOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(mark))
+        }
+        bootstrap.connect(to: address).whenComplete { result in
+            switch result {
+            case .success(let channel):
+                this.value.upstream = channel
+                this.value.handle(.upstreamConnected)
+            case .failure(let error):
+                this.value.handle(.upstreamConnectFailed("\(error)"))
+            }
+        }
+    }
+
+    func log(_ fields: [String: Any]) {
+        guard let sink = configuration.flowLog else { return }
+        var record = fields
+        record["time"] = ISO8601DateFormatter().string(from: Date())
+        if let facts = machine?.facts {
+            record["dst"] = facts.dst?.description
+            record["src"] = facts.src?.description
+        }
+        if let data = try? JSONSerialization.data(withJSONObject: record.compactMapValues { $0 }, options: [.sortedKeys]) {
+            sink(String(decoding: data, as: UTF8.self))
+        }
+    }
+}
+
+/// The upstream socket: feeds bytes and closes back into the client side's machine.
+final class UpstreamSide: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let client: NIOLoopBound<ClientSide>
+
+    init(client: NIOLoopBound<ClientSide>) { self.client = client }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        client.value.handle(.upstreamData(buffer.readBytes(length: buffer.readableBytes) ?? []))
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed { client.value.handle(.upstreamClosed) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if client.value.machine?.phase != .closed { client.value.handle(.upstreamClosed) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}

@@ -1,0 +1,68 @@
+import ArgumentParser
+import CA
+import Foundation
+import NIOCore
+import Policy
+import Proxy
+import Store
+import TLS
+
+/// `loupe proxy`: the TLS-inspecting proxy alone, for tests and benchmarks (`loupe run` will
+/// compose it with the queue and the diversion rules).
+struct ProxyCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "proxy",
+        abstract: "Run the inspecting proxy alone on a local port (diverted connections are expected via an nft redirect).")
+
+    @OptionGroup var state: StateOptions
+    @OptionGroup var profileOptions: ProfileOptions
+    @Option(help: "Listen address, HOST:PORT.") var listen: String = "127.0.0.1:8443"
+    @Option(help: "PEM bundle that replaces the system trust store for upstream verification.") var upstreamCa: String?
+    @Option(help: "Policy file (default: every TLS flow is bumped).") var policy: String?
+    @Option(help: "Flow log: a file, or - for stdout.") var flowLog: String?
+    @Option(help: "Mark set on Loupe's upstream sockets so the diversion rules let them pass.") var bypassMark: UInt32 = 0x4C55
+    @Option(help: "Upstream HOST:PORT for connections that were not redirected (tests, benchmarks).") var to: String?
+
+    func run() async throws {
+        do {
+            let policy = try policy.map { try Policy.load(path: $0) } ?? Policy(defaults: [.connect: .inspect, .hello: .bump, .request: .allow], rules: [])
+            let profile = try profileOptions.load()
+            let authority = RootAuthority(store: try state.openStore(), profile: profile)
+            guard let root = try authority.root() else { throw CAError("no root CA yet; run 'loupe ca init'") }
+            var configuration = ProxyServer.Configuration(
+                policy: policy, cache: LeafCache(minter: try LeafMinter(root: root, profile: profile)),
+                upstreamContext: try TLSContext.client(trustBundle: upstreamCa), clientContext: try TLSContext.server())
+            configuration.bypassMark = bypassMark
+            if let to {
+                guard let endpoint = FlowFacts.Endpoint(to) else { throw ValidationError("--to must be ADDRESS:PORT") }
+                configuration.fixedDestination = endpoint
+            }
+            configuration.flowLog = try Self.sink(flowLog)
+            guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
+                throw ValidationError("--listen must be HOST:PORT")
+            }
+            let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
+            let server = ProxyServer(configuration: configuration)
+            let channel = try await server.start(host: host, port: port)
+            printError("loupe proxy: listening on \(channel.localAddress?.description ?? listen), root \(root.certificate.sha256Fingerprint.prefix(16))…")
+            try await channel.closeFuture.get()
+        } catch let error as ValidationError {
+            throw error
+        } catch {
+            printError("loupe: error: \(error)")
+            throw ExitCode(1)
+        }
+    }
+
+    static func sink(_ path: String?) throws -> (@Sendable (String) -> Void)? {
+        guard let path else { return nil }
+        if path == "-" { return { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) } }
+        guard let handle = FileHandle(forWritingAtPath: path) ?? {
+            _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
+            return FileHandle(forWritingAtPath: path)
+        }() else { throw CAError("\(path): cannot open the flow log") }
+        handle.seekToEndOfFile()
+        let lock = NSLock()
+        return { line in lock.withLock { handle.write(Data((line + "\n").utf8)) } }
+    }
+}
