@@ -26,26 +26,15 @@ import Testing
             #expect(r.status == 0, "\(line): \(r)")
         }
         let n = "lx\(getpid() % 100_000)"
-        let curl = "ip netns exec $C curl -sS --max-time 60 --cacert $D/loupe-root.pem"
+        let curl = "ip netns exec $A curl -sS --max-time 60 --cacert $D/loupe-root.pem"
         let script = """
             set -u
             export LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca
-            C=\(n)c; O=\(n)o; D=\(dir)
-            cleanup() {
-              for p in $(cat $D/*.pid 2>/dev/null); do kill -9 $p 2>/dev/null; done
-              ip netns del $C 2>/dev/null; ip netns del $O 2>/dev/null
-            }
-            trap cleanup EXIT
-            ip netns add $C && ip netns add $O || exit 90
-            ip link add \(n)x type veth peer name \(n)y || exit 91
-            ip link set \(n)x netns $C && ip link set \(n)y netns $O
-            ip -n $C addr add 10.205.0.1/24 dev \(n)x && ip -n $O addr add 10.205.0.2/24 dev \(n)y
-            for ns in $C $O; do ip -n $ns link set lo up; done
-            ip -n $C link set \(n)x up && ip -n $O link set \(n)y up
-            (cd $D/www && exec ip netns exec $O openssl s_server -accept 443 -cert $D/origin.pem -key $D/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $D/origin.pid
+            \(TestEnv.namespacePair(n, directory: dir, subnet: "10.205.0"))
+            (cd $D/www && exec ip netns exec $B openssl s_server -accept 443 -cert $D/origin.pem -key $D/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $D/origin.pid
             # The minimal diversion of this test: TCP/443 from this namespace to the proxy, except
             # the proxy's own upstream sockets, which carry the bypass mark.
-            ip netns exec $C nft -f - <<'NFT' || exit 92
+            ip netns exec $A nft -f - <<'NFT' || exit 92
             table ip loupe_test {
               chain out {
                 type nat hook output priority -100;
@@ -54,15 +43,15 @@ import Testing
               }
             }
             NFT
-            ip netns exec $C \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
+            ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
             for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
-            for i in $(seq 50); do ip netns exec $O sh -c 'ss -ltn | grep -q ":443 "' && break; sleep 0.1; done
+            for i in $(seq 50); do ip netns exec $B sh -c 'ss -ltn | grep -q ":443 "' && break; sleep 0.1; done
             echo "BUMP $(\(curl) -v --resolve origin.test:443:10.205.0.2 https://origin.test/big.bin -o $D/got.bin -w '%{http_code}' 2>$D/curl.err)"
             grep -E '^\\* +issuer:' $D/curl.err | sed 's/^/ISSUER /'
             echo "SHA $(sha256sum < $D/got.bin | cut -c1-64) $(sha256sum < $D/www/big.bin | cut -c1-64)"
             echo "BYIP $(\(curl) https://10.205.0.2/big.bin -o /dev/null -w '%{http_code}' 2>&1)"
             \(curl) --resolve wrong.test:443:10.205.0.2 https://wrong.test/ -o /dev/null 2>$D/wrong.err; echo "WRONG rc=$? $(cat $D/wrong.err)"
-            ip netns exec $C nft list table ip loupe_test >/dev/null && echo "TABLE present"
+            ip netns exec $A nft list table ip loupe_test >/dev/null && echo "TABLE present"
             """
         try script.write(toFile: "\(dir)/proxy.sh", atomically: true, encoding: .utf8)
         let run = TestEnv.sh("bash \(dir)/proxy.sh 2>&1", timeout: 300)

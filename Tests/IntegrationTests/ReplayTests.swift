@@ -19,18 +19,7 @@ import Testing
         let n = "lp\(getpid() % 100_000)"
         let script = """
             set -u
-            A=\(n)a; B=\(n)b; D=\(dir)
-            cleanup() {
-              for p in $(cat $D/*.pid 2>/dev/null); do kill -9 $p 2>/dev/null; done
-              ip netns del $A 2>/dev/null; ip netns del $B 2>/dev/null; rm -rf /etc/netns/$A
-            }
-            trap cleanup EXIT
-            ip netns add $A && ip netns add $B || exit 90
-            ip link add \(n)x type veth peer name \(n)y || exit 91
-            ip link set \(n)x netns $A && ip link set \(n)y netns $B
-            ip -n $A addr add 10.203.0.1/24 dev \(n)x && ip -n $B addr add 10.203.0.2/24 dev \(n)y
-            for ns in $A $B; do ip -n $ns link set lo up; done
-            ip -n $A link set \(n)x up && ip -n $B link set \(n)y up
+            \(TestEnv.namespacePair(n, directory: dir, subnet: "10.203.0", extraCleanup: "rm -rf /etc/netns/$A"))
             ip netns exec $B dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=10.203.0.2 --bind-interfaces \\
               --address=/origin.test/10.203.0.2 --pid-file=$D/dnsmasq.real.pid --log-facility=$D/dnsmasq.log & echo $! > $D/dnsmasq.pid
             ip netns exec $B openssl s_server -accept 443 -cert $D/leaf.pem -key $D/leaf.pem -www -quiet >/dev/null 2>&1 & echo $! > $D/server.pid

@@ -124,3 +124,26 @@ public final class BackgroundProcess: @unchecked Sendable {
         throw CommandError(command: "openssl s_server", reason: "did not start")
     }
 }
+
+extension TestEnv {
+    /// Bash lines that build two network namespaces joined by a veth pair — `$A` (the client
+    /// side, `subnet`.1/24) and `$B` (the origin side, `subnet`.2/24) — and tear everything down
+    /// on exit: helper processes whose pids are in `$D/*.pid`, then the namespaces.
+    public static func namespacePair(_ name: String, directory: String, subnet: String, extraCleanup: String = "") -> String {
+        """
+        A=\(name)a; B=\(name)b; D=\(directory)
+        cleanup() {
+          for p in $(cat $D/*.pid 2>/dev/null); do kill -9 $p 2>/dev/null; done
+          ip netns del $A 2>/dev/null; ip netns del $B 2>/dev/null
+          \(extraCleanup)
+        }
+        trap cleanup EXIT
+        ip netns add $A && ip netns add $B || exit 90
+        ip link add \(name)x type veth peer name \(name)y || exit 91
+        ip link set \(name)x netns $A && ip link set \(name)y netns $B
+        ip -n $A addr add \(subnet).1/24 dev \(name)x && ip -n $B addr add \(subnet).2/24 dev \(name)y
+        for ns in $A $B; do ip -n $ns link set lo up; done
+        ip -n $A link set \(name)x up && ip -n $B link set \(name)y up
+        """
+    }
+}
