@@ -1,0 +1,107 @@
+import Foundation
+import TestSupport
+import Testing
+import TLS
+
+/// badssl-style origins behind `loupe proxy`: for every certificate problem, curl through the
+/// proxy must fail exactly when curl straight to the origin fails — and succeed when it does.
+@Suite struct UpstreamMatrixTests {
+    static let canRun = TestEnv.isRoot && ["ip", "nft", "curl", "openssl"].allSatisfy(TestEnv.has)
+
+    struct Origin {
+        var name: String
+        var chain: [Certificate]
+        var key: PrivateKey
+        var directShouldWork: Bool
+    }
+
+    static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false,
+                     notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400)) throws -> Certificate {
+        var extensions = [try CertificateExtension.make("basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE")]
+        if ca { extensions.append(try CertificateExtension.make("keyUsage", "critical,keyCertSign,cRLSign")) }
+        if !names.isEmpty { extensions.append(try CertificateExtension.subjectAltNames(names)) }
+        let cn = ca ? "Matrix CA \(UUID().uuidString.prefix(8))" : "origin"
+        let spec = CertificateSpec(subject: .attributes([("CN", cn)]), serial: try CertificateSpec.randomSerial(),
+                                   notBefore: notBefore, notAfter: notAfter, publicKey: key, extensions: extensions)
+        return try CertificateBuilder.sign(spec, issuer: issuer?.0, issuerKey: issuer?.1 ?? key)
+    }
+
+    @Test(.enabled(if: canRun, "needs root, ip, nft, curl and openssl (CI has them)"))
+    func everyBadOriginFailsThroughTheProxyExactlyWhenItFailsDirect() throws {
+        let dir = TestEnv.scratch("matrix")
+        defer { TestEnv.remove(dir) }
+        let rootKey = try PrivateKey.generate(.ecP256)
+        let root = try Self.sign([], key: rootKey, issuer: nil, ca: true)
+        let intermediateKey = try PrivateKey.generate(.ecP256)
+        let intermediate = try Self.sign([], key: intermediateKey, issuer: (root, rootKey), ca: true)
+        let strangerKey = try PrivateKey.generate(.ecP256)
+        let stranger = try Self.sign([], key: strangerKey, issuer: nil, ca: true)
+        #expect(TestEnv.sh("openssl genrsa -out \(dir)/weak.key 1024 2>&1").status == 0)
+        let weakKey = try PrivateKey(pem: try String(contentsOfFile: "\(dir)/weak.key", encoding: .utf8))
+        let name: [SubjectAltName] = [.dns("origin.test")]
+        let k = { try PrivateKey.generate(.ecP256) }
+        var origins: [Origin] = []
+        var key = try k()
+        origins.append(Origin(name: "valid chain", chain: [try Self.sign(name, key: key, issuer: (intermediate, intermediateKey)), intermediate], key: key, directShouldWork: true))
+        key = try k()
+        origins.append(Origin(name: "missing intermediate", chain: [try Self.sign(name, key: key, issuer: (intermediate, intermediateKey))], key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "expired", chain: [try Self.sign(name, key: key, issuer: (root, rootKey), notBefore: Date().addingTimeInterval(-90 * 86_400), notAfter: Date().addingTimeInterval(-86_400))], key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "not yet valid", chain: [try Self.sign(name, key: key, issuer: (root, rootKey), notBefore: Date().addingTimeInterval(86_400))], key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "wrong name", chain: [try Self.sign([.dns("other.test")], key: key, issuer: (root, rootKey))], key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "self-signed", chain: [try Self.sign(name, key: key, issuer: nil)], key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "untrusted root", chain: [try Self.sign(name, key: key, issuer: (stranger, strangerKey))], key: key, directShouldWork: false))
+        origins.append(Origin(name: "weak key (RSA 1024)", chain: [try Self.sign(name, key: weakKey, issuer: (root, rootKey))], key: weakKey, directShouldWork: false))
+
+        try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
+        var servers = ""
+        var probes = ""
+        for (i, origin) in origins.enumerated() {
+            let port = 4431 + i
+            try (origin.chain.map(\.pem).joined() + (try origin.key.pkcs8PEM())).write(toFile: "\(dir)/o\(i).pem", atomically: true, encoding: .utf8)
+            servers += "ip netns exec $B openssl s_server -accept \(port) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet >/dev/null 2>&1 & echo $! > $D/o\(i).pid\n"
+            probes += """
+                ip netns exec $B curl -s --max-time 10 --cacert $D/origin-root.pem --resolve origin.test:\(port):127.0.0.1 https://origin.test:\(port)/ -o /dev/null; d=$?
+                ip netns exec $A curl -s --max-time 10 --cacert $D/loupe-root.pem --resolve origin.test:\(port):10.206.0.2 https://origin.test:\(port)/ -o /dev/null; p=$?
+                echo "CASE \(i) direct=$d proxied=$p"
+
+                """
+        }
+        let loupe = "LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca \(TestEnv.loupe)"
+        #expect(TestEnv.sh("\(loupe) ca init --state-dir \(dir)/loupe --provider host-key && \(loupe) ca export --state-dir \(dir)/loupe --out \(dir)/loupe-root.pem").status == 0)
+        let n = "lm\(getpid() % 100_000)"
+        let script = """
+            set -u
+            \(TestEnv.namespacePair(n, directory: dir, subnet: "10.206.0"))
+            \(servers)
+            ip netns exec $A nft -f - <<'NFT' || exit 92
+            table ip loupe_test {
+              chain out {
+                type nat hook output priority -100;
+                meta mark 0x4c55 return
+                tcp dport 4431-4450 redirect to :18443
+              }
+            }
+            NFT
+            LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
+            for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
+            for i in $(seq 50); do [ "$(ip netns exec $B ss -ltn | grep -c ':44[3-4][0-9] ')" -ge \(origins.count) ] && break; sleep 0.1; done
+            \(probes)
+            """
+        try script.write(toFile: "\(dir)/matrix.sh", atomically: true, encoding: .utf8)
+        let run = TestEnv.sh("bash \(dir)/matrix.sh 2>&1", timeout: 300)
+        let lines = run.out.split(separator: "\n").map(String.init)
+        for (i, origin) in origins.enumerated() {
+            guard let line = lines.first(where: { $0.hasPrefix("CASE \(i) ") }) else { Issue.record("\(origin.name): no result\n\(run.out)"); continue }
+            let direct = line.contains("direct=0"), proxied = line.contains("proxied=0")
+            #expect(direct == origin.directShouldWork, "\(origin.name): the direct baseline is not what the case means (\(line))")
+            #expect(proxied == direct, "\(origin.name): through the proxy \(proxied ? "succeeded" : "failed") but direct \(direct ? "succeeded" : "failed") (\(line))")
+        }
+        let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
+        #expect(flows.contains("certificate has expired"), "the flow log names the reason: \(flows.prefix(2000))")
+    }
+}
