@@ -107,7 +107,7 @@ public final class ConnectionMachine {
                 // Never launder: the client's handshake fails too, with an alert, not a page.
                 return out + finish("upstream TLS failed: \(why)", alert: alert(for: why))
             case .established, .closed:
-                guard let leafCert = upstream.peerChain.first else { return out + finish("upstream sent no certificate", alert: 42) }
+                guard let leafCert = upstream.peerCertificate else { return out + finish("upstream sent no certificate", alert: 42) }
                 var extra: [SubjectAltName] = []
                 if facts.sni == nil, let dst = facts.dst { extra.append(.ip(dst.address)) }
                 phase = .minting

@@ -224,6 +224,11 @@ public final class TLSSession: @unchecked Sendable {
     public var version: String { String(cString: SSL_get_version(ssl)) }
     public var cipher: String? { SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } }
 
+    /// The peer's certificate — also on a resumed session, where no chain was sent.
+    public var peerCertificate: Certificate? {
+        SSL_get1_peer_certificate(ssl).map { Certificate(taking: $0) }
+    }
+
     /// The peer's certificate chain as sent (leaf first).
     public var peerChain: [Certificate] {
         guard let chain = SSL_get_peer_cert_chain(ssl) else { return [] }
