@@ -164,7 +164,9 @@ public final class ConnectionMachine {
         let offered = facts.alpn.filter { settings.relayableALPN.contains($0) }
         let name = facts.sni ?? facts.dst.map { IPAddress.format($0.address) }
         do {
-            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered)
+            // Sessions are resumed per upstream name, address and ALPN offer.
+            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))"
+            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key)
             upstreamTLS = upstream
             phase = .upstreamHandshake
             upstream.advanceHandshake()

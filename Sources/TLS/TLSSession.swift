@@ -1,4 +1,5 @@
 import COpenSSL
+import Synchronization
 
 /// TLS protocol versions as OpenSSL numbers them.
 public enum TLSVersion: Int32, Sendable, Comparable {
@@ -10,6 +11,10 @@ public enum TLSVersion: Int32, Sendable, Comparable {
 public final class TLSContext: @unchecked Sendable {
     let ctx: OpaquePointer
     public let isServer: Bool
+    /// Client contexts: sessions to resume, by upstream (name, address, ALPN offer). Resuming
+    /// skips the upstream's full handshake on repeat visits; its chain was verified when the
+    /// session was made.
+    let sessions = Mutex<[String: ResumableSession]>([:])
 
     deinit { SSL_CTX_free(ctx) }
 
@@ -42,8 +47,29 @@ public final class TLSContext: @unchecked Sendable {
             try check("loading the system trust store", SSL_CTX_set_default_verify_paths(context.ctx) == 1)
         }
         SSL_CTX_set_verify(context.ctx, SSL_VERIFY_PEER, nil)
+        // External cache only: OpenSSL hands each new session (TLS 1.3 tickets arrive after the
+        // handshake) to `newSession`, which files a copy under the session's upstream key.
+        _ = SSL_CTX_ctrl(context.ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
+        SSL_CTX_sess_set_new_cb(context.ctx, newSession)
         return context
     }
+}
+
+/// An SSL_SESSION owned by the resumption cache.
+final class ResumableSession: @unchecked Sendable {
+    let session: OpaquePointer
+    init(_ session: OpaquePointer) { self.session = session }
+    deinit { SSL_SESSION_free(session) }
+}
+
+private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32 = { ssl, session in
+    guard let ssl, let session, let raw = SSL_get_ex_data(ssl, 0) else { return 0 }
+    let owner = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue()
+    // A copy: OpenSSL marks the connection's own session unresumable when the connection is
+    // freed without a close_notify, which would spoil the cached entry.
+    guard let key = owner.resumptionKey, SSL_SESSION_is_resumable(session) == 1, let copy = SSL_SESSION_dup(session) else { return 0 }
+    owner.context.sessions.withLock { $0[key] = ResumableSession(copy) }
+    return 0
 }
 
 /// Server-side ALPN: pick the first protocol the client offered that this session allows
@@ -86,11 +112,13 @@ public final class TLSSession: @unchecked Sendable {
     public private(set) var state: State = .handshaking
     /// Server side: protocols this session may select (wire form, without length prefixes).
     var allowedALPN: [[UInt8]]?
+    /// Client side: where new sessions are filed for resumption.
+    let resumptionKey: String?
     public let context: TLSContext
 
     deinit { SSL_free(ssl) }
 
-    private init(context: TLSContext) throws(OpenSSLError) {
+    private init(context: TLSContext, resumptionKey: String? = nil) throws(OpenSSLError) {
         ERR_clear_error()
         guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("SSL_new") }
         guard let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else {
@@ -102,13 +130,15 @@ public final class TLSSession: @unchecked Sendable {
         self.networkIn = rbio
         self.networkOut = wbio
         self.context = context
+        self.resumptionKey = resumptionKey
         SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
     }
 
     /// A client session to `serverName` (SNI and the name verified; an IP address is verified
-    /// against IP SANs and sent without SNI), offering `alpn`.
-    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = []) throws(OpenSSLError) -> TLSSession {
-        let session = try TLSSession(context: context)
+    /// against IP SANs and sent without SNI), offering `alpn`. With `resumptionKey` (the
+    /// upstream's name and address), a session saved from an earlier visit is offered.
+    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = [], resumptionKey: String? = nil) throws(OpenSSLError) -> TLSSession {
+        let session = try TLSSession(context: context, resumptionKey: resumptionKey)
         ERR_clear_error()
         if let serverName {
             if IPAddress.parse(serverName) != nil {
@@ -121,6 +151,9 @@ public final class TLSSession: @unchecked Sendable {
         if !alpn.isEmpty {
             let wire = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
             try check("ALPN", SSL_set_alpn_protos(session.ssl, wire, UInt32(wire.count)) == 0)
+        }
+        if let resumptionKey, let saved = context.sessions.withLock({ $0[resumptionKey] }) {
+            _ = SSL_set_session(session.ssl, saved.session)
         }
         SSL_set_connect_state(session.ssl)
         return session
@@ -222,6 +255,8 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     public var version: String { String(cString: SSL_get_version(ssl)) }
+    /// Whether the handshake resumed an earlier session.
+    public var resumed: Bool { SSL_session_reused(ssl) == 1 }
     public var cipher: String? { SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } }
 
     /// The peer's certificate — also on a resumed session, where no chain was sent.

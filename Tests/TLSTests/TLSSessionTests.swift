@@ -40,6 +40,34 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         #expect(client.state == .closed)
     }
 
+    /// A second visit to the same upstream resumes the session (no full handshake) and still
+    /// knows the upstream's certificate, which the masquerade leaf mirrors.
+    @Test func upstreamSessionsAreResumed() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let serverContext = try TLSContext.server()
+        let clientContext = try TLSContext.client(trustBundle: pki.bundle)
+        var resumed: [Bool] = []
+        for _ in 0..<3 {
+            let server = try TLSSession.server(serverContext, chain: [leaf], key: key)
+            let client = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.1:443")
+            client.advanceHandshake()
+            pump(client, server)
+            _ = client.read()  // TLS 1.3 tickets arrive after the handshake
+            #expect(client.state == .established)
+            #expect(client.peerCertificate?.der == leaf.der)
+            resumed.append(client.resumed)
+        }
+        #expect(resumed == [false, true, true])
+        // Another upstream key never gets this session.
+        let server = try TLSSession.server(serverContext, chain: [leaf], key: key)
+        let other = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.2:443")
+        other.advanceHandshake()
+        pump(other, server)
+        #expect(other.state == .established && !other.resumed)
+    }
+
     @Test func noALPNOverlapMeansNoALPN() throws {
         let pki = try TestPKI()
         defer { TestEnv.remove(pki.dir) }
