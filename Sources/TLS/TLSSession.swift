@@ -25,8 +25,9 @@ public final class TLSContext: @unchecked Sendable {
         self.isServer = server
         try check("minimum TLS version", loupe_SSL_CTX_set_min_proto_version(ctx, minimum.rawValue) == 1)
         if let maximum { try check("maximum TLS version", loupe_SSL_CTX_set_max_proto_version(ctx, maximum.rawValue) == 1) }
-        // Memory BIOs: partial writes are fine and the write buffer may move between retries.
-        _ = loupe_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER))
+        // Memory BIOs: partial writes are fine and the write buffer may move between retries;
+        // idle connections give their record buffers back (memory per idle bumped pair).
+        _ = loupe_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS))
         if server {
             SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, nil)
         }
