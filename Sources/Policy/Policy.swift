@@ -24,16 +24,19 @@ public struct Policy: Sendable {
         }
     }
 
-    /// First matching rule of `stage`, in file order; otherwise the stage's default.
-    public func decide(_ stage: Stage, _ facts: FlowFacts) -> Decision {
+    /// First matching rule of `stage`, in file order; otherwise the stage's default. Rules named
+    /// in `excluding` are passed over (a name-based splice whose name did not prove true).
+    public func decide(_ stage: Stage, _ facts: FlowFacts, excluding: Set<String> = []) -> Decision {
         let staged = rulesByStage[stage] ?? []
-        for i in indexByStage[stage]!.candidates(facts.dst?.port) where staged[i].matches(facts) {
+        for i in indexByStage[stage]!.candidates(facts.dst?.port) where !excluding.contains(staged[i].name) && staged[i].matches(facts) {
             let rule = staged[i]
             return Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
                             blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil)
         }
         return defaultDecision(stage)
     }
+
+    public func rule(named name: String) -> Rule? { rules.first { $0.name == name } }
 
     /// The decision plus every rule considered on the way, with why each did not match.
     public func explain(_ stage: Stage, _ facts: FlowFacts) -> (decision: Decision, considered: [(rule: Rule, mismatch: String?)]) {

@@ -25,6 +25,9 @@ public struct Rule: Sendable {
 
     public func matches(_ facts: FlowFacts) -> Bool { conditions.allSatisfy { $0.matches(facts) } }
 
+    /// Whether the rule trusts the client's SNI (which a client can spoof).
+    public var matchesOnSNI: Bool { conditions.contains { if case .sni = $0 { true } else { false } } }
+
     public var matchReason: String {
         reason ?? (conditions.isEmpty ? "matches every flow" : "matched " + conditions.map(\.description).joined(separator: ", "))
     }

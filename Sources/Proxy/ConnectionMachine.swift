@@ -22,6 +22,8 @@ public final class ConnectionMachine {
         case upstreamClosed
         case leafReady(Leaf)
         case leafFailed(String)
+        /// The answer to `.probe`: whether the destination proved the name with a valid certificate.
+        case probed(verified: Bool, reason: String)
         /// The current stage's deadline passed (peek, connect or handshake).
         case timeout
     }
@@ -31,6 +33,8 @@ public final class ConnectionMachine {
         case sendClient([UInt8])
         case sendUpstream([UInt8])
         case mintLeaf(LeafRequest)
+        /// Prove that `destination` serves a valid certificate for `name` (own handshake, cached).
+        case probe(FlowFacts.Endpoint, name: String)
         case decided(Decision)
         case closeClient
         case closeUpstream
@@ -39,7 +43,7 @@ public final class ConnectionMachine {
     }
 
     public enum Phase: Equatable, Sendable {
-        case peeking, connecting, upstreamHandshake, minting, clientHandshake, relaying, closed
+        case peeking, probing, connecting, upstreamHandshake, minting, clientHandshake, relaying, closed
     }
 
     public struct Settings: Sendable {
@@ -60,6 +64,8 @@ public final class ConnectionMachine {
     private let policy: Policy
     private let settings: Settings
     private var hello = ClientHelloReader()
+    /// A name-based splice waiting for its probe.
+    private var pendingSplice: Decision?
     private var upstreamTLS: TLSSession?
     private var clientTLS: TLSSession?
     /// Present on bumped HTTP/1.1 flows: each request head is decided before it goes upstream.
@@ -114,6 +120,15 @@ public final class ConnectionMachine {
                 out.append(.mintLeaf(.mirroring(leafCert, extraNames: extra)))
                 return out
             }
+        case (.probing, .probed(let verified, let reason)):
+            guard let decision = pendingSplice else { return [] }
+            pendingSplice = nil
+            if verified { return act(decision) }
+            // SNI spoofing must not buy a splice: decide again without the name-based splices.
+            let nameRules = Set(policy.rules.filter { $0.stage == .hello && $0.action == .splice && $0.matchesOnSNI }.map(\.name))
+            var second = policy.decide(.hello, facts, excluding: nameRules)
+            second.reason += " (rule \(decision.rule) not applied: \(reason))"
+            return act(second)
         case (.minting, .leafReady(let leaf)):
             return startClientTLS(leaf)
         case (.minting, .leafFailed(let why)):
@@ -141,6 +156,15 @@ public final class ConnectionMachine {
         facts.sni = h.serverName
         facts.alpn = h.alpn
         let decision = policy.decide(.hello, facts)
+        if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, policy.rule(named: decision.rule)?.matchesOnSNI == true {
+            pendingSplice = decision
+            phase = .probing
+            return [.probe(dst, name: sni)]
+        }
+        return act(decision)
+    }
+
+    private func act(_ decision: Decision) -> [Command] {
         mode = decision.verdict
         switch decision.verdict {
         case .block:

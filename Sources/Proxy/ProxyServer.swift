@@ -23,6 +23,8 @@ public final class ProxyServer: Sendable {
         /// Deadline for the ClientHello and for each handshake.
         public var handshakeTimeout: TimeAmount = .seconds(10)
         public var flowLog: (@Sendable (String) -> Void)?
+        /// Proves names before name-based splices; made from `upstreamContext` when nil.
+        public var nameProbe: NameProbe?
 
         public init(policy: Policy, cache: LeafCache, upstreamContext: TLSContext, clientContext: TLSContext) {
             self.policy = policy
@@ -36,6 +38,10 @@ public final class ProxyServer: Sendable {
     let group: MultiThreadedEventLoopGroup
 
     public init(configuration: Configuration, threads: Int = System.coreCount) {
+        var configuration = configuration
+        if configuration.nameProbe == nil {
+            configuration.nameProbe = NameProbe(context: configuration.upstreamContext, bypassMark: configuration.bypassMark)
+        }
         self.configuration = configuration
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
     }
@@ -184,6 +190,12 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
                     let reason = "\(error)"
                     loop.execute { this.value.handle(.leafFailed(reason)) }
                 }
+            }
+        case .probe(let destination, let name):
+            let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let loop = context.eventLoop
+            configuration.nameProbe?.probe(destination, name, on: loop) { verified, reason in
+                loop.execute { this.value.handle(.probed(verified: verified, reason: reason)) }
             }
         case .decided(let decision):
             log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,

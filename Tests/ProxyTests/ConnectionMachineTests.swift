@@ -17,6 +17,8 @@ final class Playbook {
     let originPKI: TestPKI
     var log: [ConnectionMachine.Command] = []
     var connectFails: String?
+    /// What answers a name probe at the destination (a fresh session of the same origin).
+    var probeOrigin: (() throws -> TLSSession)?
 
     init() throws {
         loupeDir = TestEnv.scratch("proxy")
@@ -91,11 +93,33 @@ final class Playbook {
                 case .connectUpstream: queue.append(connectFails.map { .upstreamConnectFailed($0) } ?? .upstreamConnected)
                 case .sendUpstream(let bytes): origin.receive(bytes)
                 case .sendClient(let bytes): client.receive(bytes)
+                case .probe(_, let name):
+                    queue.append(probe(name))
                 case .mintLeaf(let request):
                     do { queue.append(.leafReady(try minter.mint(request))) } catch { queue.append(.leafFailed("\(error)")) }
                 default: break
                 }
             }
+        }
+    }
+
+    /// The probe handshake, in memory, against what the destination serves.
+    func probe(_ name: String) -> ConnectionMachine.Event {
+        do {
+            guard let probeOrigin else { return .probed(verified: false, reason: "no origin") }
+            let server = try probeOrigin()
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: originPKI.bundle), serverName: name)
+            client.advanceHandshake()
+            for _ in 0..<20 {
+                let a = client.takeOutput(), b = server.takeOutput()
+                if a.isEmpty && b.isEmpty { break }
+                server.receive(a)
+                client.receive(b)
+            }
+            if case .failed(let why) = client.state { return .probed(verified: false, reason: why) }
+            return .probed(verified: client.state == .established, reason: "verified")
+        } catch {
+            return .probed(verified: false, reason: "\(error)")
         }
     }
 
@@ -159,12 +183,31 @@ final class Playbook {
         let p = try Playbook()
         let m = try p.machine()
         let origin = try p.origin([.dns("online.bank.test")])
+        p.probeOrigin = { try p.origin([.dns("online.bank.test")]) }
         // The client trusts the origin's own root: only an untouched relay can succeed.
         let client = try TLSSession.client(try TLSContext.client(trustBundle: p.originPKI.bundle), serverName: "online.bank.test")
         client.advanceHandshake()
         p.run(m, client: client, origin: origin)
         #expect(m.mode == .splice && p.decisions.first?.rule == "splice-bank")
         #expect(client.state == .established && client.peerChain.first?.issuer == "CN=Origin Test Root")
+    }
+
+    /// SNI spoofing must not buy a splice: the destination has to prove the name first.
+    @Test func spoofedSNIIsNotSpliced() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        // The client claims the bank, but the address serves someone else's certificate.
+        let origin = try p.origin([.dns("evil.test")])
+        p.probeOrigin = { try p.origin([.dns("evil.test")]) }
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "online.bank.test")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(p.log.contains { if case .probe(_, "online.bank.test") = $0 { true } else { false } })
+        #expect(m.mode == .bump, "\(String(describing: m.mode))")
+        #expect(p.decisions.last?.rule == "default" && p.decisions.last?.reason.contains("splice-bank not applied") == true, "\(p.decisions)")
+        // Bumped, the upstream's certificate does not match the claimed name: the client fails.
+        guard case .failed = client.state else { Issue.record("\(client.state)"); return }
+        #expect(p.finishedReason?.contains("hostname mismatch") == true)
     }
 
     @Test func blockAtHelloSendsAnAlert() throws {

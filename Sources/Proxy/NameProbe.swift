@@ -1,0 +1,103 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import Policy
+import Synchronization
+import TLS
+import Wire
+
+/// Proves that an address really serves a valid certificate for a name before a name-based
+/// rule may splice (a client choosing its SNI must not choose its way out of inspection).
+/// Results are cached per address and name: successes for 10 minutes, failures for 1.
+public final class NameProbe: Sendable {
+    struct Result { var verified: Bool; var reason: String; var expires: Date }
+    private let cache = Mutex<[String: Result]>([:])
+    let context: TLSContext
+    let bypassMark: UInt32?
+    let timeout: TimeAmount
+
+    public init(context: TLSContext, bypassMark: UInt32?, timeout: TimeAmount = .seconds(5)) {
+        self.context = context
+        self.bypassMark = bypassMark
+        self.timeout = timeout
+    }
+
+    func cached(_ destination: FlowFacts.Endpoint, _ name: String, now: Date = Date()) -> (Bool, String)? {
+        cache.withLock { cache in
+            guard let hit = cache["\(destination)|\(name)"], hit.expires > now else { return nil }
+            return (hit.verified, hit.reason)
+        }
+    }
+
+    /// Runs the probe handshake on `loop` and reports the (cached) answer there.
+    func probe(_ destination: FlowFacts.Endpoint, _ name: String, on loop: EventLoop, _ done: @escaping @Sendable (Bool, String) -> Void) {
+        if let (verified, reason) = cached(destination, name) { return done(verified, reason) }
+        let finish: @Sendable (Bool, String) -> Void = { verified, reason in
+            let ttl: TimeInterval = verified ? 600 : 60
+            self.cache.withLock { $0["\(destination)|\(name)"] = Result(verified: verified, reason: reason, expires: Date().addingTimeInterval(ttl)) }
+            done(verified, reason)
+        }
+        let session: TLSSession
+        do { session = try TLSSession.client(context, serverName: name) } catch { return finish(false, "\(error)") }
+        let address: SocketAddress
+        do { address = try SocketAddress(ipAddress: IPAddress.format(destination.address), port: Int(destination.port)) } catch {
+            return finish(false, "\(error)")
+        }
+        let handler = ProbeHandler(session: session, finish: finish)
+        var bootstrap = ClientBootstrap(group: loop).connectTimeout(timeout).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+        }
+        if let bypassMark { bootstrap = bootstrap.channelOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(bypassMark)) }
+        bootstrap.connect(to: address).whenComplete { result in
+            switch result {
+            case .success(let channel):
+                channel.eventLoop.scheduleTask(in: self.timeout) { handler.settle(false, "no answer within the probe deadline", channel) }
+            case .failure(let error): finish(false, "probe connect failed: \(error)")
+            }
+        }
+    }
+}
+
+/// Drives one probe handshake over a channel.
+final class ProbeHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = ByteBuffer
+    let session: TLSSession
+    let finish: @Sendable (Bool, String) -> Void
+    var settled = false
+
+    init(session: TLSSession, finish: @escaping @Sendable (Bool, String) -> Void) {
+        self.session = session
+        self.finish = finish
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        session.advanceHandshake()
+        flush(context.channel)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        session.receive(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        flush(context.channel)
+        switch session.state {
+        case .established, .closed: settle(true, "verified", context.channel)
+        case .failed(let why): settle(false, why, context.channel)
+        case .handshaking: break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) { settle(false, "closed during the probe", context.channel) }
+    func errorCaught(context: ChannelHandlerContext, error: Error) { settle(false, "\(error)", context.channel) }
+
+    func flush(_ channel: Channel) {
+        let out = session.takeOutput()
+        if !out.isEmpty { channel.writeAndFlush(channel.allocator.buffer(bytes: out), promise: nil) }
+    }
+
+    func settle(_ verified: Bool, _ reason: String, _ channel: Channel) {
+        guard !settled else { return }
+        settled = true
+        finish(verified, reason)
+        channel.close(promise: nil)
+    }
+}
