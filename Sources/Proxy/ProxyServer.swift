@@ -254,7 +254,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func log(_ fields: [String: Any]) {
         guard let sink = configuration.flowLog else { return }
         var record = fields
-        record["time"] = ISO8601DateFormatter().string(from: Date())
+        record["time"] = Date().formatted(.iso8601)  // no formatter built per log line
         if let facts = machine?.facts {
             record["dst"] = facts.dst?.description
             record["src"] = facts.src?.description
