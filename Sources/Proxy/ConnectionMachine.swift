@@ -233,24 +233,28 @@ public final class ConnectionMachine {
         switch (mode, event) {
         case (.splice?, .clientData(let bytes)): return [.sendUpstream(bytes)]
         case (.splice?, .upstreamData(let bytes)): return [.sendClient(bytes)]
+        // Spliced: TCP half-closes pass straight through.
+        case (.splice?, .clientClosed):
+            clientClosed = true
+            return upstreamClosed ? finish("both sides closed") : [.closeUpstream]
+        case (.splice?, .upstreamClosed):
+            upstreamClosed = true
+            return clientClosed ? finish("both sides closed") : [.closeClient]
         case (_, .clientData(let bytes)):
             clientTLS?.receive(bytes)
             return forwardPlaintext()
         case (_, .upstreamData(let bytes)):
             upstreamTLS?.receive(bytes)
             return forwardPlaintext()
+        // TCP closed under a bumped flow. After a close_notify (already passed on) this is the
+        // end of a clean close; without one the stream was cut, and the other side must see a
+        // cut too — a close_notify now would turn a truncated body into a complete one.
         case (_, .clientClosed):
             if clientClosed { return upstreamClosed ? finish("both sides closed") : [] }
-            clientClosed = true
-            upstreamTLS?.close()
-            let flush = send(upstream: upstreamTLS?.takeOutput() ?? [])
-            return flush + (upstreamClosed ? finish("both sides closed") : [.closeUpstream])
+            return finish("client closed without close_notify")
         case (_, .upstreamClosed):
             if upstreamClosed { return clientClosed ? finish("both sides closed") : [] }
-            upstreamClosed = true
-            clientTLS?.close()
-            let flush = send(client: clientTLS?.takeOutput() ?? [])
-            return flush + (clientClosed ? finish("both sides closed") : [.closeClient])
+            return finish("upstream closed without close_notify: the cut is passed on to the client")
         default:
             return []
         }

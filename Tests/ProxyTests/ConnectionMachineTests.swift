@@ -157,6 +157,26 @@ final class Playbook {
         #expect(client.read() == body)
     }
 
+    /// An upstream that closes cleanly is closed cleanly for the client; one that is cut (TCP
+    /// close or reset without close_notify) is cut for the client too — never "completed".
+    @Test func truncationIsPassedOnNotLaundered() throws {
+        for clean in [true, false] {
+            let p = try Playbook()
+            let m = try p.machine()
+            let origin = try p.origin([.dns("www.origin.test")])
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test")
+            client.advanceHandshake()
+            p.run(m, client: client, origin: origin)
+            try origin.write(Array("HTTP/1.0 200 OK\r\n\r\npartial body".utf8))
+            if clean { origin.close() }
+            p.run(m, client: client, origin: origin)
+            p.run(m, client: client, origin: origin, first: [.upstreamClosed])  // then the TCP close
+            #expect(String(decoding: client.read(), as: UTF8.self).hasSuffix("partial body"))
+            #expect((client.state == .closed) == clean, "clean \(clean): the client must see close_notify only after a clean close (\(client.state))")
+            if !clean { #expect(p.finishedReason?.contains("without close_notify") == true) }
+        }
+    }
+
     /// Each HTTP/1.1 request on a bumped flow is decided before any of it goes upstream.
     @Test func requestStageBlocksWithA403AndForwardsNothing() throws {
         let p = try Playbook()
