@@ -71,20 +71,20 @@ enum OriginalDestination {
             return channel.eventLoop.makeSucceededFuture(nil)
         }
         // SO_ORIGINAL_DST (80) for IPv4, IP6T_SO_ORIGINAL_DST (80) for IPv6; Glibc exports neither.
-        if local.protocol == .inet6 {
-            let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
+        // A dual-stack listener sees IPv4 clients on an IPv6 socket: try IPv6, then IPv4.
+        let v4: @Sendable () -> EventLoopFuture<FlowFacts.Endpoint?> = {
+            let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
             return future.map { addr in
                 var a = addr
-                let bytes = withUnsafeBytes(of: &a.sin6_addr) { Array($0) }
-                return FlowFacts.Endpoint(address: bytes, port: UInt16(bigEndian: addr.sin6_port))
+                return FlowFacts.Endpoint(address: withUnsafeBytes(of: &a.sin_addr) { Array($0) }, port: UInt16(bigEndian: addr.sin_port))
             }.recover { _ in nil }
         }
-        let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
-        return future.map { addr in
+        guard local.protocol == .inet6 else { return v4() }
+        let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
+        return future.map { addr -> FlowFacts.Endpoint? in
             var a = addr
-            let bytes = withUnsafeBytes(of: &a.sin_addr) { Array($0) }
-            return FlowFacts.Endpoint(address: bytes, port: UInt16(bigEndian: addr.sin_port))
-        }.recover { _ in nil }
+            return FlowFacts.Endpoint(address: withUnsafeBytes(of: &a.sin6_addr) { Array($0) }, port: UInt16(bigEndian: addr.sin6_port))
+        }.recover { _ in nil }.flatMap { found in found.map { channel.eventLoop.makeSucceededFuture($0) } ?? v4() }
     }
 }
 

@@ -17,7 +17,7 @@ import Testing
         for line in [
             "\(loupe) ca init --state-dir \(dir)/origin --provider host-key",
             "\(loupe) ca export --state-dir \(dir)/origin --out \(dir)/origin-root.pem",
-            "\(loupe) ca mint --state-dir \(dir)/origin origin.test 10.205.0.2 --with-key --out \(dir)/origin.pem",
+            "\(loupe) ca mint --state-dir \(dir)/origin origin.test 10.205.0.2 fd00:205::2 --with-key --out \(dir)/origin.pem",
             "\(loupe) ca init --state-dir \(dir)/loupe --provider host-key",
             "\(loupe) ca export --state-dir \(dir)/loupe --out \(dir)/loupe-root.pem",
             "mkdir -p \(dir)/www && head -c 104857600 /dev/urandom > \(dir)/www/big.bin",
@@ -31,11 +31,12 @@ import Testing
             set -u
             export LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca
             \(TestEnv.namespacePair(n, directory: dir, subnet: "10.205.0"))
+            ip -n $A addr add fd00:205::1/64 dev \(n)x nodad && ip -n $B addr add fd00:205::2/64 dev \(n)y nodad
             (cd $D/www && exec ip netns exec $B openssl s_server -accept 443 -cert $D/origin.pem -key $D/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $D/origin.pid
             # The minimal diversion of this test: TCP/443 from this namespace to the proxy, except
             # the proxy's own upstream sockets, which carry the bypass mark.
             ip netns exec $A nft -f - <<'NFT' || exit 92
-            table ip loupe_test {
+            table inet loupe_test {
               chain out {
                 type nat hook output priority -100;
                 meta mark 0x4c55 return
@@ -43,15 +44,18 @@ import Testing
               }
             }
             NFT
-            ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
+            ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen [::]:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
             for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
             for i in $(seq 50); do ip netns exec $B sh -c 'ss -ltn | grep -q ":443 "' && break; sleep 0.1; done
             echo "BUMP $(\(curl) -v --resolve origin.test:443:10.205.0.2 https://origin.test/big.bin -o $D/got.bin -w '%{http_code}' 2>$D/curl.err)"
             grep -E '^\\* +issuer:' $D/curl.err | sed 's/^/ISSUER /'
             echo "SHA $(sha256sum < $D/got.bin | cut -c1-64) $(sha256sum < $D/www/big.bin | cut -c1-64)"
             echo "BYIP $(\(curl) https://10.205.0.2/big.bin -o /dev/null -w '%{http_code}' 2>&1)"
+            echo "IPV6 $(\(curl) -v --resolve origin.test:443:fd00:205::2 https://origin.test/ -o /dev/null -w '%{http_code}' 2>$D/curl6.err)"
+            grep -E '^\\* +issuer:' $D/curl6.err | sed 's/^/ISSUER6 /'
+            echo "BYIP6 $(\(curl) 'https://[fd00:205::2]/' -o /dev/null -w '%{http_code}' 2>&1)"
             \(curl) --resolve wrong.test:443:10.205.0.2 https://wrong.test/ -o /dev/null 2>$D/wrong.err; echo "WRONG rc=$? $(cat $D/wrong.err)"
-            ip netns exec $A nft list table ip loupe_test >/dev/null && echo "TABLE present"
+            ip netns exec $A nft list table inet loupe_test >/dev/null && echo "TABLE present"
             """
         try script.write(toFile: "\(dir)/proxy.sh", atomically: true, encoding: .utf8)
         let run = TestEnv.sh("bash \(dir)/proxy.sh 2>&1", timeout: 300)
@@ -63,9 +67,12 @@ import Testing
         let sums = line("SHA").split(separator: " ")
         #expect(sums.count == 3 && sums[1] == sums[2], "100 MiB must arrive byte-identical: \(out)")
         #expect(line("BYIP") == "BYIP 200", "no SNI: the leaf carries the destination IP: \(out)")
+        #expect(line("IPV6") == "IPV6 200" && line("ISSUER6").contains("Loupe Root CA"), "IPv6 is diverted and bumped too: \(out)")
+        #expect(line("BYIP6") == "BYIP6 200", "\(out)")
         #expect(line("WRONG").hasPrefix("WRONG rc=35") && line("WRONG").contains("bad certificate"), "\(out)")
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
         #expect(flows.contains("\"dst\":\"10.205.0.2:443\""), "the original destination comes from the socket: \(flows)")
+        #expect(flows.contains("\"dst\":\"[fd00:205::2]:443\""), "IPv6 original destination: \(flows.suffix(1500))")
         #expect(flows.contains("upstream TLS failed: certificate verify failed: hostname mismatch"), "\(flows)")
         #expect(!TestEnv.sh("ip netns list").out.contains(n), "namespaces must be removed")
     }
