@@ -111,7 +111,7 @@ public final class ConnectionMachine {
             case .handshaking: return out
             case .failed(let why):
                 // Never launder: the client's handshake fails too, with an alert, not a page.
-                return out + finish("upstream TLS failed: \(why)", alert: alert(for: why))
+                return out + finish("upstream TLS failed: \(why)", alert: upstream.failureAlert)
             case .established, .closed:
                 guard let leafCert = upstream.peerCertificate else { return out + finish("upstream sent no certificate", alert: 42) }
                 var extra: [SubjectAltName] = []
@@ -324,15 +324,6 @@ public final class ConnectionMachine {
 
     private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(bytes)] }
     private func send(client bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendClient(bytes)] }
-
-    /// A TLS alert description for an upstream failure, as a direct client would have met it.
-    private func alert(for reason: String) -> UInt8 {
-        if reason.contains("expired") { return 45 }              // certificate_expired
-        if reason.contains("unable to get local issuer") || reason.contains("self-signed") || reason.contains("self signed") { return 48 }  // unknown_ca
-        if reason.contains("verify failed") { return 42 }        // bad_certificate
-        if reason.contains("protocol version") || reason.contains("unsupported protocol") { return 70 }  // protocol_version
-        return 40                                                 // handshake_failure
-    }
 
     /// Ends the connection; with `alert`, first sends the client a fatal TLS alert record.
     private func finish(_ reason: String, alert: UInt8? = nil) -> [Command] {

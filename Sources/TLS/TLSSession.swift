@@ -280,7 +280,30 @@ public final class TLSSession: @unchecked Sendable {
         return code == X509_V_OK ? nil : String(cString: X509_verify_cert_error_string(code))
     }
 
+    /// The TLS alert description that tells a client what this (client) session's failure was,
+    /// as a direct connection would have told it: from the verify result and OpenSSL's reason.
+    public var failureAlert: UInt8 {
+        switch Int32(SSL_get_verify_result(ssl)) {
+        case X509_V_OK: break
+        case X509_V_ERR_CERT_HAS_EXPIRED: return 45                      // certificate_expired
+        case X509_V_ERR_CERT_REVOKED: return 44                          // certificate_revoked
+        case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT, X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY,
+             X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT, X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN,
+             X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE: return 48       // unknown_ca
+        default: return 42                                               // bad_certificate
+        }
+        switch failureReasonCode {
+        case SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_NO_PROTOCOLS_AVAILABLE:
+            return 70                                                    // protocol_version
+        default: return 40                                               // handshake_failure
+        }
+    }
+
+    /// OpenSSL's reason code for the failure (ERR_GET_REASON of the first queued error).
+    private var failureReasonCode: Int32 = 0
+
     private func failureReason() -> String {
+        failureReasonCode = ERR_GET_REASON(ERR_peek_error())
         if let verifyError, !context.isServer { return "certificate verify failed: \(verifyError)" }
         let error = OpenSSLError.drain("TLS handshake")
         return error.details.isEmpty ? "TLS handshake failed" : error.details.joined(separator: "; ")

@@ -120,6 +120,7 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         client.advanceHandshake()
         pump(client, oldServer)
         guard case .failed = client.state else { Issue.record("TLS 1.1 was accepted: \(client.state)"); return }
+        #expect(client.failureAlert == 70, "a proxied client must hear protocol_version")
     }
 
     @Test func garbageFromThePeerFailsCleanly() throws {
