@@ -94,8 +94,8 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(result(truncatedRecord) == .needMore)
     }
 
-    /// Property test: random mutations of real and built hellos never crash or hang; the
-    /// reader always ends in a typed result. LOUPE_FUZZ_ITERATIONS / LOUPE_FUZZ_SEED run longer
+    /// Property test over random mutations of real and built hellos: no trap or hang, the same
+    /// answer however the bytes are split, and parsed fields that respect their limits. LOUPE_FUZZ_ITERATIONS / LOUPE_FUZZ_SEED run longer
     /// or different campaigns (see README).
     @Test func mutationFuzz() {
         let environment = ProcessInfo.processInfo.environment
@@ -114,15 +114,32 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
                 }
                 if bytes.isEmpty { bytes = [0x16] }
             }
-            var reader = ClientHelloReader()
-            _ = reader.feed(bytes)
+            // Properties, not just survival:
+            // 1. Segmentation never changes the answer (TCP may split anywhere).
+            var whole = ClientHelloReader()
+            let answer = whole.feed(bytes)
+            var split = ClientHelloReader()
+            let cut = Int(rng.next() % UInt64(bytes.count + 1))
+            _ = split.feed(bytes[..<cut])
+            #expect(split.feed(bytes[cut...]) == answer, "iteration \(i): split at \(cut) changed the result")
+            // 2. A hello that parses only ever yields an ASCII host name without controls.
+            if case .hello(let hello) = answer, let name = hello.serverName {
+                #expect(name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7F } && name.utf8.count <= 255, "iteration \(i): \(name)")
+            }
+            // 3. Parsed lengths stay inside the input; names stay inside DNS limits.
+            if let packet = try? IPPacket.parse(bytes[...]) {
+                #expect(packet.payload.startIndex >= bytes.startIndex && packet.payload.endIndex <= bytes.endIndex)
+            }
+            if let message = try? DNSMessage.parse(bytes[...]) {
+                #expect((message.questions + message.answers.map(\.name)).allSatisfy { $0.utf8.count <= 255 })
+            }
+            if case .head(let head) = HTTPHead.parse(bytes[...], expectRequest: i % 2 == 0) {
+                #expect(head.length <= bytes.count && head.headers.count <= HTTPHead.maximumFields)
+            }
             _ = try? ClientHelloReader.parseHello(bytes[...])
-            _ = try? IPPacket.parse(bytes[...])
-            _ = try? DNSMessage.parse(bytes[...])
             _ = try? TCPSegment.parse(bytes[...])
             _ = try? UDPDatagram.parse(bytes[...])
             _ = try? CaptureFile.packets(bytes)
-            _ = HTTPHead.parse(bytes[...], expectRequest: i % 2 == 0)
         }
     }
 }
