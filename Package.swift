@@ -19,6 +19,10 @@ let package = Package(
             name: "COpenSSL",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
+        .target(
+            name: "CNetfilter",
+            linkerSettings: [.linkedLibrary("netfilter_queue"), .linkedLibrary("mnl")]
+        ),
         .target(name: "TOML"),
         .target(name: "Wire"),
         .target(name: "Policy", dependencies: ["TOML", "Wire"]),
@@ -32,10 +36,16 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
+        .target(name: "Divert", dependencies: ["CNetfilter", "Policy", "Wire", "Platform"]),
+        .target(name: "Agent", dependencies: [
+            "Divert", "Proxy", "CA", "Store", "Policy", "TLS", "TOML",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire", "Proxy",
+                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire", "Proxy", "Agent", "Divert",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -48,6 +58,7 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),
+        .testTarget(name: "DivertTests", dependencies: ["Divert", "Policy", "Wire", "TestSupport"]),
         .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS", "Store", "TestSupport"]),
     ],

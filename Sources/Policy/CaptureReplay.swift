@@ -18,9 +18,6 @@ public enum CaptureReplay {
         var a: [UInt8], aPort: UInt16, b: [UInt8], bPort: UInt16
     }
 
-    /// Answers are kept at least this long: a client connects right after a TTL-0 answer.
-    static let minimumTTL: UInt32 = 30
-
     struct TCPState {
         var nextSequence: UInt32?
         var pending: [UInt32: ArraySlice<UInt8>] = [:]
@@ -31,22 +28,16 @@ public enum CaptureReplay {
         var flows: [ReplayedFlow] = []
         var index: [Key: Int] = [:]
         var tcp: [Int: TCPState] = [:]
-        var dns: [[UInt8]: (names: [String], expires: Double)] = [:]
-
-        func names(for address: [UInt8], at time: Double) -> [String] {
-            guard let entry = dns[address], entry.expires >= time else { return [] }
-            return entry.names
-        }
+        var dns = NameCache()
+        func names(for address: [UInt8], at time: Double) -> [String] { dns.names(for: address, at: time) }
 
         for packet in packets {
             guard let ip = try? IPPacket.parse(packet.ip), !ip.isLaterFragment else { continue }
             switch ip.transport {
             case 17:
                 guard let udp = try? UDPDatagram.parse(ip.payload) else { continue }
-                if udp.sourcePort == 53, let message = try? DNSMessage.parse(udp.payload), message.isResponse, message.rcode == 0 {
-                    for (address, found, ttl) in message.namesByAddress {
-                        dns[address] = (found, packet.timestamp + Double(max(ttl, minimumTTL)))
-                    }
+                if udp.sourcePort == 53, let message = try? DNSMessage.parse(udp.payload) {
+                    dns.learn(message, at: packet.timestamp)
                 }
                 let forward = Key(proto: 17, a: ip.source, aPort: udp.sourcePort, b: ip.destination, bPort: udp.destinationPort)
                 let reverse = Key(proto: 17, a: ip.destination, aPort: udp.destinationPort, b: ip.source, bPort: udp.sourcePort)

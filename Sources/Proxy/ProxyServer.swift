@@ -25,6 +25,11 @@ public final class ProxyServer: Sendable {
         public var flowLog: (@Sendable (String) -> Void)?
         /// Proves names before name-based splices; made from `upstreamContext` when nil.
         public var nameProbe: NameProbe?
+        /// The agent's live state, read per connection: the policy after reloads, the leaf cache
+        /// after a root rotation, and what stage connect knew of the flow (uid, process, names).
+        public var livePolicy: (@Sendable () -> Policy)?
+        public var liveCache: (@Sendable () -> LeafCache)?
+        public var connectFacts: (@Sendable (FlowFacts) -> FlowFacts)?
 
         public init(policy: Policy, cache: LeafCache, upstreamContext: TLSContext, clientContext: TLSContext) {
             self.policy = policy
@@ -95,6 +100,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     let configuration: ProxyServer.Configuration
     var machine: ConnectionMachine?
+    var cache: LeafCache?
     var context: ChannelHandlerContext?
     var upstream: Channel?
     var pending: [ConnectionMachine.Event] = []
@@ -110,7 +116,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             let local = channel.localAddress
             let ownAddress = local.flatMap { a -> FlowFacts.Endpoint? in
                 guard let ip = a.ipAddress, let port = a.port, let bytes = IPAddress.parse(ip) else { return nil }
-                return FlowFacts.Endpoint(address: bytes, port: UInt16(port))
+                return FlowFacts.Endpoint(address: IPAddress.unmapped(bytes), port: UInt16(port))
             }
             // No redirect (the socket's own address came back) → the configured destination.
             var destination = (try? result.get()) ?? nil
@@ -119,14 +125,16 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             facts.proto = .tcp
             facts.dst = destination
             if let remote = channel.remoteAddress, let ip = remote.ipAddress, let port = remote.port, let bytes = IPAddress.parse(ip) {
-                facts.src = FlowFacts.Endpoint(address: bytes, port: UInt16(port))
+                facts.src = FlowFacts.Endpoint(address: IPAddress.unmapped(bytes), port: UInt16(port))
             }
             guard destination != nil else {
                 log(["event": "refused", "reason": "no original destination (not redirected and no fixed destination)"])
                 channel.close(promise: nil)
                 return
             }
-            machine = ConnectionMachine(facts: facts, policy: configuration.policy,
+            if let known = configuration.connectFacts { facts = known(facts) }
+            cache = configuration.liveCache?() ?? configuration.cache
+            machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy,
                                         settings: .init(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext))
             deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in
                 if machine?.phase != .relaying { handle(.timeout) }
@@ -175,12 +183,12 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             guard let upstream else { return }
             upstream.writeAndFlush(upstream.allocator.buffer(bytes: bytes), promise: nil)
         case .mintLeaf(let request):
-            if let leaf = configuration.cache.cached(request) {
+            if let leaf = cache?.cached(request) {
                 handle(.leafReady(leaf))
                 return
             }
             let loop = context.eventLoop
-            let cache = configuration.cache
+            guard let cache else { return }
             let this = NIOLoopBound(self, eventLoop: loop)
             Task {
                 do {
@@ -258,6 +266,9 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         if let facts = machine?.facts {
             record["dst"] = facts.dst?.description
             record["src"] = facts.src?.description
+            record["uid"] = facts.uid
+            record["user"] = facts.user
+            record["exe"] = facts.exe
         }
         if let data = try? JSONSerialization.data(withJSONObject: record.compactMapValues { $0 }, options: [.sortedKeys]) {
             sink(String(decoding: data, as: UTF8.self))

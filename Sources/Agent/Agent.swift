@@ -1,0 +1,236 @@
+import CA
+import Divert
+import Foundation
+import NIOCore
+import NIOPosix
+import Policy
+import Proxy
+import Store
+import Synchronization
+import TLS
+
+/// The running agent: composes the sealed store and CA, the proxy, the queue workers, the
+/// ruleset and the control socket, and owns their order of start, reload and stop.
+public final class Agent: Sendable {
+    public struct Options: Sendable {
+        public var config: AgentConfig
+        public var profile: CAProfile
+        public var storeOptions: StoreOptions
+
+        public init(config: AgentConfig, profile: CAProfile, storeOptions: StoreOptions) {
+            self.config = config
+            self.profile = profile
+            self.storeOptions = storeOptions
+        }
+    }
+
+    struct Live {
+        var policy: Policy
+        var cache: LeafCache
+        var rootFingerprint: String
+    }
+
+    /// Shared by the agent and the closures it hands to the proxy and queue handler.
+    final class LiveState: Sendable {
+        let value: Mutex<Live>
+        init(_ live: Live) { value = Mutex(live) }
+        func withLock<R: Sendable>(_ body: (inout Live) -> R) -> R { value.withLock { body(&$0) } }
+    }
+
+    let options: Options
+    let store: SealedStore
+    let settings: DivertSettings
+    let live: LiveState
+    let feed: FlowFeed
+    let handler: FlowHandler
+    let proxy: ProxyServer
+    let workers: [QueueWorker]
+    let controlGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    let channels = Mutex<[Channel]>([])
+    let started = Date()
+    let stopped = Mutex(false)
+
+    /// Starts everything; on any failure what was started is undone and the error says why.
+    public static func start(_ options: Options) async throws -> Agent {
+        let config = options.config
+        guard let policyPath = config.policy else { throw AgentError("no policy: set 'policy' in loupe.toml or pass --policy") }
+        let policy = try Policy.load(path: policyPath)
+        let store = try SealedStore.open(stateDirectory: config.stateDir, options: options.storeOptions)
+        let (cache, fingerprint) = try makeCache(store: store, profile: options.profile)
+        let settings = config.divertSettings(backend: NetfilterTables.probeBackend())
+        let feed = FlowFeed(sink: try FlowFeed.fileSink(config.flowLog))
+        let agent = try Agent(options: options, store: store, settings: settings, feed: feed,
+                              live: Live(policy: policy, cache: cache, rootFingerprint: fingerprint))
+        do {
+            try await agent.startServices()
+        } catch {
+            await agent.stop()
+            throw error
+        }
+        return agent
+    }
+
+    static func makeCache(store: SealedStore, profile: CAProfile) throws -> (LeafCache, String) {
+        guard let root = try RootAuthority(store: store, profile: profile).root() else {
+            throw AgentError("no root CA in the store; run 'loupe ca init' first")
+        }
+        return (LeafCache(minter: try LeafMinter(root: root, profile: profile)), root.certificate.sha256Fingerprint)
+    }
+
+    init(options: Options, store: SealedStore, settings: DivertSettings, feed: FlowFeed, live: Live) throws {
+        self.options = options
+        self.store = store
+        self.settings = settings
+        self.feed = feed
+        let liveState = LiveState(live)
+        self.live = liveState
+        let handler = FlowHandler(marks: settings.marks, failClosed: settings.failClosed, attribution: ProcessAttribution(),
+                                  policy: { liveState.withLock { $0.policy } }, record: { feed.append($0.json) })
+        self.handler = handler
+
+        var proxyConfig = ProxyServer.Configuration(
+            policy: live.policy, cache: live.cache,
+            upstreamContext: try TLSContext.client(trustBundle: options.config.upstreamCA), clientContext: try TLSContext.server())
+        proxyConfig.bypassMark = settings.marks.bypass
+        proxyConfig.handshakeTimeout = .seconds(Int64(options.config.handshakeTimeout))
+        proxyConfig.flowLog = { feed.append($0) }
+        proxyConfig.livePolicy = { liveState.withLock { $0.policy } }
+        proxyConfig.liveCache = { liveState.withLock { $0.cache } }
+        proxyConfig.connectFacts = { facts in
+            guard let src = facts.src, let dst = facts.dst, let known = handler.connectRecord(src: src, dst: dst) else { return facts }
+            var merged = known.facts
+            merged.src = facts.src
+            merged.dst = facts.dst
+            return merged
+        }
+        self.proxy = ProxyServer(configuration: proxyConfig)
+
+        // Bound before the ruleset exists, so no flow is ever queued to nobody.
+        var workers: [QueueWorker] = []
+        let failOpen = !settings.failClosed
+        let onError: @Sendable (String) -> Void = { SystemLog.error($0) }
+        for queue in settings.queues {
+            let socket = try QueueSocket(queue: queue, copyRange: 128, failOpen: failOpen)
+            workers.append(QueueWorker(socket: socket, onError: onError, handle: handler.handle))
+        }
+        let dns = try QueueSocket(queue: settings.dnsQueue, copyRange: 0xFFFF, failOpen: failOpen)
+        workers.append(QueueWorker(socket: dns, onError: onError, handle: handler.handle))
+        self.workers = workers
+    }
+
+    func startServices() async throws {
+        let proxyChannel = try await proxy.start(host: "::", port: Int(settings.proxyPort))
+        channels.withLock { $0.append(proxyChannel) }
+        for worker in workers { worker.start() }
+        try NetfilterTables.install(Ruleset(settings))
+        SystemLog.info("ruleset installed (table inet \(settings.table), queue via \(settings.backend.rawValue), fail \(settings.failClosed ? "closed" : "open"))")
+        let control = ControlServer(path: options.config.controlSocket, group: controlGroup) { [self] request, peer in
+            await self.answer(request, from: peer)
+        }
+        let controlChannel = try await control.start()
+        channels.withLock { $0.append(controlChannel) }
+        SystemLog.info("control socket \(options.config.controlSocket); proxy on port \(settings.proxyPort); queues \(settings.queues.lowerBound)…\(settings.queues.upperBound), dns \(settings.dnsQueue)")
+    }
+
+    /// Removes the ruleset first (traffic flows normally again), then stops the rest.
+    public func stop() async {
+        guard stopped.withLock({ let was = $0; $0 = true; return !was }) else { return }
+        do { try NetfilterTables.remove(settings) } catch { SystemLog.error("removing the ruleset: \(error)") }
+        for worker in workers { worker.stop() }
+        for channel in channels.withLock({ $0 }) { try? await channel.close() }
+        try? await proxy.shutdown()
+        try? await controlGroup.shutdownGracefully()
+        try? FileManager.default.removeItem(atPath: options.config.controlSocket)
+        SystemLog.info("stopped; ruleset removed")
+    }
+
+    /// Re-reads the policy and replaces the ruleset; a bad policy keeps the running one.
+    public func reload() -> Result<String, AgentError> {
+        guard let path = options.config.policy else { return .failure(AgentError("no policy file to reload")) }
+        let policy: Policy
+        do { policy = try Policy.load(path: path) } catch {
+            SystemLog.error("reload refused, the running policy stays: \(error)")
+            return .failure(AgentError("reload refused, the running policy stays: \(error)"))
+        }
+        do { try NetfilterTables.install(Ruleset(settings)) } catch {
+            return .failure(AgentError("ruleset: \(error)"))
+        }
+        live.withLock { $0.policy = policy }
+        let message = "reloaded \(path): \(policy.rules.count) rules"
+        SystemLog.info(message)
+        return .success(message)
+    }
+
+    func rotateRoot() -> Result<String, AgentError> {
+        do {
+            let (new, _) = try RootAuthority(store: store, profile: options.profile).rotate()
+            let (cache, fingerprint) = try Self.makeCache(store: store, profile: options.profile)
+            live.withLock { $0.cache = cache; $0.rootFingerprint = fingerprint }
+            return .success("new root \(new.certificate.sha256Fingerprint); the previous one stays exportable until 'loupe ca retire-previous'")
+        } catch {
+            return .failure(AgentError("rotation failed: \(error)"))
+        }
+    }
+
+    public var statusObject: [String: Any] {
+        let counters = handler.snapshot
+        let (policy, cache, fingerprint) = live.withLock { ($0.policy, $0.cache, $0.rootFingerprint) }
+        let stats = cache.statistics
+        return [
+            "pid": Int(getpid()),
+            "uptime_seconds": Int(Date().timeIntervalSince(started)),
+            "ruleset": ["table": "inet \(settings.table)", "installed": NetfilterTables.isInstalled(table: settings.table),
+                        "queue_backend": settings.backend.rawValue, "fail": settings.failClosed ? "closed" : "open",
+                        "gateway": settings.gateway, "queues": "\(settings.queues.lowerBound)-\(settings.queues.upperBound)",
+                        "dns_queue": Int(settings.dnsQueue), "proxy_port": Int(settings.proxyPort)] as [String: Any],
+            "policy": ["file": options.config.policy ?? "", "rules": policy.rules.count],
+            "root_sha256": fingerprint,
+            "flows": counters.byVerdict,
+            "dns_answers": counters.dnsAnswers,
+            "dns_addresses": handler.knownAddresses,
+            "undecidable_packets": counters.undecidable,
+            "leaf_cache": ["hits": stats.hits, "misses": stats.misses, "mints": stats.mints, "failures": stats.failures],
+        ]
+    }
+
+    func answer(_ request: ControlRequest, from peer: ControlPeer) async -> ControlReply {
+        SystemLog.info("control: \(request.command.rawValue) from uid \(peer.uid) pid \(peer.pid)")
+        switch request.command {
+        case .status:
+            return .lines([Self.json(statusObject)])
+        case .flows:
+            let recent = feed.recent(request.limit)
+            guard request.follow else { return .lines(recent) }
+            let feed = self.feed
+            return .stream(initial: recent, start: { feed.follow($0) }, stop: { feed.unfollow($0) })
+        case .caExport:
+            do {
+                guard let format = ExportFormat(rawValue: request.format) else { throw AgentError("unknown format \"\(request.format)\"") }
+                guard let root = try RootAuthority(store: store, profile: options.profile).root() else { throw AgentError("no root") }
+                var template: String?
+                if format == .mobileconfig, let dir = CAFiles.directory() {
+                    template = try String(contentsOfFile: "\(dir)/apple-root.mobileconfig", encoding: .utf8)
+                }
+                let bytes = try RootExport.render(root.certificate, as: format, template: template)
+                return .lines([Self.json(["format": format.rawValue, "base64": Data(bytes).base64EncodedString()])])
+            } catch {
+                return .lines([Self.json(["error": "\(error)"])])
+            }
+        case .reload:
+            switch reload() {
+            case .success(let message): return .lines([Self.json(["message": message])])
+            case .failure(let error): return .lines([Self.json(["error": error.description])])
+            }
+        case .caRotate:
+            switch rotateRoot() {
+            case .success(let message): return .lines([Self.json(["message": message])])
+            case .failure(let error): return .lines([Self.json(["error": error.description])])
+            }
+        }
+    }
+
+    static func json(_ object: Any) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,65 @@
+import Foundation
+import Synchronization
+
+/// The flow log as the agent keeps it: every line goes to the configured sink, into a bounded
+/// ring of recent lines (`loupe flows`), and to live followers (`loupe flows --follow`).
+public final class FlowFeed: Sendable {
+    struct State {
+        var ring: [String] = []
+        var next = 0
+        var followers: [UInt64: @Sendable (String) -> Void] = [:]
+        var nextFollower: UInt64 = 0
+    }
+    let state = Mutex(State())
+    let capacity: Int
+    let sink: (@Sendable (String) -> Void)?
+
+    public init(capacity: Int = 1000, sink: (@Sendable (String) -> Void)?) {
+        self.capacity = capacity
+        self.sink = sink
+    }
+
+    public func append(_ line: String) {
+        sink?(line)
+        let followers = state.withLock { s -> [@Sendable (String) -> Void] in
+            if s.ring.count < capacity { s.ring.append(line) } else { s.ring[s.next] = line }
+            s.next = (s.next + 1) % capacity
+            return Array(s.followers.values)
+        }
+        for follower in followers { follower(line) }
+    }
+
+    /// The most recent lines, oldest first.
+    public func recent(_ limit: Int) -> [String] {
+        state.withLock { s in
+            let ordered = s.ring.count < capacity ? s.ring : Array(s.ring[s.next...] + s.ring[..<s.next])
+            return Array(ordered.suffix(limit))
+        }
+    }
+
+    public func follow(_ receive: @escaping @Sendable (String) -> Void) -> UInt64 {
+        state.withLock { s in
+            s.nextFollower += 1
+            s.followers[s.nextFollower] = receive
+            return s.nextFollower
+        }
+    }
+
+    public func unfollow(_ id: UInt64) { state.withLock { _ = $0.followers.removeValue(forKey: id) } }
+
+    /// A sink writing lines to a file (created 0600, appended) or stdout ("-").
+    public static func fileSink(_ path: String?) throws -> (@Sendable (String) -> Void)? {
+        guard let path else { return nil }
+        if path == "-" { return { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) } }
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError("\(path): cannot open the flow log: \(String(cString: strerror(errno)))") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        let lock = Mutex(())
+        return { line in lock.withLock { _ in handle.write(Data((line + "\n").utf8)) } }
+    }
+}
+
+public struct AgentError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

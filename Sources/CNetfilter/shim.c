@@ -1,0 +1,102 @@
+#include "CNetfilter.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+#include <time.h>
+#include <libmnl/libmnl.h>
+#include <linux/netfilter.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_queue.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+
+struct mnl_socket *loupe_nfq_open(void) {
+    struct mnl_socket *nl = mnl_socket_open(NETLINK_NETFILTER);
+    if (!nl) return NULL;
+    if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
+        int saved = errno;
+        mnl_socket_close(nl);
+        errno = saved;
+        return NULL;
+    }
+    // A full socket buffer must not turn into an error on every later receive.
+    int one = 1;
+    mnl_socket_setsockopt(nl, NETLINK_NO_ENOBUFS, &one, sizeof one);
+    return nl;
+}
+
+void loupe_nfq_close(struct mnl_socket *nl) { if (nl) mnl_socket_close(nl); }
+int loupe_nfq_fd(struct mnl_socket *nl) { return mnl_socket_get_fd(nl); }
+
+static int send_and_ack(struct mnl_socket *nl, struct nlmsghdr *nlh) {
+    nlh->nlmsg_flags |= NLM_F_ACK;
+    nlh->nlmsg_seq = (uint32_t)time(NULL);
+    if (mnl_socket_sendto(nl, nlh, nlh->nlmsg_len) < 0) return -errno;
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    ssize_t n = mnl_socket_recvfrom(nl, buf, sizeof buf);
+    if (n < 0) return -errno;
+    if (mnl_cb_run(buf, (size_t)n, nlh->nlmsg_seq, mnl_socket_get_portid(nl), NULL, NULL) < 0) return -errno;
+    return 0;
+}
+
+int loupe_nfq_configure(struct mnl_socket *nl, uint16_t queue, uint32_t copy_range, uint32_t flags, uint32_t maxlen) {
+    char buf[MNL_SOCKET_BUFFER_SIZE];
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
+    nfq_nlmsg_cfg_put_cmd(nlh, AF_UNSPEC, NFQNL_CFG_CMD_BIND);
+    int rc = send_and_ack(nl, nlh);
+    if (rc < 0) return rc;
+    nlh = nfq_nlmsg_put(buf, NFQNL_MSG_CONFIG, queue);
+    nfq_nlmsg_cfg_put_params(nlh, NFQNL_COPY_PACKET, (int)copy_range);
+    nfq_nlmsg_cfg_put_qmaxlen(nlh, maxlen);
+    mnl_attr_put_u32(nlh, NFQA_CFG_FLAGS, htonl(flags));
+    mnl_attr_put_u32(nlh, NFQA_CFG_MASK, htonl(NFQA_CFG_F_FAIL_OPEN | NFQA_CFG_F_UID_GID));
+    return send_and_ack(nl, nlh);
+}
+
+ssize_t loupe_nfq_receive(struct mnl_socket *nl, void *buf, size_t len) {
+    ssize_t n = mnl_socket_recvfrom(nl, buf, len);
+    return n < 0 ? -errno : n;
+}
+
+int loupe_nfq_parse(const void *buf, size_t len, loupe_nfq_packet *out, int max) {
+    int count = 0;
+    const struct nlmsghdr *nlh = buf;
+    int remaining = (int)len;
+    while (count < max && mnl_nlmsg_ok(nlh, remaining)) {
+        if (nlh->nlmsg_type == ((NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET)) {
+            struct nlattr *attr[NFQA_MAX + 1] = {0};
+            if (nfq_nlmsg_parse(nlh, attr) >= 0 && attr[NFQA_PACKET_HDR]) {
+                const struct nfgenmsg *nfg = mnl_nlmsg_get_payload(nlh);
+                const struct nfqnl_msg_packet_hdr *ph = mnl_attr_get_payload(attr[NFQA_PACKET_HDR]);
+                loupe_nfq_packet *p = &out[count++];
+                memset(p, 0, sizeof *p);
+                p->id = ntohl(ph->packet_id);
+                p->queue = ntohs(nfg->res_id);
+                p->hw_protocol = ntohs(ph->hw_protocol);
+                p->hook = ph->hook;
+                if (attr[NFQA_MARK]) { p->has_mark = 1; p->mark = ntohl(mnl_attr_get_u32(attr[NFQA_MARK])); }
+                if (attr[NFQA_UID]) { p->has_uid = 1; p->uid = ntohl(mnl_attr_get_u32(attr[NFQA_UID])); }
+                if (attr[NFQA_GID]) { p->has_gid = 1; p->gid = ntohl(mnl_attr_get_u32(attr[NFQA_GID])); }
+                if (attr[NFQA_PAYLOAD]) {
+                    p->payload = mnl_attr_get_payload(attr[NFQA_PAYLOAD]);
+                    p->payload_len = mnl_attr_get_payload_len(attr[NFQA_PAYLOAD]);
+                }
+            }
+        }
+        nlh = mnl_nlmsg_next(nlh, &remaining);
+    }
+    return count;
+}
+
+size_t loupe_nfq_put_verdict(void *buf, size_t cap, uint16_t queue, uint32_t id, uint32_t verdict, int set_mark, uint32_t mark) {
+    // Header + verdict attribute + mark attribute, each aligned: well under 64 bytes.
+    if (cap < 64) return 0;
+    struct nlmsghdr *nlh = nfq_nlmsg_put(buf, NFQNL_MSG_VERDICT, queue);
+    nfq_nlmsg_verdict_put(nlh, (int)id, (int)verdict);
+    if (set_mark) nfq_nlmsg_verdict_put_mark(nlh, mark);
+    return MNL_ALIGN(nlh->nlmsg_len);
+}
+
+ssize_t loupe_nfq_send(struct mnl_socket *nl, const void *buf, size_t len) {
+    ssize_t n = mnl_socket_sendto(nl, buf, len);
+    return n < 0 ? -errno : n;
+}

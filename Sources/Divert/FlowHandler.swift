@@ -1,0 +1,153 @@
+import Foundation
+import Policy
+import Synchronization
+import Wire
+
+/// What the connect stage decided for one flow: a flow-log line and the facts the proxy later
+/// adds to its own (uid, process, names), found again by the flow's endpoints.
+public struct ConnectRecord: Sendable {
+    public var flow: UInt64
+    public var time: Date
+    public var facts: FlowFacts
+    public var pid: Int32?
+    public var outcome: ConnectOutcome
+
+    /// One JSON object (DESIGN.md "Flow log" fields known at connect).
+    public var json: String {
+        let f = facts, d = outcome.decision
+        var fields: [String: Any] = [
+            "time": time.formatted(.iso8601), "flow": flow, "stage": "connect", "proto": f.proto.rawValue,
+            "verdict": d.verdict.rawValue, "rule": d.rule, "reason": d.reason,
+        ]
+        fields["family"] = f.family?.rawValue
+        fields["src"] = f.src?.description
+        fields["dst"] = f.dst?.description
+        fields["uid"] = f.uid
+        fields["user"] = f.user
+        fields["pid"] = pid
+        fields["exe"] = f.exe
+        if !f.names.isEmpty { fields["names"] = f.names }
+        fields["block"] = d.blockMode?.rawValue
+        fields["note"] = outcome.note
+        let data = (try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+/// Counters for status and metrics.
+public struct FlowCounters: Sendable, Equatable {
+    public var byVerdict: [String: Int] = [:]
+    public var dnsAnswers = 0
+    public var undecidable = 0
+}
+
+/// The queue's flow handler: classifies each packet, learns names from DNS answers, builds
+/// FlowFacts (uid/user, pid/exe best effort, names) and answers with stage connect's verdict.
+public final class FlowHandler: Sendable {
+    public let marks: Marks
+    let policy: @Sendable () -> Policy
+    let attribution: ProcessAttribution?
+    let record: @Sendable (ConnectRecord) -> Void
+    let failClosed: Bool
+    let names = Mutex(NameCache())
+    let recent = Mutex(RecentFlows(capacity: 16_384))
+    let userNames = Mutex([UInt32: String]())
+    let counters = Mutex(FlowCounters())
+    let nextFlow = Atomic<UInt64>(1)
+
+    public init(marks: Marks, failClosed: Bool, attribution: ProcessAttribution?, policy: @escaping @Sendable () -> Policy,
+                record: @escaping @Sendable (ConnectRecord) -> Void) {
+        self.marks = marks
+        self.failClosed = failClosed
+        self.attribution = attribution
+        self.policy = policy
+        self.record = record
+    }
+
+    public func handle(_ packets: [QueuedPacket]) -> [PacketVerdict] {
+        let policy = self.policy()
+        let now = Date()
+        return packets.map { packet in
+            switch FlowClassifier.classify(packet.bytes[...], uid: packet.uid, gid: packet.gid) {
+            case .dnsAnswer(let message):
+                names.withLock { $0.learn(message, at: now.timeIntervalSince1970) }
+                counters.withLock { $0.dnsAnswers += 1 }
+                return .accept(mark: 0)
+            case .other:
+                counters.withLock { $0.undecidable += 1 }
+                // Not a flow Loupe decides (or unreadable): the fail mode says what happens.
+                return failClosed ? .drop : .accept(mark: 0)
+            case .newFlow(var facts):
+                return decide(&facts, policy: policy, at: now)
+            }
+        }
+    }
+
+    func decide(_ facts: inout FlowFacts, policy: Policy, at now: Date) -> PacketVerdict {
+        if let dst = facts.dst { facts.names = names.withLock { $0.names(for: dst.address, at: now.timeIntervalSince1970) } }
+        if let uid = facts.uid { facts.user = userName(uid) }
+        if let gid = facts.gid { facts.group = groupName(gid) }
+        var pid: Int32?
+        if facts.uid != nil, let found = attribution?.resolve(facts) {
+            pid = found.pid
+            facts.exe = found.exe
+        }
+        let outcome = ConnectOutcome.of(policy.decide(.connect, facts), facts: facts, marks: marks)
+        let entry = ConnectRecord(flow: nextFlow.wrappingAdd(1, ordering: .relaxed).oldValue, time: now, facts: facts, pid: pid, outcome: outcome)
+        if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry) } }
+        counters.withLock { $0.byVerdict[outcome.decision.verdict.rawValue, default: 0] += 1 }
+        record(entry)
+        return outcome.packet
+    }
+
+    /// The connect-stage record of an inspected flow, by its client endpoint and destination.
+    public func connectRecord(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> ConnectRecord? {
+        recent.withLock { $0.find(src: src, dst: dst) }
+    }
+
+    public var snapshot: FlowCounters { counters.withLock { $0 } }
+    public var knownAddresses: Int { names.withLock { $0.count } }
+
+    func userName(_ uid: UInt32) -> String? {
+        if let known = userNames.withLock({ $0[uid] }) { return known }
+        var entry = passwd(), result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        let name = String(cString: entry.pw_name)
+        userNames.withLock { $0[uid] = name }
+        return name
+    }
+
+    func groupName(_ gid: UInt32) -> String? {
+        var entry = group(), result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getgrgid_r(gid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+        return String(cString: entry.gr_name)
+    }
+}
+
+/// Recently inspected flows by endpoints, bounded (oldest dropped first).
+struct RecentFlows {
+    struct Key: Hashable { var src: [UInt8], sport: UInt16, dst: [UInt8], dport: UInt16 }
+    let capacity: Int
+    var byKey: [Key: ConnectRecord] = [:]
+    var order: [Key] = []
+    var start = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    mutating func insert(_ record: ConnectRecord) {
+        guard let src = record.facts.src, let dst = record.facts.dst else { return }
+        let key = Key(src: src.address, sport: src.port, dst: dst.address, dport: dst.port)
+        if byKey.updateValue(record, forKey: key) == nil { order.append(key) }
+        while byKey.count > capacity, start < order.count {
+            byKey[order[start]] = nil
+            start += 1
+        }
+        if start > 4096 && start * 2 > order.count { order.removeFirst(start); start = 0 }
+    }
+
+    func find(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> ConnectRecord? {
+        byKey[Key(src: src.address, sport: src.port, dst: dst.address, dport: dst.port)]
+    }
+}

@@ -1,0 +1,99 @@
+import Foundation
+import Policy
+import Synchronization
+import Wire
+
+/// Parses /proc/net/{tcp,tcp6,udp,udp6}: which socket inode owns a local endpoint. Pure.
+public enum ProcNetTable {
+    /// The inode of the socket bound to `local` (exactly, or on the wildcard address).
+    public static func inode(in text: Substring, local: FlowFacts.Endpoint) -> UInt64? {
+        var wildcard: UInt64?
+        for line in text.split(separator: "\n").dropFirst() {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count > 9, let (address, port) = endpoint(fields[1]), port == local.port,
+                  let inode = UInt64(fields[9]), inode != 0 else { continue }
+            if address == local.address { return inode }
+            if address.allSatisfy({ $0 == 0 }) { wildcard = wildcard ?? inode }
+            // An IPv4 flow from a dual-stack socket shows as ::ffff:a.b.c.d.
+            if address.count == 16, local.address.count == 4, Array(address[12...]) == local.address,
+               address[10] == 0xFF, address[11] == 0xFF { return inode }
+        }
+        return wildcard
+    }
+
+    /// "0100007F:0277" → ([127,0,0,1], 631). Addresses are 32-bit words in host (little-endian) order.
+    static func endpoint(_ field: Substring) -> ([UInt8], UInt16)? {
+        let parts = field.split(separator: ":")
+        guard parts.count == 2, let port = UInt16(parts[1], radix: 16), parts[0].count == 8 || parts[0].count == 32 else { return nil }
+        var bytes: [UInt8] = []
+        var index = parts[0].startIndex
+        while index < parts[0].endIndex {
+            let next = parts[0].index(index, offsetBy: 8)
+            guard let word = UInt32(parts[0][index..<next], radix: 16) else { return nil }
+            withUnsafeBytes(of: word.littleEndian) { bytes.append(contentsOf: $0) }
+            index = next
+        }
+        return (bytes, port)
+    }
+}
+
+/// Best-effort pid and executable of the local socket that sent a flow's first packet:
+/// /proc/net gives the socket's inode, a scan of /proc/PID/fd the process. The inode → pid map
+/// is rebuilt on a miss, at most every `rescanInterval`.
+public final class ProcessAttribution: Sendable {
+    struct State {
+        var pidByInode: [UInt64: Int32] = [:]
+        var lastScan: Double = 0
+    }
+    let state = Mutex(State())
+    let procRoot: String
+    let rescanInterval: Double
+
+    public init(procRoot: String = "/proc", rescanInterval: Double = 0.002) {
+        self.procRoot = procRoot
+        self.rescanInterval = rescanInterval
+    }
+
+    public func resolve(_ facts: FlowFacts) -> (pid: Int32, exe: String?)? {
+        guard let src = facts.src else { return nil }
+        let tables = facts.proto == .tcp ? ["tcp", "tcp6"] : ["udp", "udp6"]
+        var inode: UInt64?
+        for table in tables {
+            guard let text = try? String(contentsOfFile: "\(procRoot)/net/\(table)", encoding: .utf8) else { continue }
+            if let found = ProcNetTable.inode(in: text[...], local: src) { inode = found; break }
+        }
+        guard let inode else { return nil }
+        let now = Date().timeIntervalSince1970
+        var pid = state.withLock { $0.pidByInode[inode] }
+        if pid == nil {
+            let due = state.withLock { now - $0.lastScan >= rescanInterval }
+            if due {
+                let map = scan()
+                state.withLock { $0.pidByInode = map; $0.lastScan = now }
+                pid = map[inode]
+            }
+        }
+        guard let pid else { return nil }
+        let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(procRoot)/\(pid)/exe")
+        return (pid, exe)
+    }
+
+    func scan() -> [UInt64: Int32] {
+        var map: [UInt64: Int32] = [:]
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: procRoot) else { return map }
+        var buffer = [CChar](repeating: 0, count: 64)
+        for entry in entries {
+            guard let pid = Int32(entry) else { continue }
+            let fdDir = "\(procRoot)/\(entry)/fd"
+            guard let fds = try? FileManager.default.contentsOfDirectory(atPath: fdDir) else { continue }
+            for fd in fds {
+                let n = readlink("\(fdDir)/\(fd)", &buffer, buffer.count - 1)
+                guard n > 9 else { continue }
+                let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                guard target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) else { continue }
+                map[inode] = pid
+            }
+        }
+        return map
+    }
+}
