@@ -50,7 +50,7 @@ let package = Package(
             ]
         ),
         .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy"]),
-        .target(name: "TestSupport", dependencies: ["Platform", "TLS"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Platform", "TLS", "Wire"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"], exclude: ["Fixtures"]),
@@ -59,6 +59,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),
         .testTarget(name: "DivertTests", dependencies: ["Divert", "Policy", "Wire", "TestSupport"]),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "TOML"]),
         .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS", "Store", "TestSupport"]),
     ],

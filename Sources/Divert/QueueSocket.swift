@@ -10,6 +10,15 @@ public struct QueuedPacket: Sendable {
     public var gid: UInt32?
     public var mark: UInt32?
     public var bytes: [UInt8]
+
+    public init(queue: UInt16, id: UInt32, uid: UInt32?, gid: UInt32?, mark: UInt32?, bytes: [UInt8]) {
+        self.queue = queue
+        self.id = id
+        self.uid = uid
+        self.gid = gid
+        self.mark = mark
+        self.bytes = bytes
+    }
 }
 
 public struct QueueError: Error, CustomStringConvertible, Sendable {

@@ -34,6 +34,14 @@ public struct Decision: Sendable, Equatable, CustomStringConvertible {
     /// Set when `verdict == .block`.
     public var blockMode: BlockMode?
 
+    public init(stage: Stage, verdict: Verdict, rule: String, reason: String, blockMode: BlockMode? = nil) {
+        self.stage = stage
+        self.verdict = verdict
+        self.rule = rule
+        self.reason = reason
+        self.blockMode = blockMode
+    }
+
     public var description: String {
         let how = blockMode.map { " (\($0.rawValue))" } ?? ""
         return "\(stage.rawValue): \(verdict.rawValue)\(how) by rule \"\(rule)\" — \(reason)"

@@ -1,0 +1,101 @@
+import Agent
+import Foundation
+import TOML
+import Testing
+
+@Suite struct AgentConfigTests {
+    @Test func theShippedConfigLoads() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let config = try AgentConfig.load(path: "\(root)/config/loupe.toml")
+        #expect(config.policy == "\(root)/config/policy.toml", "relative to the file")
+        #expect(config.fail == .open && !config.gateway && config.proxyPort == 8443 && config.flowLog == "-")
+        #expect(config.divertSettings(backend: .nft).queues == 0...0)
+    }
+
+    @Test func settingsAndTheirErrors() throws {
+        let c = try AgentConfig.parse("""
+            fail = "closed"
+            flow_log = ""
+            [queue]
+            first = 4
+            count = 2
+            dns = 9
+            """, file: "/etc/loupe/loupe.toml")
+        #expect(c.fail == .closed && c.flowLog == nil)
+        let s = c.divertSettings(backend: .iptablesNFT)
+        #expect(s.queues == 4...5 && s.dnsQueue == 9 && s.failClosed)
+        let cases: [(String, String)] = [
+            ("fail = \"sometimes\"", "loupe.toml:1: 'fail' must be \"open\" or \"closed\""),
+            ("gatway = true", "loupe.toml:1: unknown key 'gatway'"),
+            ("[queue]\ncount = 0", "loupe.toml:2: 'queue.count' must be between 1 and 64"),
+            ("[queue]\nfirst = 0\ncount = 2\ndns = 1", "loupe.toml:4: 'queue.dns' (1) must not be one of the flow queues"),
+            ("[proxy]\nport = \"8443\"", "loupe.toml:2: 'proxy.port' must be an integer"),
+            ("policy = ", "loupe.toml:1:"),
+        ]
+        for (text, expected) in cases {
+            #expect(throws: ConfigError.self) { try AgentConfig.parse(text, file: "loupe.toml") }
+            do { _ = try AgentConfig.parse(text, file: "loupe.toml") } catch {
+                #expect(error.description.hasPrefix(expected), "\(text) → \(error)")
+            }
+        }
+    }
+}
+
+@Suite struct ControlProtocolTests {
+    @Test func requestsRoundTripAndBadOnesAreRefused() throws {
+        let request = ControlRequest(command: .flows, follow: true, limit: 5)
+        #expect(try ControlRequest.parse(Array(request.line.utf8)) == request)
+        #expect(try ControlRequest.parse(Array(#"{"command":"ca-export","format":"der"}"#.utf8)).format == "der")
+        let bad: [(String, String)] = [
+            ("not json", "malformed request"),
+            (#"{"verb":"status"}"#, "no \"command\""),
+            (#"{"command":"shutdown"}"#, "unknown command \"shutdown\""),
+            (#"{"command":"flows","limit":-1}"#, "\"limit\" must be"),
+            (#"{"command":"flows","follow":"yes"}"#, "\"follow\" must be"),
+            (String(repeating: " ", count: 5000), "longer than 4096"),
+        ]
+        for (line, expected) in bad {
+            do {
+                _ = try ControlRequest.parse(Array(line.utf8))
+                Issue.record("\(line) must be refused")
+            } catch {
+                #expect(error.description.contains(expected), "\(error)")
+                #expect(error.headerLine.hasPrefix("{\"error\""), "refusals are JSON for the client")
+            }
+        }
+    }
+
+    @Test func rootChangesMembersReadOthersNothing() {
+        let root = ControlPeer(pid: 1, uid: 0, gid: 0, inLoupeGroup: false)
+        let member = ControlPeer(pid: 2, uid: 1000, gid: 1000, inLoupeGroup: true)
+        let stranger = ControlPeer(pid: 3, uid: 1001, gid: 1001, inLoupeGroup: false)
+        for command in ControlRequest.Command.allCases {
+            #expect(root.refusal(for: command) == nil)
+            #expect((member.refusal(for: command) == nil) == !command.changesState)
+            #expect(stranger.refusal(for: command) != nil)
+        }
+        #expect(member.refusal(for: .reload)?.description.contains("needs root") == true)
+    }
+}
+
+@Suite struct FlowFeedTests {
+    @Test func keepsTheNewestAndStreamsToFollowers() {
+        let seen = Lines()
+        let feed = FlowFeed(capacity: 3, sink: { seen.add("sink " + $0) })
+        feed.append("1")
+        let id = feed.follow { seen.add("follow " + $0) }
+        for n in 2...5 { feed.append("\(n)") }
+        feed.unfollow(id)
+        feed.append("6")
+        #expect(feed.recent(10) == ["4", "5", "6"] && feed.recent(2) == ["5", "6"])
+        #expect(seen.all.filter { $0.hasPrefix("follow") } == ["follow 2", "follow 3", "follow 4", "follow 5"])
+        #expect(seen.all.filter { $0.hasPrefix("sink") }.count == 6)
+    }
+}
+
+final class Lines: @unchecked Sendable {
+    let lock = NSLock()
+    var lines: [String] = []
+    func add(_ s: String) { lock.withLock { lines.append(s) } }
+    var all: [String] { lock.withLock { lines } }
+}

@@ -1,0 +1,225 @@
+import Divert
+import Foundation
+import Policy
+import TestSupport
+import Testing
+import Wire
+
+@Suite struct FlowClassifierTests {
+    @Test func firstPacketsBecomeFacts() throws {
+        guard case .newFlow(let tcp) = FlowClassifier.classify(TestPackets.tcpSYN(from: "10.0.0.1", 40000, to: "192.0.2.9", 443)[...], uid: 1000, gid: 100) else {
+            Issue.record("a TCP SYN is a new flow"); return
+        }
+        #expect(tcp.proto == .tcp && tcp.src?.description == "10.0.0.1:40000" && tcp.dst?.description == "192.0.2.9:443")
+        #expect(tcp.uid == 1000 && tcp.gid == 100 && tcp.family == .ipv4)
+        guard case .newFlow(let udp) = FlowClassifier.classify(TestPackets.udp(from: "2001:db8::1", 5000, to: "2001:db8::2", 443)[...], uid: nil, gid: nil) else {
+            Issue.record("a UDP datagram is a new flow"); return
+        }
+        #expect(udp.proto == .udp && udp.dst?.description == "[2001:db8::2]:443" && udp.family == .ipv6 && udp.uid == nil)
+    }
+
+    @Test func dnsAnswersAreSnooped() {
+        let packet = TestPackets.udp(from: "10.0.0.53", 53, to: "10.0.0.1", 33333, payload: TestPackets.dnsAnswer("shop.example", "192.0.2.44"))
+        guard case .dnsAnswer(let message) = FlowClassifier.classify(packet[...], uid: nil, gid: nil) else {
+            Issue.record("an answer from port 53 is snooped"); return
+        }
+        #expect(message.namesByAddress.first?.names == ["shop.example"])
+    }
+
+    @Test func hostileBytesAreNotFlows() {
+        for bytes: [UInt8] in [[], [0x45], [0x60, 0, 0], Array(repeating: 0xFF, count: 40),
+                               TestPackets.ip("10.0.0.1", "10.0.0.2", transport: 6, [0, 1]),       // truncated TCP
+                               TestPackets.ip("10.0.0.1", "10.0.0.2", transport: 1, [8, 0, 0, 0])] {  // ICMP
+            guard case .other(let why) = FlowClassifier.classify(bytes[...], uid: nil, gid: nil) else {
+                Issue.record("\(bytes) must not be a flow"); continue
+            }
+            #expect(!why.isEmpty)
+        }
+    }
+}
+
+@Suite struct ConnectOutcomeTests {
+    let marks = Marks()
+
+    func decision(_ verdict: Verdict, _ mode: BlockMode? = nil) -> Decision {
+        Decision(stage: .connect, verdict: verdict, rule: "r", reason: "because", blockMode: mode)
+    }
+
+    func facts(_ proto: FlowFacts.Proto, port: UInt16) -> FlowFacts {
+        var f = FlowFacts()
+        f.proto = proto
+        f.dst = FlowFacts.Endpoint(address: [192, 0, 2, 1], port: port)
+        return f
+    }
+
+    @Test func verdictsBecomeMarks() {
+        #expect(ConnectOutcome.of(decision(.allow), facts: facts(.tcp, port: 80), marks: marks).packet == .accept(mark: marks.allow))
+        #expect(ConnectOutcome.of(decision(.inspect), facts: facts(.tcp, port: 443), marks: marks).packet == .accept(mark: marks.inspect))
+        #expect(ConnectOutcome.of(decision(.block, .reject), facts: facts(.tcp, port: 80), marks: marks).packet == .accept(mark: marks.reject))
+        #expect(ConnectOutcome.of(decision(.block, .drop), facts: facts(.tcp, port: 80), marks: marks).packet == .drop)
+    }
+
+    @Test func quicToInspectedDestinationsIsRefused() {
+        let quic = ConnectOutcome.of(decision(.inspect), facts: facts(.udp, port: 443), marks: marks)
+        #expect(quic.packet == .accept(mark: marks.reject) && quic.decision.verdict == .block && quic.decision.blockMode == .reject)
+        #expect(quic.note?.contains("QUIC") == true)
+        let otherUDP = ConnectOutcome.of(decision(.inspect), facts: facts(.udp, port: 5353), marks: marks)
+        #expect(otherUDP.packet == .accept(mark: marks.allow) && otherUDP.note != nil)
+    }
+}
+
+@Suite struct FlowHandlerTests {
+    /// A DNS answer teaches a name; the next flow to that address matches a `names` rule.
+    @Test func namesFromSnoopedAnswersDecide() throws {
+        let policy = try Policy.parse("""
+            [defaults]
+            connect = "allow"
+            hello = "bump"
+            request = "allow"
+            [[rule]]
+            name = "no-shop"
+            stage = "connect"
+            names = ["*.shop.example"]
+            action = "block"
+            block = "drop"
+            """, file: "p.toml")
+        let records = RecordBox()
+        let handler = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { records.add($0) })
+        let before = handler.handle([packet(TestPackets.tcpSYN(from: "10.0.0.1", 40000, to: "192.0.2.44", 443))])
+        #expect(before == [.accept(mark: Marks().allow)], "no name known yet")
+        let answer = TestPackets.udp(from: "10.0.0.53", 53, to: "10.0.0.1", 33333, payload: TestPackets.dnsAnswer("www.shop.example", "192.0.2.44", ttl: 0))
+        let verdicts = handler.handle([packet(answer), packet(TestPackets.tcpSYN(from: "10.0.0.1", 40001, to: "192.0.2.44", 443)),
+                                       packet([0x45, 1, 2])])
+        #expect(verdicts == [.accept(mark: 0), .drop, .accept(mark: 0)], "answer passes, flow dropped, junk passes (fail open)")
+        let last = try #require(records.all.last)
+        #expect(last.facts.names == ["www.shop.example"] && last.outcome.decision.rule == "no-shop")
+        #expect(last.json.contains("\"names\":[\"www.shop.example\"]") && last.json.contains("\"verdict\":\"block\""))
+        #expect(handler.snapshot.byVerdict == ["allow": 1, "block": 1] && handler.snapshot.dnsAnswers == 1 && handler.snapshot.undecidable == 1)
+
+        let strict = FlowHandler(marks: Marks(), failClosed: true, attribution: nil, policy: { policy }, record: { _ in })
+        #expect(strict.handle([packet([0x45, 1, 2])]) == [.drop], "fail closed: what cannot be read is dropped")
+    }
+
+    @Test func inspectedFlowsAreFoundAgainByEndpoints() throws {
+        let policy = Policy(defaults: [.connect: .inspect, .hello: .bump, .request: .allow], rules: [])
+        let handler = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { _ in })
+        var syn = QueuedPacket(queue: 0, id: 1, uid: 0, gid: 0, mark: nil, bytes: TestPackets.tcpSYN(from: "10.0.0.1", 40002, to: "192.0.2.5", 443))
+        syn.uid = 0
+        _ = handler.handle([syn])
+        let found = handler.connectRecord(src: FlowFacts.Endpoint("10.0.0.1:40002")!, dst: FlowFacts.Endpoint("192.0.2.5:443")!)
+        #expect(found?.facts.uid == 0 && found?.facts.user == "root")
+        #expect(handler.connectRecord(src: FlowFacts.Endpoint("10.0.0.1:40003")!, dst: FlowFacts.Endpoint("192.0.2.5:443")!) == nil)
+    }
+
+    func packet(_ bytes: [UInt8]) -> QueuedPacket { QueuedPacket(queue: 0, id: 1, uid: nil, gid: nil, mark: nil, bytes: bytes) }
+}
+
+final class RecordBox: @unchecked Sendable {
+    let lock = NSLock()
+    var records: [ConnectRecord] = []
+    func add(_ r: ConnectRecord) { lock.withLock { records.append(r) } }
+    var all: [ConnectRecord] { lock.withLock { records } }
+}
+
+@Suite struct NameCacheTests {
+    func message(_ name: String, _ address: String, ttl: UInt32) throws -> DNSMessage {
+        try DNSMessage.parse(TestPackets.dnsAnswer(name, address, ttl: ttl)[...])
+    }
+
+    @Test func ttlsAreHonouredWithAFloor() throws {
+        var cache = NameCache()
+        try cache.learn(message("a.example", "192.0.2.1", ttl: 0), at: 1000)
+        try cache.learn(message("b.example", "192.0.2.1", ttl: 600), at: 1000)
+        #expect(cache.names(for: [192, 0, 2, 1], at: 1029) == ["a.example", "b.example"], "TTL 0 still lasts the 30 s floor")
+        #expect(cache.names(for: [192, 0, 2, 1], at: 1031) == ["b.example"])
+        #expect(cache.names(for: [192, 0, 2, 1], at: 1601) == [])
+    }
+
+    @Test func boundedInAddresses() throws {
+        var cache = NameCache(capacity: 3)
+        for i in 1...5 { try cache.learn(message("h\(i).example", "192.0.2.\(i)", ttl: 300), at: 0) }
+        #expect(cache.count == 3)
+        #expect(cache.names(for: [192, 0, 2, 1], at: 1) == [] && cache.names(for: [192, 0, 2, 5], at: 1) == ["h5.example"], "oldest evicted first")
+    }
+}
+
+@Suite struct ProcNetTableTests {
+    let table = """
+          sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+           0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1111 1 0000000000000000 100 0 0 10 0
+           1: 0100000A:9C40 0200000A:01BB 02 00000001:00000000 01:00000060 00000000  1000        0 2222 2 0000000000000000 200 0 0 10 -1
+           2: 00000000:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3333 1 0000000000000000 100 0 0 10 0
+        """
+
+    @Test func findsTheSocketOfALocalEndpoint() {
+        #expect(ProcNetTable.inode(in: table[...], local: FlowFacts.Endpoint("10.0.0.1:40000")!) == 2222)
+        #expect(ProcNetTable.inode(in: table[...], local: FlowFacts.Endpoint("10.9.9.9:53")!) == 3333, "wildcard-bound socket")
+        #expect(ProcNetTable.inode(in: table[...], local: FlowFacts.Endpoint("10.0.0.1:40001")!) == nil)
+        let v6 = """
+              sl  local_address                         remote_address                        st
+               0: 0000000000000000FFFF00000100000A:9C41 00000000000000000000000000000000:0000 01 00000000:00000000 00:00000000 00000000     0        0 4444 1
+               1: B80D0120000000000000000001000000:9C42 00000000000000000000000000000000:0000 01 00000000:00000000 00:00000000 00000000     0        0 5555 1
+            """
+        #expect(ProcNetTable.inode(in: v6[...], local: FlowFacts.Endpoint("10.0.0.1:40001")!) == 4444, "IPv4 on a dual-stack socket")
+        #expect(ProcNetTable.inode(in: v6[...], local: FlowFacts.Endpoint("[2001:db8::1]:40002")!) == 5555)
+    }
+}
+
+@Suite struct RulesetTests {
+    @Test func nativeBackendQueuesInsideLoupesTable() {
+        var s = DivertSettings()
+        s.queues = 2...3
+        s.proxyPort = 9443
+        let text = Ruleset(s).nftScript
+        #expect(text.hasPrefix("# Loupe") && text.contains("table inet loupe\ndelete table inet loupe\n"), "replaced in one transaction")
+        #expect(text.contains("meta mark 0x4c55 accept"), "Loupe's own sockets first")
+        #expect(text.contains("queue flags bypass,fanout to 2-3"))
+        #expect(text.contains("redirect to :9443"))
+        #expect(text.contains("reject with tcp reset"))
+        #expect(!text.contains("prerouting"), "no gateway chains unless asked")
+        #expect(!text.contains("flush ruleset"))
+    }
+
+    @Test func failClosedAndGateway() {
+        var s = DivertSettings()
+        s.failClosed = true
+        s.gateway = true
+        let text = Ruleset(s).nftScript
+        #expect(!text.contains("flags bypass") && text.contains("queue to 0"))
+        #expect(text.contains("hook prerouting") && text.contains("fib daddr type local accept") && text.contains("hook forward"))
+        s.backend = .iptablesNFT
+        let fallback = Ruleset(s)
+        #expect(!fallback.nftScript.contains(" queue "), "the queue rule moves to iptables-nft")
+        #expect(fallback.iptablesRestoreScript.contains("-j NFQUEUE --queue-num 0\n") && !fallback.iptablesRestoreScript.contains("bypass"))
+        #expect(fallback.iptablesRestoreScript.contains("-I PREROUTING 1 -j LOUPE-QUEUE"))
+        s.failClosed = false
+        s.queues = 0...1
+        #expect(Ruleset(s).iptablesRestoreScript.contains("--queue-balance 0:1 --queue-bypass"))
+    }
+
+    static let canLoad = TestEnv.isRoot && TestEnv.has("nft") && TestEnv.has("ip")
+
+    /// Real nft in a private namespace: the table loads, replaces itself, and removal leaves
+    /// other tables alone.
+    @Test(.enabled(if: canLoad, "needs root, ip and nft (CI has them)"))
+    func loadsReplacesAndRemovesOnlyItself() throws {
+        let ns = "lrs\(getpid() % 100_000)"
+        defer { _ = TestEnv.sh("ip netns del \(ns)") }
+        #expect(TestEnv.sh("ip netns add \(ns)").status == 0)
+        var s = DivertSettings()
+        s.backend = .iptablesNFT   // loads on every kernel; the native queue rule only where nft_queue exists
+        s.gateway = true
+        let other = "table inet someone_else {\n chain c { type filter hook output priority 0; policy accept; counter; }\n}\n"
+        #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(other.utf8)).status == 0)
+        for _ in 0..<2 {
+            let r = TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftScript.utf8))
+            #expect(r.status == 0, "\(r.err)")
+        }
+        let listing = TestEnv.sh("ip netns exec \(ns) nft list ruleset").out
+        #expect(listing.components(separatedBy: "table inet loupe").count == 2, "one copy after two loads")
+        #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftRemoveScript.utf8)).status == 0)
+        #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftRemoveScript.utf8)).status == 0, "removing twice is fine")
+        let after = TestEnv.sh("ip netns exec \(ns) nft list ruleset").out
+        #expect(!after.contains("table inet loupe") && after.contains("table inet someone_else"))
+    }
+}
