@@ -270,7 +270,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             record["user"] = facts.user
             record["exe"] = facts.exe
         }
-        if let data = try? JSONSerialization.data(withJSONObject: record.compactMapValues { $0 }, options: [.sortedKeys]) {
+        if let data = try? JSONSerialization.data(withJSONObject: record.compactMapValues { $0 }, options: [.sortedKeys, .withoutEscapingSlashes]) {
             sink(String(decoding: data, as: UTF8.self))
         }
     }
