@@ -51,6 +51,10 @@ public final class FlowHandler: Sendable {
     let failClosed: Bool
     let names = Mutex(NameCache())
     let recent = Mutex(RecentFlows(capacity: 16_384))
+    /// First packets seen again shortly after their verdict (a resolver's parallel A/AAAA
+    /// queries from one socket, SYN retransmits after a drop) get the same answer, logged once.
+    let repeats = Mutex(RecentFlows(capacity: 4096))
+    static let repeatWindow: Double = 5
     let userNames = Mutex([UInt32: String]())
     let counters = Mutex(FlowCounters())
     let nextFlow = Atomic<UInt64>(1)
@@ -84,6 +88,10 @@ public final class FlowHandler: Sendable {
     }
 
     func decide(_ facts: inout FlowFacts, policy: Policy, at now: Date) -> PacketVerdict {
+        if let src = facts.src, let dst = facts.dst, let seen = repeats.withLock({ $0.find(src: src, dst: dst) }),
+           seen.facts.proto == facts.proto, now.timeIntervalSince(seen.time) < Self.repeatWindow {
+            return seen.outcome.packet
+        }
         if let dst = facts.dst { facts.names = names.withLock { $0.names(for: dst.address, at: now.timeIntervalSince1970) } }
         if let uid = facts.uid { facts.user = userName(uid) }
         if let gid = facts.gid { facts.group = groupName(gid) }
@@ -95,6 +103,7 @@ public final class FlowHandler: Sendable {
         let outcome = ConnectOutcome.of(policy.decide(.connect, facts), facts: facts, marks: marks)
         let entry = ConnectRecord(flow: nextFlow.wrappingAdd(1, ordering: .relaxed).oldValue, time: now, facts: facts, pid: pid, outcome: outcome)
         if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry) } }
+        repeats.withLock { $0.insert(entry) }
         counters.withLock { $0.byVerdict[outcome.decision.verdict.rawValue, default: 0] += 1 }
         record(entry)
         return outcome.packet

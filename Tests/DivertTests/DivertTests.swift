@@ -96,6 +96,9 @@ import Wire
         #expect(last.json.contains("\"names\":[\"www.shop.example\"]") && last.json.contains("\"verdict\":\"block\""))
         #expect(handler.snapshot.byVerdict == ["allow": 1, "block": 1] && handler.snapshot.dnsAnswers == 1 && handler.snapshot.undecidable == 1)
 
+        let again = handler.handle([packet(TestPackets.tcpSYN(from: "10.0.0.1", 40001, to: "192.0.2.44", 443))])
+        #expect(again == [.drop] && records.all.count == 2, "a retransmitted SYN gets the same verdict, logged once")
+
         let strict = FlowHandler(marks: Marks(), failClosed: true, attribution: nil, policy: { policy }, record: { _ in })
         #expect(strict.handle([packet([0x45, 1, 2])]) == [.drop], "fail closed: what cannot be read is dropped")
     }
