@@ -49,7 +49,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy"]),
+        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy", "Divert"]),
         .target(name: "TestSupport", dependencies: ["Platform", "TLS", "Wire"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),

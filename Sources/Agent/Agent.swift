@@ -85,7 +85,7 @@ public final class Agent: Sendable {
         let liveState = LiveState(live)
         self.live = liveState
         let handler = FlowHandler(marks: settings.marks, failClosed: settings.failClosed, attribution: ProcessAttribution(),
-                                  policy: { liveState.withLock { $0.policy } }, record: { feed.append($0.json) })
+                                  policy: { liveState.withLock { $0.policy } }, record: { record in feed.append(rendering: { record.json }) })
         self.handler = handler
 
         var proxyConfig = ProxyServer.Configuration(
@@ -110,7 +110,7 @@ public final class Agent: Sendable {
         let failOpen = !settings.failClosed
         let onError: @Sendable (String) -> Void = { SystemLog.error($0) }
         for queue in settings.queues {
-            let socket = try QueueSocket(queue: queue, copyRange: 128, failOpen: failOpen)
+            let socket = try QueueSocket(queue: queue, copyRange: 128, failOpen: failOpen, maxLength: 65_536)
             workers.append(QueueWorker(socket: socket, onError: onError, handle: handler.handle))
         }
         let dns = try QueueSocket(queue: settings.dnsQueue, copyRange: 0xFFFF, failOpen: failOpen)

@@ -2,10 +2,11 @@ import Foundation
 import Synchronization
 
 /// The flow log as the agent keeps it: every line goes to the configured sink, into a bounded
-/// ring of recent lines (`loupe flows`), and to live followers (`loupe flows --follow`).
+/// ring of recent lines (`loupe flows`), and to live followers (`loupe flows --follow`). A line
+/// nobody reads yet stays unrendered until `loupe flows` asks for it.
 public final class FlowFeed: Sendable {
     struct State {
-        var ring: [String] = []
+        var ring: [@Sendable () -> String] = []
         var next = 0
         var followers: [UInt64: @Sendable (String) -> Void] = [:]
         var nextFollower: UInt64 = 0
@@ -19,22 +20,35 @@ public final class FlowFeed: Sendable {
         self.sink = sink
     }
 
-    public func append(_ line: String) {
-        sink?(line)
+    public func append(_ line: String) { append(rendering: { line }) }
+
+    /// Renders the line only when a sink or follower needs it now.
+    public func append(rendering render: @escaping @Sendable () -> String) {
+        var rendered: String?
+        var entry = render
+        if let sink {
+            let line = render()
+            sink(line)
+            rendered = line
+            entry = { line }
+        }
         let followers = state.withLock { s -> [@Sendable (String) -> Void] in
-            if s.ring.count < capacity { s.ring.append(line) } else { s.ring[s.next] = line }
+            if s.ring.count < capacity { s.ring.append(entry) } else { s.ring[s.next] = entry }
             s.next = (s.next + 1) % capacity
             return Array(s.followers.values)
         }
+        guard !followers.isEmpty else { return }
+        let line = rendered ?? render()
         for follower in followers { follower(line) }
     }
 
     /// The most recent lines, oldest first.
     public func recent(_ limit: Int) -> [String] {
-        state.withLock { s in
+        let entries = state.withLock { s in
             let ordered = s.ring.count < capacity ? s.ring : Array(s.ring[s.next...] + s.ring[..<s.next])
             return Array(ordered.suffix(limit))
         }
+        return entries.map { $0() }
     }
 
     public func follow(_ receive: @escaping @Sendable (String) -> Void) -> UInt64 {

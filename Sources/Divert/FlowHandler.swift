@@ -15,22 +15,24 @@ public struct ConnectRecord: Sendable {
     /// One JSON object (DESIGN.md "Flow log" fields known at connect).
     public var json: String {
         let f = facts, d = outcome.decision
-        var fields: [String: Any] = [
-            "time": time.formatted(.iso8601), "flow": flow, "stage": "connect", "proto": f.proto.rawValue,
-            "verdict": d.verdict.rawValue, "rule": d.rule, "reason": d.reason,
-        ]
-        fields["family"] = f.family?.rawValue
-        fields["src"] = f.src?.description
-        fields["dst"] = f.dst?.description
-        fields["uid"] = f.uid
-        fields["user"] = f.user
-        fields["pid"] = pid
-        fields["exe"] = f.exe
-        if !f.names.isEmpty { fields["names"] = f.names }
-        fields["block"] = d.blockMode?.rawValue
-        fields["note"] = outcome.note
-        let data = (try? JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
-        return String(decoding: data, as: UTF8.self)
+        var line = JSONLine(time: time)
+        line.add("flow", flow)
+        line.add("stage", "connect")
+        line.add("family", f.family?.rawValue)
+        line.add("proto", f.proto.rawValue)
+        line.add("src", f.src?.description)
+        line.add("dst", f.dst?.description)
+        line.add("uid", f.uid)
+        line.add("user", f.user)
+        line.add("pid", pid)
+        line.add("exe", f.exe)
+        line.add("names", f.names.isEmpty ? nil : f.names)
+        line.add("verdict", d.verdict.rawValue)
+        line.add("block", d.blockMode?.rawValue)
+        line.add("rule", d.rule)
+        line.add("reason", d.reason)
+        line.add("note", outcome.note)
+        return line.line
     }
 }
 
@@ -56,6 +58,7 @@ public final class FlowHandler: Sendable {
     let repeats = Mutex(RecentFlows(capacity: 4096))
     static let repeatWindow: Double = 5
     let userNames = Mutex([UInt32: String]())
+    let groupNames = Mutex([UInt32: String]())
     let counters = Mutex(FlowCounters())
     let nextFlow = Atomic<UInt64>(1)
 
@@ -70,6 +73,7 @@ public final class FlowHandler: Sendable {
 
     public func handle(_ packets: [QueuedPacket]) -> [PacketVerdict] {
         let policy = self.policy()
+        let resolveProcesses = policy.usesExecutable
         let now = Date()
         return packets.map { packet in
             switch FlowClassifier.classify(packet.bytes[...], uid: packet.uid, gid: packet.gid) {
@@ -82,12 +86,12 @@ public final class FlowHandler: Sendable {
                 // Not a flow Loupe decides (or unreadable): the fail mode says what happens.
                 return failClosed ? .drop : .accept(mark: 0)
             case .newFlow(var facts):
-                return decide(&facts, policy: policy, at: now)
+                return decide(&facts, policy: policy, resolveProcess: resolveProcesses, at: now)
             }
         }
     }
 
-    func decide(_ facts: inout FlowFacts, policy: Policy, at now: Date) -> PacketVerdict {
+    func decide(_ facts: inout FlowFacts, policy: Policy, resolveProcess: Bool, at now: Date) -> PacketVerdict {
         if let src = facts.src, let dst = facts.dst, let seen = repeats.withLock({ $0.find(src: src, dst: dst) }),
            seen.facts.proto == facts.proto, now.timeIntervalSince(seen.time) < Self.repeatWindow {
             return seen.outcome.packet
@@ -96,7 +100,7 @@ public final class FlowHandler: Sendable {
         if let uid = facts.uid { facts.user = userName(uid) }
         if let gid = facts.gid { facts.group = groupName(gid) }
         var pid: Int32?
-        if facts.uid != nil, let found = attribution?.resolve(facts) {
+        if resolveProcess, facts.uid != nil, let found = attribution?.resolve(facts) {
             pid = found.pid
             facts.exe = found.exe
         }
@@ -128,10 +132,13 @@ public final class FlowHandler: Sendable {
     }
 
     func groupName(_ gid: UInt32) -> String? {
+        if let known = groupNames.withLock({ $0[gid] }) { return known }
         var entry = group(), result: UnsafeMutablePointer<group>?
         var buffer = [CChar](repeating: 0, count: 4096)
         guard getgrgid_r(gid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        return String(cString: entry.gr_name)
+        let name = String(cString: entry.gr_name)
+        groupNames.withLock { $0[gid] = name }
+        return name
     }
 }
 

@@ -38,6 +38,12 @@ public struct Policy: Sendable {
 
     public func rule(named name: String) -> Rule? { rules.first { $0.name == name } }
 
+    /// Whether any rule looks at the executable: the agent resolves processes only then, as
+    /// that costs a /proc scan per new socket.
+    public var usesExecutable: Bool {
+        rules.contains { $0.conditions.contains { if case .exe = $0 { true } else { false } } }
+    }
+
     /// The decision plus every rule considered on the way, with why each did not match.
     public func explain(_ stage: Stage, _ facts: FlowFacts) -> (decision: Decision, considered: [(rule: Rule, mismatch: String?)]) {
         var considered: [(Rule, String?)] = []

@@ -261,18 +261,16 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     func log(_ fields: [String: Any]) {
         guard let sink = configuration.flowLog else { return }
-        var record = fields
-        record["time"] = Date().formatted(.iso8601)  // no formatter built per log line
+        var line = JSONLine(time: Date())
         if let facts = machine?.facts {
-            record["dst"] = facts.dst?.description
-            record["src"] = facts.src?.description
-            record["uid"] = facts.uid
-            record["user"] = facts.user
-            record["exe"] = facts.exe
+            line.add("src", facts.src?.description)
+            line.add("dst", facts.dst?.description)
+            line.add("uid", facts.uid)
+            line.add("user", facts.user)
+            line.add("exe", facts.exe)
         }
-        if let data = try? JSONSerialization.data(withJSONObject: record.compactMapValues { $0 }, options: [.sortedKeys, .withoutEscapingSlashes]) {
-            sink(String(decoding: data, as: UTF8.self))
-        }
+        for key in fields.keys.sorted() { line.add(key, any: fields[key]) }
+        sink(line.line)
     }
 }
 

@@ -6,7 +6,10 @@
 //         uncached, ≤ 5 µs cached), plus the single-flight cache's async path.
 // policy: decisions/s for a 10,000-rule policy and for a 1,000,000-entry host list, and the
 //         list's load time.
+// flows:  the queue's flow handler in-process (classify, facts, decide, flow-log line), per
+//         first packet — the user-space part of a verdict (scripts/bench-queue measures the rest).
 import CA
+import Divert
 import Dispatch
 import Foundation
 import Policy
@@ -36,7 +39,7 @@ struct Bench {
         while !arguments.isEmpty {
             let arg = arguments.removeFirst()
             switch arg {
-            case "mint", "policy", "all": mode = arg
+            case "mint", "policy", "flows", "all": mode = arg
             case "--count" where !arguments.isEmpty: count = Int(arguments.removeFirst()) ?? count
             case "--root-key" where !arguments.isEmpty: rootKey = KeyAlgorithm(rawValue: arguments.removeFirst()) ?? rootKey
             default:
@@ -44,8 +47,33 @@ struct Bench {
                 Foundation.exit(2)
             }
         }
-        if mode != "policy" { try await mint(count: count, rootKey: rootKey) }
-        if mode != "mint" { try policy() }
+        if mode == "mint" || mode == "all" { try await mint(count: count, rootKey: rootKey) }
+        if mode == "policy" || mode == "all" { try policy() }
+        if mode == "flows" || mode == "all" { flows(count: max(count, 20_000)) }
+    }
+
+    static func flows(count: Int) {
+        let policy = Policy(defaults: [.connect: .allow, .hello: .bump, .request: .allow], rules: [])
+        let lines = LineCounter()
+        let handler = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { lines.add($0.json) })
+        var packets: [QueuedPacket] = []
+        for i in 0..<count {
+            let port = 1024 + i % 60_000
+            let bytes: [UInt8] = [0x45, 0, 0, 36, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+                                  0x30, 0x39, UInt8(port >> 8), UInt8(port & 0xFF), 0, 16, 0, 0] + Array(repeating: 0x61, count: 8)
+            packets.append(QueuedPacket(queue: 0, id: UInt32(i), uid: 0, gid: 0, mark: nil, bytes: bytes))
+        }
+        var samples: [UInt64] = []
+        var index = 0
+        while index < packets.count {
+            let batch = Array(packets[index..<min(index + 64, packets.count)])
+            let t = now()
+            _ = handler.handle(batch)
+            samples.append((now() - t) / UInt64(batch.count))
+            index += batch.count
+        }
+        report("flow handler, per first packet", samples)
+        print("  \(lines.count) flow-log lines; \(String(format: "%.0f", 1e9 / (Double(samples.reduce(0, +)) / Double(samples.count)))) packets/s on one thread")
     }
 
     static func mint(count: Int, rootKey: KeyAlgorithm) async throws {
@@ -148,4 +176,10 @@ struct Bench {
         precondition(blocked == lookups / 2)
         print(String(format: "1,000,000-entry list, half hits:      %10.0f decisions/s (%.2f µs each)", 1e9 / perLookup, perLookup / 1000))
     }
+}
+
+final class LineCounter: @unchecked Sendable {
+    let lock = NSLock()
+    var count = 0
+    func add(_ line: String) { lock.withLock { count += 1 } }
 }

@@ -54,7 +54,7 @@ struct DemoCommand: ParsableCommand {
         show() { printf '\\033[2m$ %s\\033[0m\\n' "$*"; }
 
         step "sandbox: namespace $A (runs Loupe) and $B (origin web servers and a DNS resolver)"
-        ip netns del $A 2>/dev/null; ip netns del $B 2>/dev/null
+        ip netns del $A 2>/dev/null; ip netns del $B 2>/dev/null; ip link del ldemo0 2>/dev/null
         ip netns add $A && ip netns add $B || exit 1
         ip link add ldemo0 type veth peer name ldemo1 && ip link set ldemo0 netns $A && ip link set ldemo1 netns $B
         ip -n $A addr add 10.99.0.1/24 dev ldemo0 && ip -n $B addr add 10.99.0.2/24 dev ldemo1 && ip -n $B addr add 10.99.0.3/24 dev ldemo1
