@@ -73,6 +73,23 @@ struct Bench {
             index += batch.count
         }
         report("flow handler, per first packet", samples)
+        if ProcessInfo.processInfo.environment["LOUPE_BENCH_PARTS"] != nil {
+            var t = now()
+            var facts: [FlowFacts] = []
+            for p in packets { if case .newFlow(let f) = FlowClassifier.classify(p.bytes[...], uid: 0, gid: 0) { facts.append(f) } }
+            print("classify", Double(now() - t) / Double(count) / 1000)
+            t = now()
+            for f in facts { _ = policy.decide(.connect, f) }
+            print("decide", Double(now() - t) / Double(count) / 1000)
+            t = now()
+            for f in facts { _ = ConnectOutcome.of(policy.decide(.connect, f), facts: f, marks: Marks()) }
+            print("decide+outcome", Double(now() - t) / Double(count) / 1000)
+            let quiet = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { _ in })
+            t = now()
+            var i = 0
+            while i < packets.count { _ = quiet.handle(Array(packets[i..<min(i + 64, packets.count)])); i += 64 }
+            print("handler without log", Double(now() - t) / Double(count) / 1000)
+        }
         print("  \(lines.count) flow-log lines; \(String(format: "%.0f", 1e9 / (Double(samples.reduce(0, +)) / Double(samples.count)))) packets/s on one thread")
     }
 

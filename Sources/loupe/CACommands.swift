@@ -1,3 +1,4 @@
+import Agent
 import ArgumentParser
 import CA
 import Foundation
@@ -100,9 +101,22 @@ struct CACommand: ParsableCommand {
         @Option(help: "Write to this file instead of stdout.") var out: String?
         @Flag(help: "Export the previous root (during a rotation).") var previous = false
         @Option(help: "Read the certificate from this file instead of the store.") var from: String?
+        @Option(help: "Without root, ask the running agent through its control socket (group loupe).") var controlSocket: String = "/run/loupe/control.sock"
 
         func run() throws {
             try loupe.run {
+                // Members of group loupe cannot open the root-only store: the agent exports for them.
+                if geteuid() != 0, from == nil, !previous {
+                    var exported: [UInt8]?
+                    var failure: String?
+                    try ControlClient.send(ControlRequest(command: .caExport, format: format.rawValue), to: controlSocket) { line in
+                        let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
+                        if let b64 = object["base64"] as? String, let data = Data(base64Encoded: b64) { exported = Array(data) } else { failure = object["error"] as? String ?? line }
+                    }
+                    guard let exported else { throw CAError(failure ?? "the agent sent no certificate") }
+                    try emit(exported, to: out)
+                    return
+                }
                 let certificate: Certificate
                 if let from {
                     certificate = try RootExport.importCertificate(Array(try Data(contentsOf: URL(fileURLWithPath: from))))
