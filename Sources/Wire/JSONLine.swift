@@ -65,10 +65,17 @@ public struct JSONLine: Sendable {
 
     public var line: String { text + "}" }
 
+    /// `s` as a quoted string literal, valid both in JSON and as a TOML basic string.
+    public static func quoted(_ s: String) -> String {
+        var out = ""
+        quote(s, into: &out)
+        return out
+    }
+
     static func quote(_ s: String, into out: inout String) {
         out += "\""
         var plain = true
-        for b in s.utf8 where b < 0x20 || b == 0x22 || b == 0x5C { plain = false; break }
+        for b in s.utf8 where b < 0x20 || b == 0x22 || b == 0x5C || b == 0x7F { plain = false; break }
         if plain {
             out += s
         } else {
@@ -80,8 +87,8 @@ public struct JSONLine: Sendable {
                 case "\r": out += "\\r"
                 case "\t": out += "\\t"
                 default:
-                    if scalar.value < 0x20 {
-                        let hex = String(scalar.value, radix: 16)
+                    if scalar.value < 0x20 || scalar.value == 0x7F {   // TOML forbids a raw DEL
+                        let hex = String(scalar.value, radix: 16, uppercase: true)
                         out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                     } else {
                         out.unicodeScalars.append(scalar)

@@ -1,3 +1,4 @@
+import Agent
 import ArgumentParser
 import CA
 import Foundation
@@ -37,7 +38,7 @@ struct ProxyCommand: AsyncParsableCommand {
                 guard let endpoint = FlowFacts.Endpoint(to) else { throw ValidationError("--to must be ADDRESS:PORT") }
                 configuration.fixedDestination = endpoint
             }
-            configuration.flowLog = try Self.sink(flowLog)
+            configuration.flowLog = try FlowFeed.fileSink(flowLog)
             guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
                 throw ValidationError("--listen must be HOST:PORT")
             }
@@ -52,17 +53,5 @@ struct ProxyCommand: AsyncParsableCommand {
             printError("loupe: error: \(error)")
             throw ExitCode(1)
         }
-    }
-
-    static func sink(_ path: String?) throws -> (@Sendable (String) -> Void)? {
-        guard let path else { return nil }
-        if path == "-" { return { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) } }
-        guard let handle = FileHandle(forWritingAtPath: path) ?? {
-            _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
-            return FileHandle(forWritingAtPath: path)
-        }() else { throw CAError("\(path): cannot open the flow log") }
-        handle.seekToEndOfFile()
-        let lock = NSLock()
-        return { line in lock.withLock { handle.write(Data((line + "\n").utf8)) } }
     }
 }
