@@ -49,6 +49,13 @@ public final class Agent: Sendable {
     let channels = Mutex<[Channel]>([])
     let started = Date()
     let stopped = Mutex(false)
+    let observed: Observed
+
+    /// Counters the queue threads and the proxy add to, for metrics.
+    final class Observed: Sendable {
+        let verdictTime = Mutex((seconds: 0.0, packets: 0))
+        let proxyEnds = Mutex([MetricsSnapshot.ProxyEnd: Int]())
+    }
 
     /// Starts everything; on any failure what was started is undone and the error says why.
     public static func start(_ options: Options) async throws -> Agent {
@@ -94,6 +101,11 @@ public final class Agent: Sendable {
         proxyConfig.bypassMark = settings.marks.bypass
         proxyConfig.handshakeTimeout = .seconds(Int64(options.config.handshakeTimeout))
         proxyConfig.flowLog = { feed.append($0) }
+        let observed = Observed()
+        self.observed = observed
+        proxyConfig.onFinished = { mode, reason in
+            observed.proxyEnds.withLock { $0[MetricsSnapshot.ProxyEnd(mode: mode, reason: MetricsSnapshot.reasonClass(reason)), default: 0] += 1 }
+        }
         proxyConfig.livePolicy = { liveState.withLock { $0.policy } }
         proxyConfig.liveCache = { liveState.withLock { $0.cache } }
         proxyConfig.connectFacts = { facts in
@@ -109,12 +121,19 @@ public final class Agent: Sendable {
         var workers: [QueueWorker] = []
         let failOpen = !settings.failClosed
         let onError: @Sendable (String) -> Void = { SystemLog.error($0) }
+        let timed: @Sendable ([QueuedPacket]) -> [PacketVerdict] = { packets in
+            let start = DispatchTime.now().uptimeNanoseconds
+            let verdicts = handler.handle(packets)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            observed.verdictTime.withLock { $0.seconds += seconds; $0.packets += packets.count }
+            return verdicts
+        }
         for queue in settings.queues {
             let socket = try QueueSocket(queue: queue, copyRange: 128, failOpen: failOpen, maxLength: 65_536)
-            workers.append(QueueWorker(socket: socket, onError: onError, handle: handler.handle))
+            workers.append(QueueWorker(socket: socket, onError: onError, handle: timed))
         }
         let dns = try QueueSocket(queue: settings.dnsQueue, copyRange: 0xFFFF, failOpen: failOpen)
-        workers.append(QueueWorker(socket: dns, onError: onError, handle: handler.handle))
+        workers.append(QueueWorker(socket: dns, onError: onError, handle: timed))
         self.workers = workers
     }
 
@@ -129,6 +148,11 @@ public final class Agent: Sendable {
         }
         let controlChannel = try await control.start()
         channels.withLock { $0.append(controlChannel) }
+        if let address = options.config.metrics {
+            let metrics = try await MetricsServer(group: controlGroup) { [self] in metricsSnapshot }.start(address)
+            channels.withLock { $0.append(metrics) }
+            SystemLog.info("metrics on http://\(address)/metrics")
+        }
         SystemLog.info("control socket \(options.config.controlSocket); proxy on port \(settings.proxyPort); queues \(settings.queues.lowerBound)…\(settings.queues.upperBound), dns \(settings.dnsQueue)")
     }
 
@@ -170,6 +194,17 @@ public final class Agent: Sendable {
         } catch {
             return .failure(AgentError("rotation failed: \(error)"))
         }
+    }
+
+    public var metricsSnapshot: MetricsSnapshot {
+        var m = MetricsSnapshot()
+        m.flows = handler.snapshot
+        m.queues = QueueCounters.parse((try? String(contentsOfFile: "/proc/net/netfilter/nfnetlink_queue", encoding: .utf8)) ?? "")
+        let stats = live.withLock { $0.cache }.statistics
+        (m.leafHits, m.leafMisses, m.leafMints, m.leafFailures) = (stats.hits, stats.misses, stats.mints, stats.failures)
+        m.proxyEnds = observed.proxyEnds.withLock { $0 }
+        (m.verdictSeconds, m.verdictPackets) = observed.verdictTime.withLock { ($0.seconds, $0.packets) }
+        return m
     }
 
     public var statusObject: [String: Any] {

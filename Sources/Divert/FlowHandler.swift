@@ -41,6 +41,8 @@ public struct FlowCounters: Sendable, Equatable {
     public var byVerdict: [String: Int] = [:]
     public var dnsAnswers = 0
     public var undecidable = 0
+
+    public init() {}
 }
 
 /// The queue's flow handler: classifies each packet, learns names from DNS answers, builds

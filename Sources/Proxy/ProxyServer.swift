@@ -30,6 +30,8 @@ public final class ProxyServer: Sendable {
         public var livePolicy: (@Sendable () -> Policy)?
         public var liveCache: (@Sendable () -> LeafCache)?
         public var connectFacts: (@Sendable (FlowFacts) -> FlowFacts)?
+        /// Told how each connection ended (mode: bump, splice, block or none), for metrics.
+        public var onFinished: (@Sendable (_ mode: String, _ reason: String) -> Void)?
 
         public init(policy: Policy, cache: LeafCache, upstreamContext: TLSContext, clientContext: TLSContext) {
             self.policy = policy
@@ -216,6 +218,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             upstream?.close(mode: .output, promise: nil)
         case .finished(let reason):
             deadline?.cancel()
+            configuration.onFinished?(machine?.mode?.rawValue ?? "none", reason)
             log(["event": "closed", "reason": reason, "mode": machine?.mode?.rawValue ?? "none",
                  "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000)])
             // Let queued writes (an alert, a 403) leave before closing.

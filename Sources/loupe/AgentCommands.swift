@@ -19,6 +19,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Control socket path.") var controlSocket: String?
     @Option(help: "Flow log: a file, or - for stdout.") var flowLog: String?
     @Option(help: "Proxy port for inspected flows.") var proxyPort: UInt16?
+    @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464).") var metrics: String?
 
     func run() async throws {
         var settings: AgentConfig
@@ -41,6 +42,7 @@ struct RunCommand: AsyncParsableCommand {
         if let controlSocket { settings.controlSocket = controlSocket }
         if let flowLog { settings.flowLog = flowLog }
         if let proxyPort { settings.proxyPort = proxyPort }
+        if let metrics { settings.metrics = metrics }
 
         let agent: Agent
         do {

@@ -62,9 +62,13 @@ struct DemoCommand: ParsableCommand {
         for ns in $A $B; do ip -n $ns link set lo up; done; ip -n $A link set ldemo0 up; ip -n $B link set ldemo1 up
         mkdir -p /etc/netns/$A $W/www && echo "nameserver 10.99.0.2" > /etc/netns/$A/resolv.conf
         echo "hello from the origin" > $W/www/index.html
-        # The origin's certificates come from a stand-in for the public web PKI, which Loupe trusts upstream.
-        $L ca init --state-dir $W/web-pki --provider host-key >/dev/null && $L ca export --state-dir $W/web-pki --out $W/web-root.pem
-        $L ca mint --state-dir $W/web-pki www.example.test online.bank.example admin.corp.example 10.99.0.2 fd00:99::2 --with-key --out $W/origin.pem >/dev/null
+        # The origin's certificate comes from a stand-in for the public web PKI, which Loupe trusts upstream.
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $W/web-ca.key -out $W/web-root.pem -days 30 \
+          -subj "/O=Demo Web PKI/CN=Demo Public Root" -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $W/origin.key -out $W/origin.csr -subj "/CN=www.example.test" 2>/dev/null
+        printf 'subjectAltName=DNS:www.example.test,DNS:online.bank.example,DNS:admin.corp.example,IP:10.99.0.2,IP:fd00:99::2\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' > $W/origin.ext
+        openssl x509 -req -in $W/origin.csr -CA $W/web-root.pem -CAkey $W/web-ca.key -CAcreateserial -days 30 -extfile $W/origin.ext -out $W/origin.crt 2>/dev/null
+        cat $W/origin.crt $W/origin.key > $W/origin.pem
         (cd $W/www && exec ip netns exec $B python3 -m http.server 80 --bind 10.99.0.2) >/dev/null 2>&1 & echo $! > $W/http.pid
         (cd $W/www && exec ip netns exec $B openssl s_server -accept 443 -cert $W/origin.pem -key $W/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $W/tls.pid
         ip netns exec $B dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=10.99.0.2 --bind-interfaces \\
@@ -99,14 +103,16 @@ struct DemoCommand: ParsableCommand {
         ip netns exec $A python3 -c 'import socket
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.connect(("10.99.0.2", 443))
         try: s.send(b"q"); s.recv(1); print("   -> answered")
-        except ConnectionRefusedError: print("   -> refused (ICMP): the client falls back to TCP")
-        except socket.timeout: print("   -> no answer")'
+        except socket.timeout: print("   -> no answer")
+        except OSError as e: print(f"   -> refused by ICMP ({e.strerror}): the client falls back to TCP")'
         sleep 0.3
 
         step "loupe flows (the flow log through the control socket)"
         ip netns exec $A $L flows --control-socket $W/control.sock | sed 's/^/   /'
         step "loupe status"
         ip netns exec $A $L status --control-socket $W/control.sock | sed 's/^/   /'
+        step "metrics (Prometheus text, loupe.toml 'metrics')"
+        ip netns exec $A curl -sS --max-time 2 http://127.0.0.1:9464/metrics | grep -E '^loupe_(flows|proxy_connections|leaf_cache)_total' | sed 's/^/   /'
         step "stopping the agent (SIGTERM removes its ruleset)"
         kill -TERM $agent; for i in $(seq 50); do kill -0 $agent 2>/dev/null || break; sleep 0.1; done; agent=
         tail -1 $W/agent.log | sed 's/^/   /'

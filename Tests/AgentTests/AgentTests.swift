@@ -99,3 +99,26 @@ final class Lines: @unchecked Sendable {
     func add(_ s: String) { lock.withLock { lines.append(s) } }
     var all: [String] { lock.withLock { lines } }
 }
+
+@Suite struct MetricsTests {
+    @Test func exposition() {
+        var m = MetricsSnapshot()
+        m.flows.byVerdict = ["allow": 3, "block": 1]
+        m.queues = QueueCounters.parse("    0  12345     2 2   128     5     1    900  1\n  100  12346     0 2 65535     0     0     40  1\n")
+        m.leafMints = 2
+        m.proxyEnds[.init(mode: "bump", reason: MetricsSnapshot.reasonClass("upstream TLS failed: certificate verify failed: \"x\""))] = 4
+        m.verdictSeconds = 0.5
+        m.verdictPackets = 10
+        let text = m.text
+        #expect(m.queues == [QueueCounters(queue: 0, waiting: 2, queueDropped: 5, userDropped: 1, sequence: 900),
+                             QueueCounters(queue: 100, waiting: 0, queueDropped: 0, userDropped: 0, sequence: 40)])
+        for expected in ["loupe_flows_total{verdict=\"allow\"} 3\n", "loupe_flows_total{verdict=\"block\"} 1\n",
+                         "loupe_queue_dropped_total{queue=\"0\"} 5\n", "loupe_queue_waiting{queue=\"0\"} 2\n",
+                         "loupe_leaf_cache_total{result=\"mint\"} 2\n",
+                         "loupe_proxy_connections_total{mode=\"bump\",reason=\"upstream TLS failed\"} 4\n",
+                         "loupe_verdict_seconds_count 10\n", "# TYPE loupe_flows_total counter\n"] {
+            #expect(text.contains(expected), "\(expected) in:\n\(text)")
+        }
+        #expect(MetricsSnapshot.label("a\"b\\c\nd") == "\"a\\\"b\\\\c\\nd\"", "label values are escaped")
+    }
+}

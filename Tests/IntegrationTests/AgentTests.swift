@@ -123,7 +123,7 @@ import Testing
         let n = "la\(getpid() % 10_000)"
         let script = Self.setup(n, dir, subnet: 211) + """
 
-            start_agent || exit 93
+            start_agent --metrics 127.0.0.1:9464 || exit 93
             echo "ALLOW $(c http://10.211.0.2/)"
             s=$(date +%s%N); r=$(c http://10.211.0.2:82/); echo "REJECT $r $(( ($(date +%s%N) - s) / 1000000 ))"
             echo "DROP $(T=2 c http://10.211.0.2:81/)"
@@ -141,8 +141,8 @@ import Testing
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2); s.connect(("10.211.0.2", 443))
             try:
                 s.send(b"x"); s.recv(10); print("answered")
-            except ConnectionRefusedError: print("refused")
-            except socket.timeout: print("timeout")' 2>&1)"
+            except socket.timeout: print("timeout")
+            except OSError: print("refused")' 2>&1)"
             sleep 0.3
             echo "STATUS $(ip netns exec $A $L status --json --control-socket $D/control.sock)"
             echo "MEMBER $(one ip netns exec $A setpriv --reuid=65534 --regid=65534 --groups=4242 $L status --json --control-socket $D/control.sock)"
@@ -152,6 +152,7 @@ import Testing
             echo "NOGROUP $(one ip netns exec $A setpriv --reuid=12345 --regid=12345 --clear-groups $L status --control-socket $D/control.sock)"
             echo "MALFORMED $(ip netns exec $A python3 -c '
             import socket; s = socket.socket(socket.AF_UNIX); s.connect("'$D/control.sock'"); s.sendall(b"{nonsense\\n"); print(s.recv(200).decode().strip())')"
+            ip netns exec $A curl -sS --max-time 3 http://127.0.0.1:9464/metrics > $D/metrics.txt; echo "METRICSRC $?"
             ip netns exec $A $L flows --json --limit 500 --control-socket $D/control.sock > $D/flows-control.jsonl; echo "FLOWSRC $?"
             kill -TERM $(cat $D/agent.pid); for i in $(seq 50); do kill -0 $(cat $D/agent.pid) 2>/dev/null || break; sleep 0.1; done
             echo "AFTERSTOP $(ip netns exec $A nft list table inet loupe >/dev/null 2>&1 && echo table-left || echo table-gone) $(ip netns exec $A iptables-nft -t mangle -n -L LOUPE-QUEUE >/dev/null 2>&1 && echo chain-left || echo chain-gone)"
@@ -194,6 +195,9 @@ import Testing
         #expect(connects.contains { $0.contains("\"names\":[\"blocked.test\"]") && $0.contains("\"verdict\":\"block\"") })
         #expect(connects.contains { $0.contains("\"family\":\"ipv6\"") && $0.contains("\"verdict\":\"allow\"") })
         #expect(flows.contains { $0.contains("\"stage\":\"hello\"") && $0.contains("\"exe\":\"/usr/bin/curl\"") }, "the proxy knows what stage connect learnt")
+        let metrics = (try? String(contentsOfFile: "\(dir)/metrics.txt", encoding: .utf8)) ?? ""
+        #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\""),
+                "Prometheus metrics on the configured address: \(metrics)")
         let viaControl = (try? String(contentsOfFile: "\(dir)/flows-control.jsonl", encoding: .utf8)) ?? ""
         #expect(line("FLOWSRC") == "FLOWSRC 0" && viaControl.contains("\"rule\":\"drop-81\""), "loupe flows streams the same log")
         #expect(!TestEnv.sh("ip netns list").out.contains(n), "namespaces must be removed")
