@@ -25,6 +25,7 @@ public final class Agent: Sendable {
     }
 
     struct Live {
+        var store: SealedStore
         var policy: Policy
         var cache: LeafCache
         var rootFingerprint: String
@@ -38,7 +39,6 @@ public final class Agent: Sendable {
     }
 
     let options: Options
-    let store: SealedStore
     let settings: DivertSettings
     let live: LiveState
     let feed: FlowFeed
@@ -67,7 +67,7 @@ public final class Agent: Sendable {
         let settings = config.divertSettings(backend: NetfilterTables.probeBackend())
         let feed = FlowFeed(sink: try FlowFeed.fileSink(config.flowLog))
         let agent = try Agent(options: options, store: store, settings: settings, feed: feed,
-                              live: Live(policy: policy, cache: cache, rootFingerprint: fingerprint))
+                              live: Live(store: store, policy: policy, cache: cache, rootFingerprint: fingerprint))
         do {
             try await agent.startServices()
         } catch {
@@ -86,7 +86,6 @@ public final class Agent: Sendable {
 
     init(options: Options, store: SealedStore, settings: DivertSettings, feed: FlowFeed, live: Live) throws {
         self.options = options
-        self.store = store
         self.settings = settings
         self.feed = feed
         let liveState = LiveState(live)
@@ -168,32 +167,34 @@ public final class Agent: Sendable {
         SystemLog.info("stopped; ruleset removed")
     }
 
-    /// Re-reads the policy and replaces the ruleset; a bad policy keeps the running one.
+    /// Re-reads the policy and the store's current root (after `loupe ca rotate`) and replaces
+    /// the ruleset; a bad policy or an unreadable root keeps what is running.
     public func reload() -> Result<String, AgentError> {
         guard let path = options.config.policy else { return .failure(AgentError("no policy file to reload")) }
         let policy: Policy
-        do { policy = try Policy.load(path: path) } catch {
-            SystemLog.error("reload refused, the running policy stays: \(error)")
-            return .failure(AgentError("reload refused, the running policy stays: \(error)"))
+        let cache: LeafCache, fingerprint: String, store: SealedStore
+        do {
+            policy = try Policy.load(path: path)
+            // A fresh handle: `loupe ca rotate` may have changed the store since it was opened.
+            store = try SealedStore.open(stateDirectory: options.config.stateDir, options: options.storeOptions)
+            (cache, fingerprint) = try Self.makeCache(store: store, profile: options.profile)
+        } catch {
+            SystemLog.error("reload refused, the running policy and root stay: \(error)")
+            return .failure(AgentError("reload refused, the running policy and root stay: \(error)"))
         }
         do { try NetfilterTables.install(Ruleset(settings)) } catch {
             return .failure(AgentError("ruleset: \(error)"))
         }
-        live.withLock { $0.policy = policy }
-        let message = "reloaded \(path): \(policy.rules.count) rules"
+        let rootChanged = live.withLock { live -> Bool in
+            live.policy = policy
+            live.store = store
+            guard live.rootFingerprint != fingerprint else { return false }
+            (live.cache, live.rootFingerprint) = (cache, fingerprint)
+            return true
+        }
+        let message = "reloaded \(path): \(policy.rules.count) rules" + (rootChanged ? "; new root \(fingerprint.prefix(16))…" : "")
         SystemLog.info(message)
         return .success(message)
-    }
-
-    func rotateRoot() -> Result<String, AgentError> {
-        do {
-            let (new, _) = try RootAuthority(store: store, profile: options.profile).rotate()
-            let (cache, fingerprint) = try Self.makeCache(store: store, profile: options.profile)
-            live.withLock { $0.cache = cache; $0.rootFingerprint = fingerprint }
-            return .success("new root \(new.certificate.sha256Fingerprint); the previous one stays exportable until 'loupe ca retire-previous'")
-        } catch {
-            return .failure(AgentError("rotation failed: \(error)"))
-        }
     }
 
     public var metricsSnapshot: MetricsSnapshot {
@@ -241,6 +242,7 @@ public final class Agent: Sendable {
         case .caExport:
             do {
                 guard let format = ExportFormat(rawValue: request.format) else { throw AgentError("unknown format \"\(request.format)\"") }
+                let store = live.withLock { $0.store }
                 guard let root = try RootAuthority(store: store, profile: options.profile).root() else { throw AgentError("no root") }
                 var template: String?
                 if format == .mobileconfig, let dir = CAFiles.directory() {
@@ -253,11 +255,6 @@ public final class Agent: Sendable {
             }
         case .reload:
             switch reload() {
-            case .success(let message): return .lines([Self.json(["message": message])])
-            case .failure(let error): return .lines([Self.json(["error": error.description])])
-            }
-        case .caRotate:
-            switch rotateRoot() {
             case .success(let message): return .lines([Self.json(["message": message])])
             case .failure(let error): return .lines([Self.json(["error": error.description])])
             }

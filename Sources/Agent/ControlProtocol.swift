@@ -5,10 +5,11 @@ import Foundation
 /// (except `flows --follow`, which streams until the client goes). Pure.
 public struct ControlRequest: Sendable, Equatable {
     public enum Command: String, Sendable, CaseIterable {
-        case status, flows, caExport = "ca-export", reload, caRotate = "ca-rotate"
+        case status, flows, caExport = "ca-export", reload
 
         /// Commands that change the agent: root only. The rest: root and group `loupe`.
-        public var changesState: Bool { self == .reload || self == .caRotate }
+        /// (`loupe ca rotate` changes the root-only store, then asks for a reload.)
+        public var changesState: Bool { self == .reload }
     }
 
     public var command: Command

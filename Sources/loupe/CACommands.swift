@@ -141,6 +141,7 @@ struct CACommand: ParsableCommand {
         @OptionGroup var state: StateOptions
         @OptionGroup var profileOptions: ProfileOptions
         @Option(help: "Key type of the new root (default: same as the old one).") var key: KeyAlgorithm?
+        @Option(help: "The running agent's control socket: told to mint under the new root.") var controlSocket: String = "/run/loupe/control.sock"
 
         func run() throws {
             try loupe.run {
@@ -148,6 +149,16 @@ struct CACommand: ParsableCommand {
                 let (new, old) = try authority.rotate(algorithm: key)
                 print("new root:      \(new.certificate.subject)\n  sha256 \(new.certificate.sha256Fingerprint)")
                 print("previous root: \(old.certificate.subject)\n  sha256 \(old.certificate.sha256Fingerprint)")
+                if FileManager.default.fileExists(atPath: controlSocket) {
+                    do {
+                        try ControlClient.send(ControlRequest(command: .reload), to: controlSocket) { line in
+                            let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
+                            print("agent: \(object["message"] as? String ?? object["error"] as? String ?? line)")
+                        }
+                    } catch {
+                        print("agent: not told (\(error)); run 'loupe reload' so it mints under the new root")
+                    }
+                }
                 print("deploy the new root to your fleet, then run 'loupe ca retire-previous'")
             }
         }
