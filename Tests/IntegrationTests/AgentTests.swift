@@ -132,7 +132,10 @@ import Testing
             echo "PY8081 $(ip netns exec $A /usr/bin/python3 -c 'import urllib.request; print(urllib.request.urlopen("http://10.211.0.2:8081/", timeout=5).status)' 2>&1)"
             echo "DNSOK $(c http://ok.test/)"
             echo "DNSBLOCKED $(c http://blocked.test/)"
+            ip netns exec $A $L flows --follow --json --limit 1 --control-socket $D/control.sock > $D/follow.txt 2>&1 & echo $! > $D/follow.pid
+            sleep 0.3
             echo "ALLOW6 $(c 'http://[fd00:211::2]/')"
+            sleep 0.3; kill $(cat $D/follow.pid)
             echo "BUMP $(ip netns exec $A curl -sS -v --max-time 5 --cacert $D/loupe-root.pem --resolve origin.test:443:10.211.0.2 https://origin.test/index.html -o /dev/null 2>&1 | grep -c 'issuer: .*Loupe Root CA') $(c --cacert $D/loupe-root.pem --resolve origin.test:443:10.211.0.2 https://origin.test/index.html)"
             echo "BUMP6 $(c --cacert $D/loupe-root.pem --resolve origin.test:443:fd00:211::2 https://origin.test/index.html)"
             echo "UNTRUSTED $(c --resolve origin.test:443:10.211.0.2 https://origin.test/index.html)"
@@ -199,6 +202,8 @@ import Testing
         #expect(connects.contains { $0.contains("\"names\":[\"blocked.test\"]") && $0.contains("\"verdict\":\"block\"") })
         #expect(connects.contains { $0.contains("\"family\":\"ipv6\"") && $0.contains("\"verdict\":\"allow\"") })
         #expect(flows.contains { $0.contains("\"stage\":\"hello\"") && $0.contains("\"exe\":\"/usr/bin/curl\"") }, "the proxy knows what stage connect learnt")
+        let followed = (try? String(contentsOfFile: "\(dir)/follow.txt", encoding: .utf8)) ?? ""
+        #expect(followed.contains("\"dst\":\"[fd00:211::2]:80\""), "flows --follow streams new lines as they happen: \(followed)")
         let metrics = (try? String(contentsOfFile: "\(dir)/metrics.txt", encoding: .utf8)) ?? ""
         #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\""),
                 "Prometheus metrics on the configured address: \(metrics)")
