@@ -98,6 +98,12 @@ public final class Agent: Sendable {
             policy: live.policy, cache: live.cache,
             upstreamContext: try TLSContext.client(trustBundle: options.config.upstreamCA), clientContext: try TLSContext.server())
         proxyConfig.bypassMark = settings.marks.bypass
+        if let path = options.config.keylog {
+            let log = try KeyLog(path: path)
+            proxyConfig.upstreamContext.logKeys(to: log)
+            proxyConfig.clientContext.logKeys(to: log)
+            SystemLog.warning("TLS secrets of every inspected connection are written to \(path) (keylog)")
+        }
         proxyConfig.handshakeTimeout = .seconds(Int64(options.config.handshakeTimeout))
         proxyConfig.flowLog = { feed.append($0) }
         let observed = Observed()

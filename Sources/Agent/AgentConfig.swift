@@ -22,6 +22,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var dnsQueue: UInt16 = 100
     public var proxyPort: UInt16 = 8443
     public var handshakeTimeout: Int = 10
+    /// NSS key log for both legs of inspected connections; nil (default) = none.
+    public var keylog: String?
 
     public init() {}
 
@@ -63,7 +65,8 @@ public struct AgentConfig: Sendable, Equatable {
             }
         }
         if let proxy = try reader.table("proxy") {
-            try proxy.onlyKeys(["port", "handshake_timeout"])
+            try proxy.onlyKeys(["port", "handshake_timeout", "keylog"])
+            c.keylog = resolve(try proxy.string("keylog"))
             c.proxyPort = UInt16(try proxy.integer("port", in: 1...65_535) ?? 8443)
             c.handshakeTimeout = Int(try proxy.integer("handshake_timeout", in: 1...300) ?? 10)
         }

@@ -15,6 +15,8 @@ public final class TLSContext: @unchecked Sendable {
     /// skips the upstream's full handshake on repeat visits; its chain was verified when the
     /// session was made.
     let sessions = Mutex<[String: ResumableSession]>([:])
+    /// Where handshake secrets go, when a key log is configured (see KeyLog).
+    let keyLogSink = Mutex<KeyLog?>(nil)
 
     deinit { SSL_CTX_free(ctx) }
 

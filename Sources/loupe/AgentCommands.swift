@@ -20,6 +20,7 @@ struct RunCommand: AsyncParsableCommand {
     @Option(help: "Flow log: a file, or - for stdout.") var flowLog: String?
     @Option(help: "Proxy port for inspected flows.") var proxyPort: UInt16?
     @Option(help: "Serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464).") var metrics: String?
+    @Option(help: "NSS key log (SSLKEYLOGFILE format, 0600) for both legs of inspected connections. Off by default.") var keylog: String?
 
     func run() async throws {
         var settings: AgentConfig
@@ -43,6 +44,7 @@ struct RunCommand: AsyncParsableCommand {
         if let flowLog { settings.flowLog = flowLog }
         if let proxyPort { settings.proxyPort = proxyPort }
         if let metrics { settings.metrics = metrics }
+        if let keylog { settings.keylog = keylog }
 
         let agent: Agent
         do {

@@ -1,0 +1,62 @@
+import Foundation
+import TLS
+import TestSupport
+import Testing
+
+/// `--keylog`: both legs' secrets, exactly as the peers themselves log them (curl's
+/// SSLKEYLOGFILE for the client leg, `openssl s_server -keylogfile` for the upstream leg).
+@Suite struct KeyLogTests {
+    static let canRun = ["curl", "openssl"].allSatisfy(TestEnv.has)
+
+    @Test(.enabled(if: canRun, "needs curl and openssl (CI has them)"))
+    func bothLegsAreLoggedExactly() throws {
+        let dir = TestEnv.scratch("keylog")
+        defer { TestEnv.remove(dir) }
+        let origin = 20_000 + Int(getpid() % 10_000), proxy = origin + 10_000
+        let script = """
+            set -u
+            export LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca
+            L=\(TestEnv.loupe); D=\(dir)
+            trap 'kill -9 $(cat $D/*.pid 2>/dev/null) 2>/dev/null' EXIT
+            $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
+            $L ca mint --state-dir $D/origin origin.test --with-key --out $D/origin.pem >/dev/null
+            $L ca init --state-dir $D/loupe --provider host-key >/dev/null && $L ca export --state-dir $D/loupe --out $D/loupe-root.pem
+            mkdir -p $D/www && echo hi > $D/www/index.html
+            (cd $D/www && exec openssl s_server -accept 127.0.0.1:\(origin) -cert $D/origin.pem -key $D/origin.pem -WWW -quiet -keylogfile $D/origin.keys) >/dev/null 2>&1 & echo $! > $D/origin.pid
+            $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) --keylog $D/loupe.keys 2>$D/proxy.err & echo $! > $D/proxy.pid
+            for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
+            for i in $(seq 50); do curl -sk -o /dev/null https://127.0.0.1:\(origin)/ && break; sleep 0.1; done
+            : > $D/origin.keys   # the readiness probe above was direct, not through Loupe
+            for v in 1.2 1.3; do
+              echo "GET$v $(SSLKEYLOGFILE=$D/curl.keys curl -sS --max-time 5 --tlsv$v --tls-max $v --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) https://origin.test/index.html)"
+            done
+            echo "MODE $(stat -c %a $D/loupe.keys)"
+            echo "CLIENTLEG $(grep -c . $D/curl.keys) $(grep -cxFf $D/loupe.keys $D/curl.keys)"
+            echo "UPSTREAMLEG $(grep -c . $D/origin.keys) $(grep -cxFf $D/loupe.keys $D/origin.keys)"
+            echo "WARNED $(grep -c 'TLS secrets' $D/proxy.err)"
+            """
+        let r = TestEnv.sh(script, timeout: 120)
+        let lines = r.out.split(separator: "\n").map(String.init)
+        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        #expect(line("GET1.2") == "GET1.2 hi" && line("GET1.3") == "GET1.3 hi", "\(r.out)\n\(r.err)")
+        #expect(line("MODE") == "MODE 600")
+        // Every secret a peer logged is in Loupe's log, byte for byte (TLS 1.2: CLIENT_RANDOM; 1.3: five labels).
+        let client = line("CLIENTLEG").split(separator: " "), upstream = line("UPSTREAMLEG").split(separator: " ")
+        #expect(client.count == 3 && Int(client[1]) ?? 0 >= 6 && client[1] == client[2], "client leg: \(r.out)")
+        #expect(upstream.count == 3 && Int(upstream[1]) ?? 0 >= 6 && upstream[1] == upstream[2], "upstream leg: \(r.out)")
+        #expect(line("WARNED") == "WARNED 1", "a key log is announced loudly")
+    }
+
+    @Test func refusesSymlinksAndNarrowsAnExistingFile() throws {
+        let dir = TestEnv.scratch("keylog-file")
+        defer { TestEnv.remove(dir) }
+        let target = "\(dir)/target", link = "\(dir)/link", wide = "\(dir)/wide.log"
+        #expect(FileManager.default.createFile(atPath: target, contents: Data()))
+        try FileManager.default.createSymbolicLink(atPath: link, withDestinationPath: target)
+        #expect(throws: OpenSSLError.self, "a symlink could redirect secrets anywhere") { try KeyLog(path: link) }
+        #expect(FileManager.default.createFile(atPath: wide, contents: Data(), attributes: [.posixPermissions: 0o644]))
+        _ = try KeyLog(path: wide)
+        let mode = try FileManager.default.attributesOfItem(atPath: wide)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+}
