@@ -72,6 +72,35 @@ public final class ConnectionMachine {
     private var requests: HTTPRequestTracker?
     private var clientClosed = false
     private var upstreamClosed = false
+    private var leafFingerprint: String?
+
+    /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
+    /// ciphers and ALPN of both legs, the upstream certificate and its verification, the leaf.
+    public var tlsFields: [String: Any] {
+        var out: [String: Any] = [:]
+        func negotiated(_ session: TLSSession) -> Bool { session.state == .established || session.state == .closed }
+        if let c = clientTLS, negotiated(c) {
+            out["client_tls"] = c.version
+            out["client_cipher"] = c.cipher
+            out["client_alpn"] = c.alpn
+        }
+        if let u = upstreamTLS {
+            if negotiated(u) {
+                out["upstream_tls"] = u.version
+                out["upstream_cipher"] = u.cipher
+                out["upstream_alpn"] = u.alpn
+                out["upstream_resumed"] = u.resumed
+            }
+            if let cert = u.peerCertificate {
+                out["upstream_subject"] = cert.subject
+                out["upstream_issuer"] = cert.issuer
+                out["upstream_sha256"] = cert.sha256Fingerprint
+            }
+            if u.state != .handshaking { out["upstream_verify"] = u.verifyError ?? "ok" }
+        }
+        out["leaf_sha256"] = leafFingerprint
+        return out
+    }
 
     /// `facts` are the connect-stage facts (original destination from the socket).
     public init(facts: FlowFacts, policy: Policy, settings: Settings) {
@@ -206,6 +235,7 @@ public final class ConnectionMachine {
         do {
             let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate] + leaf.chain, key: leaf.key, alpn: alpn)
             clientTLS = client
+            leafFingerprint = leaf.certificate.sha256Fingerprint
             phase = .clientHandshake
             return pumpClientHandshake(hello.bytes)
         } catch {

@@ -108,6 +108,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var pending: [ConnectionMachine.Event] = []
     var deadline: Scheduled<Void>?
     let started = Date()
+    var bytesFromClient = 0
+    var bytesFromUpstream = 0
 
     init(configuration: ProxyServer.Configuration) { self.configuration = configuration }
 
@@ -150,6 +152,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
+        bytesFromClient += buffer.readableBytes
         handle(.clientData(buffer.readBytes(length: buffer.readableBytes) ?? []))
     }
 
@@ -219,8 +222,12 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .finished(let reason):
             deadline?.cancel()
             configuration.onFinished?(machine?.mode?.rawValue ?? "none", reason)
-            log(["event": "closed", "reason": reason, "mode": machine?.mode?.rawValue ?? "none",
-                 "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000)])
+            var fields: [String: Any] = ["event": "closed", "reason": reason, "mode": machine?.mode?.rawValue ?? "none",
+                                         "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000),
+                                         "bytes_up": bytesFromClient, "bytes_down": bytesFromUpstream]
+            fields["alpn_offered"] = machine.map { $0.facts.alpn.isEmpty ? nil : $0.facts.alpn } ?? nil
+            fields.merge(machine?.tlsFields ?? [:]) { a, _ in a }
+            log(fields)
             // Let queued writes (an alert, a 403) leave before closing.
             let channel = context.channel
             channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).whenComplete { _ in
@@ -286,6 +293,7 @@ final class UpstreamSide: ChannelInboundHandler, @unchecked Sendable {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
+        client.value.bytesFromUpstream += buffer.readableBytes
         client.value.handle(.upstreamData(buffer.readBytes(length: buffer.readableBytes) ?? []))
     }
 

@@ -74,6 +74,17 @@ import Testing
         #expect(flows.contains("\"dst\":\"10.205.0.2:443\""), "the original destination comes from the socket: \(flows)")
         #expect(flows.contains("\"dst\":\"[fd00:205::2]:443\""), "IPv6 original destination: \(flows.suffix(1500))")
         #expect(flows.contains("upstream TLS failed: certificate verify failed: hostname mismatch"), "\(flows)")
+        // DESIGN.md "Flow log": both legs' TLS, the upstream certificate and its verification, the leaf, bytes.
+        for field in ["\"client_tls\":\"TLSv1.3\"", "\"upstream_tls\":\"TLSv1.3\"", "\"upstream_verify\":\"ok\"", "\"client_cipher\":\"TLS_",
+                      "\"leaf_sha256\":\"", "\"upstream_sha256\":\"", "\"upstream_issuer\":\""] {
+            #expect(flows.contains(field), "\(field) in the flow log")
+        }
+        let biggest = flows.split(separator: "\n").compactMap { line -> Int? in
+            guard let r = line.range(of: "\"bytes_down\":") else { return nil }
+            return Int(line[r.upperBound...].prefix { $0.isNumber })
+        }.max() ?? 0
+        #expect(biggest > 104_857_600, "bytes_down counts the 100 MiB body: \(biggest)")
+        #expect(flows.contains("\"upstream_verify\":\"hostname mismatch\"") || flows.contains("\"upstream_verify\":\"Hostname mismatch\""), "the failed verification is recorded")
         #expect(!TestEnv.sh("ip netns list").out.contains(n), "namespaces must be removed")
     }
 }
