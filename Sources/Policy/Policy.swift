@@ -9,6 +9,9 @@ public struct Policy: Sendable {
     public var defaultBlockMode: BlockMode
     public var lists: [String: HostSet]
     public private(set) var rules: [Rule] = []
+    /// `[auto_splice] ttl`: hosts whose clients abort Loupe's handshake (pinning, mTLS) are
+    /// spliced for this many seconds. nil: never learn.
+    public var autoSpliceTTL: Double?
     private var rulesByStage: [Stage: [Rule]] = [:]
     private var indexByStage: [Stage: PortIndex] = [:]
 
@@ -124,7 +127,7 @@ extension Policy {
         throw ConfigError(file: "", line: line, message: "list files are not available here (\(name))")
     }) throws(ConfigError) -> Policy {
         let doc = try TOMLReader.parse(text, file: file)
-        try doc.onlyKeys(["defaults", "lists", "rule"])
+        try doc.onlyKeys(["defaults", "lists", "rule", "auto_splice"])
 
         guard let defaultsTable = try doc.table("defaults") else { throw doc.error("the policy needs a [defaults] table with connect, hello and request") }
         try defaultsTable.onlyKeys(["connect", "hello", "request", "block"])
@@ -159,7 +162,13 @@ extension Policy {
                 rules.append(rule)
             }
         }
-        return Policy(defaults: defaults, defaultBlockMode: blockMode, lists: lists, rules: rules)
+        var policy = Policy(defaults: defaults, defaultBlockMode: blockMode, lists: lists, rules: rules)
+        if let learning = try doc.table("auto_splice") {
+            try learning.onlyKeys(["ttl"])
+            guard let ttl = try learning.integer("ttl", in: 1...2_592_000) else { throw learning.error("[auto_splice] needs 'ttl' (seconds a learnt host is spliced)") }
+            policy.autoSpliceTTL = Double(ttl)
+        }
+        return policy
     }
 
     static func verdict(_ value: String, for stage: Stage, _ reader: TOMLReader, key: String) throws(ConfigError) -> Verdict {

@@ -40,6 +40,8 @@ public final class ConnectionMachine {
         case closeUpstream
         /// The connection is over; `reason` goes to the flow log.
         case finished(reason: String)
+        /// The host was learnt into the auto-splice set (for the log).
+        case learntSplice(host: String, reason: String)
     }
 
     public enum Phase: Equatable, Sendable {
@@ -52,6 +54,9 @@ public final class ConnectionMachine {
         public var clientContext: TLSContext
         /// ALPN protocols Loupe can relay on a bumped flow.
         public var relayableALPN: [String] = ["h2", "http/1.1"]
+        /// Hosts learnt for splicing (read at hello, taught when a client aborts our handshake);
+        /// used only when the policy has `[auto_splice]`.
+        public var autoSplice: AutoSplice?
         public init(upstreamContext: TLSContext, clientContext: TLSContext) {
             self.upstreamContext = upstreamContext
             self.clientContext = clientContext
@@ -164,6 +169,8 @@ public final class ConnectionMachine {
             return finish("minting the masquerade leaf failed: \(why)", alert: 80)
         case (.clientHandshake, .clientData(let bytes)):
             return pumpClientHandshake(bytes)
+        case (.clientHandshake, .clientClosed):
+            return clientAborted("the client closed the connection")
         case (.clientHandshake, .upstreamData(let bytes)), (.minting, .upstreamData(let bytes)):
             // Early upstream data (a TLS 1.3 ticket) waits inside the upstream session.
             upstreamTLS?.receive(bytes)
@@ -184,7 +191,17 @@ public final class ConnectionMachine {
     private func decide(_ h: ClientHello) -> [Command] {
         facts.sni = h.serverName
         facts.alpn = h.alpn
-        let decision = policy.decide(.hello, facts)
+        var decision = policy.decide(.hello, facts)
+        if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
+            decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
+                                reason: "learnt: a client aborted Loupe's handshake (\(learnt.reason)); spliced until \(learnt.expires.formatted(.iso8601))")
+        }
+        if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, decision.rule == "auto_splice" {
+            // A learnt name is still a name the client chose: prove it before splicing.
+            pendingSplice = decision
+            phase = .probing
+            return [.probe(dst, name: sni)]
+        }
         if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, policy.rule(named: decision.rule)?.matchesOnSNI == true {
             pendingSplice = decision
             phase = .probing
@@ -243,13 +260,27 @@ public final class ConnectionMachine {
         }
     }
 
+    /// Where a learnt splice is filed: the SNI, or the destination address without one.
+    private var autoSpliceKey: String? { facts.sni ?? facts.dst.map { IPAddress.format($0.address) } }
+
+    /// The client refused our masquerade (pinning, mTLS, a root it does not trust): with
+    /// `[auto_splice]`, the host is learnt so its next connections are spliced.
+    private func clientAborted(_ why: String) -> [Command] {
+        var out: [Command] = []
+        if let ttl = policy.autoSpliceTTL, let key = autoSpliceKey, let learning = settings.autoSplice {
+            learning.learn(key, reason: why, ttl: ttl)
+            out.append(.learntSplice(host: key, reason: "spliced for \(Int(ttl)) s: the client aborted Loupe's handshake (\(why))"))
+        }
+        return out + finish("client aborted our handshake: \(why)")
+    }
+
     private func pumpClientHandshake(_ bytes: [UInt8]) -> [Command] {
         guard let client = clientTLS else { return [] }
         client.receive(bytes)
         var out = send(client: client.takeOutput())
         switch client.state {
         case .handshaking: return out
-        case .failed(let why): return out + finish("client aborted our handshake: \(why)")
+        case .failed(let why): return out + clientAborted(why)
         case .established, .closed:
             phase = .relaying
             if client.alpn == nil || client.alpn == "http/1.1" { requests = HTTPRequestTracker() }

@@ -30,6 +30,8 @@ public final class ProxyServer: Sendable {
         public var livePolicy: (@Sendable () -> Policy)?
         public var liveCache: (@Sendable () -> LeafCache)?
         public var connectFacts: (@Sendable (FlowFacts) -> FlowFacts)?
+        /// Hosts learnt for splicing (`[auto_splice]` in the policy); shared by all connections.
+        public var autoSplice = AutoSplice()
         /// Told how each connection ended (mode: bump, splice, block or none), for metrics.
         public var onFinished: (@Sendable (_ mode: String, _ reason: String) -> Void)?
 
@@ -138,8 +140,9 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             }
             if let known = configuration.connectFacts { facts = known(facts) }
             cache = configuration.liveCache?() ?? configuration.cache
-            machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy,
-                                        settings: .init(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext))
+            var settings = ConnectionMachine.Settings(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext)
+            settings.autoSplice = configuration.autoSplice
+            machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
             deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in
                 if machine?.phase != .relaying { handle(.timeout) }
             }
@@ -210,6 +213,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             configuration.nameProbe?.probe(destination, name, on: loop) { verified, reason in
                 loop.execute { this.value.handle(.probed(verified: verified, reason: reason)) }
             }
+        case .learntSplice(let host, let reason):
+            log(["event": "auto_splice", "host": host, "reason": reason])
         case .decided(let decision):
             log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
                  "rule": decision.rule, "reason": decision.reason])

@@ -13,19 +13,8 @@ import Testing
         let dir = TestEnv.scratch("keylog")
         defer { TestEnv.remove(dir) }
         let origin = 20_000 + Int(getpid() % 10_000), proxy = origin + 10_000
-        let script = """
-            set -u
-            export LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca
-            L=\(TestEnv.loupe); D=\(dir)
-            trap 'kill -9 $(cat $D/*.pid 2>/dev/null) 2>/dev/null' EXIT
-            $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
-            $L ca mint --state-dir $D/origin origin.test --with-key --out $D/origin.pem >/dev/null
-            $L ca init --state-dir $D/loupe --provider host-key >/dev/null && $L ca export --state-dir $D/loupe --out $D/loupe-root.pem
-            mkdir -p $D/www && echo hi > $D/www/index.html
-            (cd $D/www && exec openssl s_server -accept 127.0.0.1:\(origin) -cert $D/origin.pem -key $D/origin.pem -WWW -quiet -keylogfile $D/origin.keys) >/dev/null 2>&1 & echo $! > $D/origin.pid
-            $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) --keylog $D/loupe.keys 2>$D/proxy.err & echo $! > $D/proxy.pid
-            for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
-            for i in $(seq 50); do curl -sk -o /dev/null https://127.0.0.1:\(origin)/ && break; sleep 0.1; done
+        let script = LoopbackProxy.preamble(dir: dir, origin: origin, proxy: proxy, name: "origin.test",
+                                            originFlags: "-keylogfile $D/origin.keys", proxyFlags: "--keylog $D/loupe.keys") + """
             : > $D/origin.keys   # the readiness probe above was direct, not through Loupe
             for v in 1.2 1.3; do
               echo "GET$v $(SSLKEYLOGFILE=$D/curl.keys curl -sS --max-time 5 --tlsv$v --tls-max $v --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) https://origin.test/index.html)"

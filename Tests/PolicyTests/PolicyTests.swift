@@ -330,3 +330,22 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(p.decide(.connect, facts { $0.names = ["nothere.example"] }).verdict == .allow)
     }
 }
+
+@Suite struct AutoSplicePolicyTests {
+    let base = "[defaults]\nconnect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"\n"
+
+    @Test func optionalAndValidated() throws {
+        #expect(try Policy.parse(base, file: "p.toml").autoSpliceTTL == nil, "off unless asked for")
+        #expect(try Policy.parse(base + "[auto_splice]\nttl = 3600\n", file: "p.toml").autoSpliceTTL == 3600)
+        for (text, message) in [("[auto_splice]\n", "p.toml:5: [auto_splice] needs 'ttl'"),
+                                ("[auto_splice]\nttl = 0\n", "p.toml:6: 'auto_splice.ttl' must be between 1 and"),
+                                ("[auto_splice]\nttl = 60\nhosts = []\n", "p.toml:7: unknown key 'auto_splice.hosts'")] {
+            do {
+                _ = try Policy.parse(base + text, file: "p.toml")
+                Issue.record("\(text) must be refused")
+            } catch {
+                #expect(error.description.hasPrefix(message), "\(error)")
+            }
+        }
+    }
+}

@@ -60,12 +60,13 @@ final class Playbook {
         reason = "admin uploads are not allowed"
         """
 
-    func machine(dst: String = "192.0.2.10:443") throws -> ConnectionMachine {
+    func machine(dst: String = "192.0.2.10:443", policy: String = Playbook.policyText, autoSplice: AutoSplice? = nil) throws -> ConnectionMachine {
         var facts = FlowFacts()
         facts.dst = FlowFacts.Endpoint(dst)
-        let settings = ConnectionMachine.Settings(upstreamContext: try TLSContext.client(trustBundle: originPKI.bundle),
+        var settings = ConnectionMachine.Settings(upstreamContext: try TLSContext.client(trustBundle: originPKI.bundle),
                                                   clientContext: try TLSContext.server())
-        return ConnectionMachine(facts: facts, policy: try Policy.parse(Self.policyText, file: "p.toml"), settings: settings)
+        settings.autoSplice = autoSplice
+        return ConnectionMachine(facts: facts, policy: try Policy.parse(policy, file: "p.toml"), settings: settings)
     }
 
     func origin(_ names: [SubjectAltName], expired: Bool = false, alpn: [String] = ["h2", "http/1.1"]) throws -> TLSSession {
@@ -228,6 +229,53 @@ final class Playbook {
         // Bumped, the upstream's certificate does not match the claimed name: the client fails.
         guard case .failed = client.state else { Issue.record("\(client.state)"); return }
         #expect(p.finishedReason?.contains("hostname mismatch") == true)
+    }
+
+    /// A client that refuses the masquerade (pinning; here: it trusts only the origin's root) teaches
+    /// the host; its next connection is spliced — after the name is proved — and succeeds.
+    @Test func aClientThatAbortsIsLearntIntoAutoSplice() throws {
+        let p = try Playbook()
+        let learnt = AutoSplice()
+        let policy = Playbook.policyText + "\n[auto_splice]\nttl = 600\n"
+        p.probeOrigin = { try p.origin([.dns("pinned.test")]) }
+        let pinned = { try TLSSession.client(try TLSContext.client(trustBundle: p.originPKI.bundle), serverName: "pinned.test") }
+
+        let first = try p.machine(policy: policy, autoSplice: learnt)
+        let client1 = try pinned()
+        client1.advanceHandshake()
+        p.run(first, client: client1, origin: try p.origin([.dns("pinned.test")]))
+        guard case .failed = client1.state else { Issue.record("the pinned client must refuse Loupe's leaf: \(client1.state)"); return }
+        #expect(p.log.contains { if case .learntSplice("pinned.test", _) = $0 { true } else { false } }, "\(p.log)")
+        #expect(learnt.lookup("pinned.test") != nil)
+
+        p.log = []
+        let second = try p.machine(policy: policy, autoSplice: learnt)
+        let client2 = try pinned()
+        client2.advanceHandshake()
+        p.run(second, client: client2, origin: try p.origin([.dns("pinned.test")]))
+        #expect(second.mode == .splice && p.decisions.first?.rule == "auto_splice", "\(p.decisions)")
+        #expect(p.log.contains { if case .probe(_, "pinned.test") = $0 { true } else { false } }, "a learnt name is proved first")
+        #expect(client2.state == .established && client2.peerChain.first?.issuer == "CN=Origin Test Root")
+
+        // Without [auto_splice] nothing is learnt.
+        let quiet = AutoSplice()
+        let third = try p.machine(autoSplice: quiet)
+        let client3 = try pinned()
+        client3.advanceHandshake()
+        p.run(third, client: client3, origin: try p.origin([.dns("pinned.test")]))
+        #expect(quiet.lookup("pinned.test") == nil)
+    }
+
+    @Test func learntHostsExpire() {
+        let learnt = AutoSplice(capacity: 2)
+        let t0 = Date()
+        learnt.learn("a.test", reason: "r", ttl: 10, now: t0)
+        #expect(learnt.lookup("A.TEST", now: t0.addingTimeInterval(9)) != nil)
+        #expect(learnt.lookup("a.test", now: t0.addingTimeInterval(11)) == nil)
+        learnt.learn("b.test", reason: "r", ttl: 10, now: t0)
+        learnt.learn("c.test", reason: "r", ttl: 20, now: t0)
+        learnt.learn("d.test", reason: "r", ttl: 30, now: t0)
+        #expect(learnt.lookup("d.test", now: t0) != nil && learnt.lookup("b.test", now: t0) == nil, "bounded: the soonest to expire goes first")
     }
 
     @Test func blockAtHelloSendsAnAlert() throws {

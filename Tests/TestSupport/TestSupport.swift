@@ -147,3 +147,27 @@ extension TestEnv {
         """
     }
 }
+
+/// A bash preamble for proxy tests on loopback: an origin (`openssl s_server -WWW` serving
+/// `$D/www/index.html` = "hi", under its own test root `$D/origin-root.pem`, for `name`) and
+/// `loupe proxy --to` it on `proxy` (Loupe's root in `$D/loupe-root.pem`, stderr in
+/// `$D/proxy.err`), both ready when it ends; `$L` is loupe, `$D` the directory.
+public enum LoopbackProxy {
+    public static func preamble(dir: String, origin: Int, proxy: Int, name: String, originFlags: String = "", proxyFlags: String = "") -> String {
+        """
+        set -u
+        export LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca
+        L=\(TestEnv.loupe); D=\(dir)
+        trap 'kill -9 $(cat $D/*.pid 2>/dev/null) 2>/dev/null' EXIT
+        $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
+        $L ca mint --state-dir $D/origin \(name) --with-key --out $D/origin.pem >/dev/null
+        $L ca init --state-dir $D/loupe --provider host-key >/dev/null && $L ca export --state-dir $D/loupe --out $D/loupe-root.pem
+        mkdir -p $D/www && echo hi > $D/www/index.html
+        (cd $D/www && exec openssl s_server -accept 127.0.0.1:\(origin) -cert $D/origin.pem -key $D/origin.pem -WWW -quiet \(originFlags)) >/dev/null 2>&1 & echo $! > $D/origin.pid
+        $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) \(proxyFlags) 2>$D/proxy.err & echo $! > $D/proxy.pid
+        for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
+        for i in $(seq 50); do curl -sk -o /dev/null https://127.0.0.1:\(origin)/ && break; sleep 0.1; done
+
+        """
+    }
+}
