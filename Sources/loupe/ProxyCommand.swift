@@ -23,6 +23,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Flow log: a file, or - for stdout.") var flowLog: String?
     @Option(help: "Mark set on Loupe's upstream sockets so the diversion rules let them pass.") var bypassMark: UInt32 = 0x4C55
     @Option(help: "Upstream HOST:PORT for connections that were not redirected (tests, benchmarks).") var to: String?
+    @Option(help: "Seconds allowed for the ClientHello and for each handshake.") var handshakeTimeout: Int64 = 10
     @Option(help: "Write both legs' TLS secrets to this NSS key log (SSLKEYLOGFILE format, 0600). Off by default.") var keylog: String?
 
     func run() async throws {
@@ -35,6 +36,7 @@ struct ProxyCommand: AsyncParsableCommand {
                 policy: policy, cache: LeafCache(minter: try LeafMinter(root: root, profile: profile)),
                 upstreamContext: try TLSContext.client(trustBundle: upstreamCa), clientContext: try TLSContext.server())
             configuration.bypassMark = bypassMark
+            configuration.handshakeTimeout = .seconds(handshakeTimeout)
             if let keylog {
                 let log = try KeyLog(path: keylog)
                 configuration.upstreamContext.logKeys(to: log)
