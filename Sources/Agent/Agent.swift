@@ -98,6 +98,7 @@ public final class Agent: Sendable {
             policy: live.policy, cache: live.cache,
             upstreamContext: try TLSContext.client(trustBundle: options.config.upstreamCA), clientContext: try TLSContext.server())
         proxyConfig.bypassMark = settings.marks.bypass
+        proxyConfig.clientIdentities = try store.clientIdentities()
         if let path = options.config.keylog {
             let log = try KeyLog(path: path)
             proxyConfig.upstreamContext.logKeys(to: log)

@@ -219,7 +219,7 @@ extension Policy {
     }
 
     static func parseRule(_ r: TOMLReader, lists: [String: HostSet]) throws(ConfigError) -> Rule {
-        try r.onlyKeys(Set(["name", "stage", "action", "block", "reason"] + Condition.fields.map(\.key)))
+        try r.onlyKeys(Set(["name", "stage", "action", "block", "reason", "identity"] + Condition.fields.map(\.key)))
         guard let name = try r.string("name"), !name.isEmpty else { throw r.error("every rule needs a name") }
         guard name != "default" else { throw r.error("'default' is reserved for the stage defaults", at: r.table["name"]) }
         guard let stageText = try r.string("stage") else { throw r.error("rule '\(name)' needs a stage (connect, hello or request)") }
@@ -241,8 +241,12 @@ extension Policy {
             }
             conditions.append(try condition(key, value, r, lists: lists))
         }
+        let identity = try r.string("identity")
+        if identity != nil, stage != .hello || action != .bump {
+            throw r.error("'identity' (a client certificate for the upstream) belongs to hello rules that bump", at: r.table["identity"])
+        }
         return Rule(name: name, stage: stage, action: action, blockMode: blockMode, reason: try r.string("reason"),
-                    line: r.table.line, conditions: conditions)
+                    identity: identity, line: r.table.line, conditions: conditions)
     }
 
     /// A field's values: one value or an array of them.

@@ -11,6 +11,9 @@ public struct Rule: Sendable {
     public var action: Verdict
     public var blockMode: BlockMode?
     public var reason: String?
+    /// Hello-stage bump rules: the client identity (store label) to present to an upstream that
+    /// asks for a certificate.
+    public var identity: String?
     /// Where the rule starts in its file, for messages.
     public var line: Int
     public var conditions: [Condition]

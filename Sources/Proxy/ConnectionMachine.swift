@@ -57,6 +57,8 @@ public final class ConnectionMachine {
         /// Hosts learnt for splicing (read at hello, taught when a client aborts our handshake);
         /// used only when the policy has `[auto_splice]`.
         public var autoSplice: AutoSplice?
+        /// Client identities by store label, for hello rules that name one (`identity`).
+        public var clientIdentities: [String: ClientIdentity] = [:]
         public init(upstreamContext: TLSContext, clientContext: TLSContext) {
             self.upstreamContext = upstreamContext
             self.clientContext = clientContext
@@ -78,6 +80,7 @@ public final class ConnectionMachine {
     private var clientClosed = false
     private var upstreamClosed = false
     private var leafFingerprint: String?
+    private var helloDecision: Decision?
 
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
     /// ciphers and ALPN of both legs, the upstream certificate and its verification, the leaf.
@@ -212,6 +215,7 @@ public final class ConnectionMachine {
 
     private func act(_ decision: Decision) -> [Command] {
         mode = decision.verdict
+        helloDecision = decision
         switch decision.verdict {
         case .block:
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule)", alert: 49)  // access_denied
@@ -233,10 +237,18 @@ public final class ConnectionMachine {
     private func startUpstreamTLS() -> [Command] {
         let offered = facts.alpn.filter { settings.relayableALPN.contains($0) }
         let name = facts.sni ?? facts.dst.map { IPAddress.format($0.address) }
+        var identity: ClientIdentity?
+        let label = helloDecision.flatMap { policy.rule(named: $0.rule)?.identity }
+        if let label {
+            guard let found = settings.clientIdentities[label] else {
+                return finish("rule \(helloDecision?.rule ?? "?") names client identity '\(label)', which is not in the store (loupe store import-p12 --label \(label))", alert: 80)
+            }
+            identity = found
+        }
         do {
-            // Sessions are resumed per upstream name, address and ALPN offer.
-            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))"
-            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key)
+            // Sessions are resumed per upstream name, address, ALPN offer and client identity.
+            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")"
+            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key, identity: identity)
             upstreamTLS = upstream
             phase = .upstreamHandshake
             upstream.advanceHandshake()

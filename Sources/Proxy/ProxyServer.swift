@@ -30,6 +30,8 @@ public final class ProxyServer: Sendable {
         public var livePolicy: (@Sendable () -> Policy)?
         public var liveCache: (@Sendable () -> LeafCache)?
         public var connectFacts: (@Sendable (FlowFacts) -> FlowFacts)?
+        /// Client identities from the store (label → certificate and key) for mTLS upstreams.
+        public var clientIdentities: [String: ClientIdentity] = [:]
         /// Hosts learnt for splicing (`[auto_splice]` in the policy); shared by all connections.
         public var autoSplice = AutoSplice()
         /// Told how each connection ended (mode: bump, splice, block or none), for metrics.
@@ -142,6 +144,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             cache = configuration.liveCache?() ?? configuration.cache
             var settings = ConnectionMachine.Settings(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext)
             settings.autoSplice = configuration.autoSplice
+            settings.clientIdentities = configuration.clientIdentities
             machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
             deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in
                 if machine?.phase != .relaying { handle(.timeout) }

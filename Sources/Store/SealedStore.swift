@@ -198,6 +198,18 @@ public final class SealedStore: @unchecked Sendable {
         }
     }
 
+    /// Client identities imported for mTLS upstreams (`store import-p12`), by label.
+    public func clientIdentities() throws -> [String: ClientIdentity] {
+        var out: [String: ClientIdentity] = [:]
+        for cert in find(.certificate, matching: ["role": "client-identity"]) {
+            guard let label = cert.attributes["label"],
+                  let key = find(.key, matching: ["role": "client-identity", "label": label, "public-key-sha256": cert.attributes["public-key-sha256"] ?? ""]).first else { continue }
+            let chain = try find(.certificate, matching: ["role": "chain", "label": label]).map { try Certificate(der: $0.data) }
+            out[label] = ClientIdentity(chain: [try Certificate(der: cert.data)] + chain, key: try PrivateKey(der: key.data))
+        }
+        return out
+    }
+
     // MARK: writing
 
     /// Adds an item. The store derives the attributes it relies on (public-key hash, issuer,

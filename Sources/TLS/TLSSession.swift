@@ -58,6 +58,13 @@ public final class TLSContext: @unchecked Sendable {
     }
 }
 
+/// A client certificate (with its chain) and key, for upstreams that demand mutual TLS.
+public struct ClientIdentity: Sendable {
+    public var chain: [Certificate]
+    public var key: PrivateKey
+    public init(chain: [Certificate], key: PrivateKey) { self.chain = chain; self.key = key }
+}
+
 /// An SSL_SESSION owned by the resumption cache.
 final class ResumableSession: @unchecked Sendable {
     let session: OpaquePointer
@@ -140,7 +147,7 @@ public final class TLSSession: @unchecked Sendable {
     /// A client session to `serverName` (SNI and the name verified; an IP address is verified
     /// against IP SANs and sent without SNI), offering `alpn`. With `resumptionKey` (the
     /// upstream's name and address), a session saved from an earlier visit is offered.
-    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = [], resumptionKey: String? = nil) throws(OpenSSLError) -> TLSSession {
+    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = [], resumptionKey: String? = nil, identity: ClientIdentity? = nil) throws(OpenSSLError) -> TLSSession {
         let session = try TLSSession(context: context, resumptionKey: resumptionKey)
         ERR_clear_error()
         if let serverName {
@@ -154,6 +161,14 @@ public final class TLSSession: @unchecked Sendable {
         if !alpn.isEmpty {
             let wire = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
             try check("ALPN", SSL_set_alpn_protos(session.ssl, wire, UInt32(wire.count)) == 0)
+        }
+        if let identity, let leaf = identity.chain.first {
+            // Offered only when the server asks (CertificateRequest); the chain follows the leaf.
+            try check("SSL_use_certificate (client identity)", SSL_use_certificate(session.ssl, leaf.x509) == 1)
+            try check("SSL_use_PrivateKey (client identity)", SSL_use_PrivateKey(session.ssl, identity.key.pkey) == 1)
+            for extra in identity.chain.dropFirst() {
+                try check("adding a client chain certificate", SSL_ctrl(session.ssl, SSL_CTRL_CHAIN_CERT, 1, UnsafeMutableRawPointer(extra.x509)) == 1)
+            }
         }
         if let resumptionKey, let saved = context.sessions.withLock({ $0[resumptionKey] }) {
             _ = SSL_set_session(session.ssl, saved.session)

@@ -30,12 +30,14 @@ struct ProxyCommand: AsyncParsableCommand {
         do {
             let policy = try policy.map { try Policy.load(path: $0) } ?? Policy(defaults: [.connect: .inspect, .hello: .bump, .request: .allow], rules: [])
             let profile = try profileOptions.load()
-            let authority = RootAuthority(store: try state.openStore(), profile: profile)
+            let store = try state.openStore()
+            let authority = RootAuthority(store: store, profile: profile)
             guard let root = try authority.root() else { throw CAError("no root CA yet; run 'loupe ca init'") }
             var configuration = ProxyServer.Configuration(
                 policy: policy, cache: LeafCache(minter: try LeafMinter(root: root, profile: profile)),
                 upstreamContext: try TLSContext.client(trustBundle: upstreamCa), clientContext: try TLSContext.server())
             configuration.bypassMark = bypassMark
+            configuration.clientIdentities = try store.clientIdentities()
             configuration.handshakeTimeout = .seconds(handshakeTimeout)
             if let keylog {
                 let log = try KeyLog(path: keylog)

@@ -349,3 +349,20 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         }
     }
 }
+
+@Suite struct IdentityRuleTests {
+    let base = "[defaults]\nconnect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"\n[[rule]]\nname = \"r\"\n"
+
+    @Test func onlyOnHelloBumpRules() throws {
+        let policy = try Policy.parse(base + "stage = \"hello\"\nsni = [\"a.test\"]\naction = \"bump\"\nidentity = \"corp\"\n", file: "p.toml")
+        #expect(policy.rule(named: "r")?.identity == "corp")
+        for text in ["stage = \"hello\"\naction = \"splice\"\nidentity = \"corp\"\n", "stage = \"connect\"\naction = \"allow\"\nidentity = \"corp\"\n"] {
+            do {
+                _ = try Policy.parse(base + text, file: "p.toml")
+                Issue.record("\(text) must be refused")
+            } catch {
+                #expect(error.description.contains("'identity' (a client certificate for the upstream) belongs to hello rules that bump"), "\(error)")
+            }
+        }
+    }
+}
