@@ -99,6 +99,9 @@ public final class Agent: Sendable {
             upstreamContext: try TLSContext.client(trustBundle: options.config.upstreamCA), clientContext: try TLSContext.server())
         proxyConfig.bypassMark = settings.marks.bypass
         proxyConfig.clientIdentities = try store.clientIdentities()
+        if options.config.quarantineFailures {
+            proxyConfig.quarantine = LeafCache(minter: try LeafMinter(root: try RootAuthority.quarantineRoot(), profile: options.profile))
+        }
         if let path = options.config.keylog {
             let log = try KeyLog(path: path)
             proxyConfig.upstreamContext.logKeys(to: log)

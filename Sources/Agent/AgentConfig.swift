@@ -22,6 +22,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var dnsQueue: UInt16 = 100
     public var proxyPort: UInt16 = 8443
     public var handshakeTimeout: Int = 10
+    /// Failed upstream verification → a TLS alert (default) or a quarantine leaf.
+    public var quarantineFailures = false
     /// NSS key log for both legs of inspected connections; nil (default) = none.
     public var keylog: String?
 
@@ -65,7 +67,12 @@ public struct AgentConfig: Sendable, Equatable {
             }
         }
         if let proxy = try reader.table("proxy") {
-            try proxy.onlyKeys(["port", "handshake_timeout", "keylog"])
+            try proxy.onlyKeys(["port", "handshake_timeout", "keylog", "upstream_failure"])
+            switch try proxy.string("upstream_failure") ?? "alert" {
+            case "alert": c.quarantineFailures = false
+            case "quarantine": c.quarantineFailures = true
+            case let other: throw proxy.error("'proxy.upstream_failure' must be \"alert\" or \"quarantine\", found \"\(other)\"", at: proxy.table["upstream_failure"])
+            }
             c.keylog = resolve(try proxy.string("keylog"))
             c.proxyPort = UInt16(try proxy.integer("port", in: 1...65_535) ?? 8443)
             c.handshakeTimeout = Int(try proxy.integer("handshake_timeout", in: 1...300) ?? 10)

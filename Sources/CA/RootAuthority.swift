@@ -86,25 +86,40 @@ public struct RootAuthority {
         let key = try PrivateKey.generate(algorithm)
         let id = Crypto.hex(try Crypto.randomBytes(4))
         let subject = profile.rootSubject(hostname: Self.hostname(), id: id, date: now)
+        let certificate = try Self.selfSigned(subject: subject, key: key, days: profile.rootLifetimeDays,
+                                              nameConstraints: profile.nameConstraintsValue, now: now)
+        let attributes = ["label": Self.label, "role": role.rawValue]
+        let keyItem = try store.add(.key, data: try key.pkcs8DER(), attributes: attributes)
+        let certItem = try store.add(.certificate, data: certificate.der, attributes: attributes)
+        return Root(certificate: certificate, key: key, certificateRef: certItem.ref, keyRef: keyItem.ref)
+    }
+
+    /// The quarantine issuer: a root made in memory at start, stored nowhere and trusted by
+    /// nobody. Leaves it signs let a browser show its own certificate error page for an
+    /// upstream that failed verification, instead of a bare handshake failure.
+    public static func quarantineRoot(now: Date = Date()) throws -> Root {
+        let key = try PrivateKey.generate(.ecP256)
+        let subject = [("O", "Loupe"), ("OU", "Quarantine: the real server failed verification"), ("CN", "Loupe Quarantine (untrusted)")]
+        let certificate = try selfSigned(subject: subject, key: key, days: 30, nameConstraints: nil, now: now)
+        return Root(certificate: certificate, key: key, certificateRef: "", keyRef: "")
+    }
+
+    static func selfSigned(subject: [(String, String)], key: PrivateKey, days: Int, nameConstraints: String?, now: Date) throws -> Certificate {
         var extensions = [
             try CertificateExtension.make("basicConstraints", "critical,CA:TRUE,pathlen:0"),
             try CertificateExtension.make("keyUsage", "critical,keyCertSign,cRLSign"),
             try CertificateExtension.make("subjectKeyIdentifier", "hash", subjectKey: key),
         ]
-        if let constraints = profile.nameConstraintsValue {
-            extensions.append(try CertificateExtension.make("nameConstraints", constraints))
+        if let nameConstraints {
+            extensions.append(try CertificateExtension.make("nameConstraints", nameConstraints))
         }
         let spec = CertificateSpec(
             subject: .attributes(subject), serial: try CertificateSpec.randomSerial(),
             // Backdated an hour so that hosts with slightly slow clocks accept it at once.
             notBefore: now.addingTimeInterval(-3600),
-            notAfter: now.addingTimeInterval(TimeInterval(profile.rootLifetimeDays) * 86_400),
+            notAfter: now.addingTimeInterval(TimeInterval(days) * 86_400),
             publicKey: key, extensions: extensions)
-        let certificate = try CertificateBuilder.sign(spec, issuer: nil, issuerKey: key)
-        let attributes = ["label": Self.label, "role": role.rawValue]
-        let keyItem = try store.add(.key, data: try key.pkcs8DER(), attributes: attributes)
-        let certItem = try store.add(.certificate, data: certificate.der, attributes: attributes)
-        return Root(certificate: certificate, key: key, certificateRef: certItem.ref, keyRef: keyItem.ref)
+        return try CertificateBuilder.sign(spec, issuer: nil, issuerKey: key)
     }
 
     static func hostname() -> String {

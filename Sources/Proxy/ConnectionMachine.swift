@@ -40,6 +40,8 @@ public final class ConnectionMachine {
         case closeUpstream
         /// The connection is over; `reason` goes to the flow log.
         case finished(reason: String)
+        /// A leaf from the quarantine issuer (upstream verification failed; see Settings).
+        case mintQuarantineLeaf(LeafRequest)
         /// The host was learnt into the auto-splice set (for the log).
         case learntSplice(host: String, reason: String)
     }
@@ -57,6 +59,9 @@ public final class ConnectionMachine {
         /// Hosts learnt for splicing (read at hello, taught when a client aborts our handshake);
         /// used only when the policy has `[auto_splice]`.
         public var autoSplice: AutoSplice?
+        /// On a failed upstream verification, serve a leaf from the untrusted quarantine issuer
+        /// (so a browser shows its own error page) instead of failing the handshake with an alert.
+        public var quarantineFailures = false
         /// Client identities by store label, for hello rules that name one (`identity`).
         public var clientIdentities: [String: ClientIdentity] = [:]
         public init(upstreamContext: TLSContext, clientContext: TLSContext) {
@@ -81,6 +86,8 @@ public final class ConnectionMachine {
     private var upstreamClosed = false
     private var leafFingerprint: String?
     private var helloDecision: Decision?
+    /// Why the upstream failed, when the client is being served a quarantine leaf.
+    private var quarantined: String?
 
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
     /// ciphers and ALPN of both legs, the upstream certificate and its verification, the leaf.
@@ -147,8 +154,18 @@ public final class ConnectionMachine {
             switch upstream.state {
             case .handshaking: return out
             case .failed(let why):
-                // Never launder: the client's handshake fails too, with an alert, not a page.
-                return out + finish("upstream TLS failed: \(why)", alert: upstream.failureAlert)
+                // Never launder: the client's handshake fails too — with an alert, or (quarantine)
+                // under a certificate nobody trusts, so a browser shows its own error page.
+                guard settings.quarantineFailures else { return out + finish("upstream TLS failed: \(why)", alert: upstream.failureAlert) }
+                quarantined = "upstream TLS failed: \(why)"
+                phase = .minting
+                let request: LeafRequest
+                if let cert = upstream.peerCertificate {
+                    request = .mirroring(cert, extraNames: facts.sni == nil ? facts.dst.map { [.ip($0.address)] } ?? [] : [])
+                } else {
+                    request = .forNames([facts.sni ?? facts.dst.map { IPAddress.format($0.address) } ?? "unknown"])
+                }
+                return out + [.mintQuarantineLeaf(request), .closeUpstream]
             case .established, .closed:
                 guard let leafCert = upstream.peerCertificate else { return out + finish("upstream sent no certificate", alert: 42) }
                 var extra: [SubjectAltName] = []
@@ -182,6 +199,8 @@ public final class ConnectionMachine {
             return relay(event)
         case (_, .timeout):
             return finish("deadline passed during \(phase)", alert: phase == .clientHandshake ? nil : 40)
+        case (_, .upstreamClosed) where quarantined != nil:
+            return []   // the failed upstream is gone on purpose; the client still gets its page
         case (_, .upstreamClosed):
             return finish("upstream closed during \(phase)", alert: 40)
         default:
@@ -303,6 +322,7 @@ public final class ConnectionMachine {
     }
 
     private func relay(_ event: Event) -> [Command] {
+        if let why = quarantined { return answerQuarantined(event, why) }
         switch (mode, event) {
         case (.splice?, .clientData(let bytes)): return [.sendUpstream(bytes)]
         case (.splice?, .upstreamData(let bytes)): return [.sendClient(bytes)]
@@ -390,6 +410,25 @@ public final class ConnectionMachine {
     }
 
     /// The page a blocked request gets inside the (trusted) bumped session.
+    /// Under a quarantine leaf: whatever the client asks gets a 502 naming the failure, then a
+    /// clean close. Nothing reaches the (failed) upstream.
+    private func answerQuarantined(_ event: Event, _ why: String) -> [Command] {
+        guard let client = clientTLS else { return finish(why) }
+        switch event {
+        case .clientData(let bytes):
+            client.receive(bytes)
+            guard !client.read().isEmpty else { return send(client: client.takeOutput()) }
+            let body = "Loupe did not connect you: the real server failed verification.\n\(why)\n"
+            try? client.write(Array("HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
+            client.close()
+            return send(client: client.takeOutput()) + finish("\(why) (quarantine certificate served)")
+        case .clientClosed:
+            return finish("\(why) (quarantine certificate served; the client left)")
+        default:
+            return []
+        }
+    }
+
     static func forbidden(_ decision: Decision) -> [UInt8] {
         let body = "Blocked by Loupe policy (rule \(decision.rule)): \(decision.reason)\n"
         return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)

@@ -30,6 +30,9 @@ public final class ProxyServer: Sendable {
         public var livePolicy: (@Sendable () -> Policy)?
         public var liveCache: (@Sendable () -> LeafCache)?
         public var connectFacts: (@Sendable (FlowFacts) -> FlowFacts)?
+        /// The quarantine issuer's leaves, when failed upstreams get a quarantine certificate
+        /// instead of an alert (`--upstream-failure quarantine`); nil: alerts.
+        public var quarantine: LeafCache?
         /// Client identities from the store (label → certificate and key) for mTLS upstreams.
         public var clientIdentities: [String: ClientIdentity] = [:]
         /// Hosts learnt for splicing (`[auto_splice]` in the policy); shared by all connections.
@@ -145,6 +148,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             var settings = ConnectionMachine.Settings(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext)
             settings.autoSplice = configuration.autoSplice
             settings.clientIdentities = configuration.clientIdentities
+            settings.quarantineFailures = configuration.quarantine != nil
             machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
             deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in
                 if machine?.phase != .relaying { handle(.timeout) }
@@ -193,23 +197,10 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .sendUpstream(let bytes):
             guard let upstream else { return }
             upstream.writeAndFlush(upstream.allocator.buffer(bytes: bytes), promise: nil)
+        case .mintQuarantineLeaf(let request):
+            mint(request, from: configuration.quarantine, on: context.eventLoop)
         case .mintLeaf(let request):
-            if let leaf = cache?.cached(request) {
-                handle(.leafReady(leaf))
-                return
-            }
-            let loop = context.eventLoop
-            guard let cache else { return }
-            let this = NIOLoopBound(self, eventLoop: loop)
-            Task {
-                do {
-                    let leaf = try await cache.leaf(for: request)
-                    loop.execute { this.value.handle(.leafReady(leaf)) }
-                } catch {
-                    let reason = "\(error)"
-                    loop.execute { this.value.handle(.leafFailed(reason)) }
-                }
-            }
+            mint(request, from: cache, on: context.eventLoop)
         case .probe(let destination, let name):
             let this = NIOLoopBound(self, eventLoop: context.eventLoop)
             let loop = context.eventLoop
@@ -242,6 +233,22 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
                 channel.close(promise: nil)
             }
             upstream?.close(promise: nil)
+        }
+    }
+
+    /// A cache hit answers at once; a miss mints off the event loop and comes back to it.
+    func mint(_ request: LeafRequest, from cache: LeafCache?, on loop: EventLoop) {
+        guard let cache else { return handle(.leafFailed("no issuer for this leaf")) }
+        if let leaf = cache.cached(request) { return handle(.leafReady(leaf)) }
+        let this = NIOLoopBound(self, eventLoop: loop)
+        Task {
+            do {
+                let leaf = try await cache.leaf(for: request)
+                loop.execute { this.value.handle(.leafReady(leaf)) }
+            } catch {
+                let reason = "\(error)"
+                loop.execute { this.value.handle(.leafFailed(reason)) }
+            }
         }
     }
 

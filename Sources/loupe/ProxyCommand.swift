@@ -23,6 +23,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Flow log: a file, or - for stdout.") var flowLog: String?
     @Option(help: "Mark set on Loupe's upstream sockets so the diversion rules let them pass.") var bypassMark: UInt32 = 0x4C55
     @Option(help: "Upstream HOST:PORT for connections that were not redirected (tests, benchmarks).") var to: String?
+    @Option(help: "alert | quarantine: how a failed upstream verification reaches the client (quarantine: a leaf from an untrusted issuer, so a browser shows its own error page).") var upstreamFailure: String = "alert"
     @Option(help: "Seconds allowed for the ClientHello and for each handshake.") var handshakeTimeout: Int64 = 10
     @Option(help: "Write both legs' TLS secrets to this NSS key log (SSLKEYLOGFILE format, 0600). Off by default.") var keylog: String?
 
@@ -39,6 +40,11 @@ struct ProxyCommand: AsyncParsableCommand {
             configuration.bypassMark = bypassMark
             configuration.clientIdentities = try store.clientIdentities()
             configuration.handshakeTimeout = .seconds(handshakeTimeout)
+            switch upstreamFailure {
+            case "alert": break
+            case "quarantine": configuration.quarantine = LeafCache(minter: try LeafMinter(root: try RootAuthority.quarantineRoot(), profile: profile))
+            default: throw ValidationError("--upstream-failure must be alert or quarantine")
+            }
             if let keylog {
                 let log = try KeyLog(path: keylog)
                 configuration.upstreamContext.logKeys(to: log)

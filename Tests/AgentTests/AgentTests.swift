@@ -31,6 +31,7 @@ import Testing
             ("[queue]\nfirst = 0\ncount = 2\ndns = 1", "loupe.toml:4: 'queue.dns' (1) must not be one of the flow queues"),
             ("[proxy]\nport = \"8443\"", "loupe.toml:2: 'proxy.port' must be an integer"),
             ("policy = ", "loupe.toml:1:"),
+            ("[proxy]\nupstream_failure = \"page\"", "loupe.toml:2: 'proxy.upstream_failure' must be \"alert\" or \"quarantine\""),
         ]
         for (text, expected) in cases {
             #expect(throws: ConfigError.self) { try AgentConfig.parse(text, file: "loupe.toml") }
