@@ -314,6 +314,8 @@ public final class ConnectionMachine {
         case .failed(let why): return out + clientAborted(why)
         case .established, .closed:
             phase = .relaying
+            // The request may have come with the handshake's last flight.
+            if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
             if client.alpn == nil || client.alpn == "http/1.1" { requests = HTTPRequestTracker() }
             // Anything either side already sent past the handshake flows now.
             out += forwardPlaintext()

@@ -1,0 +1,58 @@
+"""Keep-alive figures for scripts/bench-proxy: `serve CERT PORT` runs an HTTP/1.1 keep-alive TLS
+origin (a 100-byte body); `measure CAFILE PORT N` sends N sequential requests over one
+connection and prints requests/s, p50 and p99 round trip in microseconds."""
+import socket, ssl, sys, threading, time
+
+BODY = b"x" * 100
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\n" + BODY
+
+def serve(cert, port):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(128)
+    def handle(conn):
+        try:
+            s = ctx.wrap_socket(conn, server_side=True)
+            buffer = b""
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    return
+                buffer += data
+                while b"\r\n\r\n" in buffer:
+                    _, buffer = buffer.split(b"\r\n\r\n", 1)
+                    s.sendall(RESPONSE)
+        except Exception:
+            pass
+    while True:
+        conn, _ = listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+def measure(cafile, port, n):
+    ctx = ssl.create_default_context(cafile=cafile)
+    raw = socket.create_connection(("127.0.0.1", port))
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    s = ctx.wrap_socket(raw, server_hostname="origin.test")
+    request = b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    samples = []
+    start = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        s.sendall(request)
+        got = b""
+        while len(got) < len(RESPONSE):
+            got += s.recv(65536)
+        samples.append(time.perf_counter() - t)
+    total = time.perf_counter() - start
+    samples.sort()
+    print(f"{n / total:.0f} {samples[n // 2] * 1e6:.0f} {samples[int(n * 0.99)] * 1e6:.0f}")
+
+if __name__ == "__main__":
+    if sys.argv[1] == "serve":
+        serve(sys.argv[2], int(sys.argv[3]))
+    else:
+        measure(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
