@@ -165,12 +165,22 @@ public final class Agent: Sendable {
         SystemLog.info("control socket \(options.config.controlSocket); proxy on port \(settings.proxyPort); queues \(settings.queues.lowerBound)…\(settings.queues.upperBound), dns \(settings.dnsQueue)")
     }
 
-    /// Removes the ruleset first (traffic flows normally again), then stops the rest.
-    public func stop() async {
+    /// Removes the ruleset first (new flows go direct again), stops accepting, lets inspected
+    /// connections already open finish (up to `drainTimeout`), then stops the rest.
+    public func stop(drainTimeout: Duration = .seconds(10)) async {
         guard stopped.withLock({ let was = $0; $0 = true; return !was }) else { return }
-        do { try NetfilterTables.remove(settings) } catch { SystemLog.error("removing the ruleset: \(error)") }
+        let draining = proxy.openConnections > 0
+        do {
+            if draining { try NetfilterTables.drain(settings) } else { try NetfilterTables.remove(settings) }
+        } catch { SystemLog.error("removing the ruleset: \(error)") }
         for worker in workers { worker.stop() }
         for channel in channels.withLock({ $0 }) { try? await channel.close() }
+        if draining {
+            SystemLog.info("draining \(proxy.openConnections) inspected connection(s)")
+            let left = await proxy.drain(timeout: drainTimeout)
+            if left > 0 { SystemLog.warning("\(left) inspected connection(s) still open after the drain; closing them") }
+            do { try NetfilterTables.remove(settings) } catch { SystemLog.error("removing the ruleset: \(error)") }
+        }
         try? await proxy.shutdown()
         try? await controlGroup.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: options.config.controlSocket)

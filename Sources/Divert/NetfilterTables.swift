@@ -31,6 +31,12 @@ public enum NetfilterTables {
         try run("nft", ["-f", "-"], ruleset.nftScript)
     }
 
+    /// Stops deciding new flows but keeps open redirected connections translated (draining).
+    public static func drain(_ settings: DivertSettings) throws {
+        try run("nft", ["-f", "-"], Ruleset(settings).nftDrainingScript)
+        removeIPTablesChain(settings)
+    }
+
     /// Removes Loupe's table and chain; quiet when they are already gone.
     public static func remove(_ settings: DivertSettings) throws {
         try run("nft", ["-f", "-"], Ruleset(settings).nftRemoveScript)

@@ -130,6 +130,22 @@ public struct Ruleset: Sendable {
         return out
     }
 
+    /// What stays while the agent drains on its way out: Loupe's table with only its nat chains.
+    /// New flows are no longer decided; the redirected connections still open keep being
+    /// translated — the nat chains are never unregistered meanwhile (replacing the table would,
+    /// and the kernel translates only while a nat chain is registered: those connections would
+    /// be reset).
+    public var nftDrainingScript: String {
+        let s = settings
+        var chains = ["output_classify", "output_verdict", "input_dns"]
+        if s.backend == .nft { chains += ["output_queue", "input_queue"] }
+        if s.gateway {
+            chains += ["prerouting_classify", "prerouting_verdict", "forward_verdict"]
+            if s.backend == .nft { chains.append("prerouting_queue") }
+        }
+        return chains.map { "delete chain inet \(s.table) \($0)\n" }.joined()
+    }
+
     /// Removes Loupe's table (create-if-missing first, so removing twice is not an error).
     public var nftRemoveScript: String { "table inet \(settings.table)\ndelete table inet \(settings.table)\n" }
 

@@ -4,6 +4,7 @@ import NIOCore
 import NIOPosix
 import Policy
 import TLS
+import Synchronization
 import Wire
 
 /// The I/O shell around `ConnectionMachine`: a NIO listener for diverted connections. Each
@@ -50,6 +51,14 @@ public final class ProxyServer: Sendable {
 
     let configuration: Configuration
     let group: MultiThreadedEventLoopGroup
+    let open: OpenConnections
+
+    /// Client connections currently held (for draining on shutdown).
+    final class OpenConnections: Sendable {
+        let count = Atomic<Int>(0)
+    }
+
+    public var openConnections: Int { open.count.load(ordering: .relaxed) }
 
     public init(configuration: Configuration, threads: Int = System.coreCount) {
         var configuration = configuration
@@ -58,11 +67,13 @@ public final class ProxyServer: Sendable {
         }
         self.configuration = configuration
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.open = OpenConnections()
     }
 
     /// Binds and serves; the returned channel's closeFuture ends with the server.
     public func start(host: String, port: Int) async throws -> Channel {
         let configuration = self.configuration
+        let open = self.open
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -70,9 +81,20 @@ public final class ProxyServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration))
+                    open.count.add(1, ordering: .relaxed)
+                    channel.closeFuture.whenComplete { _ in open.count.subtract(1, ordering: .relaxed) }
                 }
             }
             .bind(host: host, port: port).get()
+    }
+
+    /// Waits until every client connection has ended, or `timeout` passed; returns how many were
+    /// still open. (Close the listener first, so no new ones arrive.)
+    public func drain(timeout: Duration) async -> Int {
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: timeout)
+        while openConnections > 0, clock.now < deadline { try? await Task.sleep(for: .milliseconds(50)) }
+        return openConnections
     }
 
     public func shutdown() async throws { try await group.shutdownGracefully() }

@@ -220,6 +220,11 @@ final class RecordBox: @unchecked Sendable {
         }
         let listing = TestEnv.sh("ip netns exec \(ns) nft list ruleset").out
         #expect(listing.components(separatedBy: "table inet loupe").count == 2, "one copy after two loads")
+        let drain = TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftDrainingScript.utf8))
+        #expect(drain.status == 0, "\(drain.err)")
+        let draining = TestEnv.sh("ip netns exec \(ns) nft list table inet loupe").out
+        #expect(draining.contains("chain output_nat") && draining.contains("chain prerouting_nat") && !draining.contains("classify")
+                && !draining.contains("verdict") && !draining.contains("input_dns"), "draining keeps only the nat chains: \(draining)")
         #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftRemoveScript.utf8)).status == 0)
         #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftRemoveScript.utf8)).status == 0, "removing twice is fine")
         let after = TestEnv.sh("ip netns exec \(ns) nft list ruleset").out

@@ -242,7 +242,11 @@ import Testing
             PY
             kill -HUP $(cat $D/agent.pid); sleep 0.5
             echo "HUPRELOAD $(c http://10.212.0.2:82/) $(grep -c 'reloaded' $D/agent.err)"
-            kill -TERM $(cat $D/agent.pid); sleep 1
+            # SIGTERM drains: an inspected download already under way completes.
+            (ip netns exec $A curl -sS --max-time 20 --limit-rate 2M --cacert $D/loupe-root.pem --resolve origin.test:443:10.212.0.2 https://origin.test/big.bin -o $D/drained.got; echo "rc=$?" > $D/drained.rc) & dl=$!
+            sleep 0.5; kill -TERM $(cat $D/agent.pid); wait $dl
+            for i in $(seq 100); do kill -0 $(cat $D/agent.pid) 2>/dev/null || break; sleep 0.1; done
+            echo "DRAINED $(cat $D/drained.rc) $(cmp -s $D/drained.got $D/www/big.bin && echo same || echo differ) $(grep -c 'draining 1 inspected' $D/agent.err)"
             start_agent --fail closed || exit 95
             echo "CLOSED $(c http://10.212.0.2/)"
             kill -9 $(cat $D/agent.pid); sleep 0.3
@@ -262,6 +266,7 @@ import Testing
         #expect(line("BADRELOAD").contains("policy.toml:6") && line("BADRELOAD").hasSuffix("rc=1"), "\(out)")
         #expect(line("STILL") == "STILL 000 rc=7", "a bad policy keeps the old one running: \(out)")
         #expect(line("HUPRELOAD") == "HUPRELOAD 200 rc=0 1", "SIGHUP loads the fixed policy: \(out)")
+        #expect(line("DRAINED") == "DRAINED rc=0 same 1", "SIGTERM lets an inspected transfer finish: \(out)")
         #expect(line("CLOSED") == "CLOSED 200 rc=0", "\(out)")
         #expect(line("CLOSEDDEAD") == "CLOSEDDEAD 000 rc=28", "fail closed: no agent, no new flows: \(out)")
         #expect(line("CLOSEDBACK") == "CLOSEDBACK 200 rc=0", "\(out)")
