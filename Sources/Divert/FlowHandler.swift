@@ -54,10 +54,13 @@ public final class FlowHandler: Sendable {
     let record: @Sendable (ConnectRecord) -> Void
     let failClosed: Bool
     let names = Mutex(NameCache())
-    let recent = Mutex(RecentFlows(capacity: 16_384))
+    let recent = Mutex(RecentFlows<ConnectRecord>(capacity: 16_384))
     /// First packets seen again shortly after their verdict (a resolver's parallel A/AAAA
     /// queries from one socket, SYN retransmits after a drop) get the same answer, logged once.
-    let repeats = Mutex(RecentFlows(capacity: 4096))
+    let repeats = Mutex(RecentFlows<Repeat>(capacity: 4096))
+
+    /// What a repeated first packet needs: the answer given and when.
+    struct Repeat { var proto: FlowFacts.Proto; var time: Date; var packet: PacketVerdict }
     static let repeatWindow: Double = 5
     let userNames = Mutex([UInt32: String]())
     let groupNames = Mutex([UInt32: String]())
@@ -95,8 +98,8 @@ public final class FlowHandler: Sendable {
 
     func decide(_ facts: inout FlowFacts, policy: Policy, resolveProcess: Bool, at now: Date) -> PacketVerdict {
         if let src = facts.src, let dst = facts.dst, let seen = repeats.withLock({ $0.find(src: src, dst: dst) }),
-           seen.facts.proto == facts.proto, now.timeIntervalSince(seen.time) < Self.repeatWindow {
-            return seen.outcome.packet
+           seen.proto == facts.proto, now.timeIntervalSince(seen.time) < Self.repeatWindow {
+            return seen.packet
         }
         if let dst = facts.dst { facts.names = names.withLock { $0.names(for: dst.address, at: now.timeIntervalSince1970) } }
         if let uid = facts.uid { facts.user = userName(uid) }
@@ -108,8 +111,10 @@ public final class FlowHandler: Sendable {
         }
         let outcome = ConnectOutcome.of(policy.decide(.connect, facts), facts: facts, marks: marks)
         let entry = ConnectRecord(flow: nextFlow.wrappingAdd(1, ordering: .relaxed).oldValue, time: now, facts: facts, pid: pid, outcome: outcome)
-        if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry) } }
-        repeats.withLock { $0.insert(entry) }
+        if let src = facts.src, let dst = facts.dst {
+            if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry, src: src, dst: dst) } }
+            repeats.withLock { $0.insert(Repeat(proto: facts.proto, time: now, packet: outcome.packet), src: src, dst: dst) }
+        }
         counters.withLock { $0.byVerdict[outcome.decision.verdict.rawValue, default: 0] += 1 }
         record(entry)
         return outcome.packet
@@ -144,20 +149,39 @@ public final class FlowHandler: Sendable {
     }
 }
 
-/// Recently inspected flows by endpoints, bounded (oldest dropped first).
-struct RecentFlows {
-    struct Key: Hashable { var src: [UInt8], sport: UInt16, dst: [UInt8], dport: UInt16 }
+/// A flow's endpoints as fixed-width integers: hashing them costs a few word mixes, not one
+/// hasher round per address byte.
+struct FlowKey: Hashable {
+    var src0: UInt64, src1: UInt64, dst0: UInt64, dst1: UInt64, ports: UInt32
+
+    init(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) {
+        (src0, src1) = Self.words(src.address)
+        (dst0, dst1) = Self.words(dst.address)
+        ports = UInt32(src.port) << 16 | UInt32(dst.port)
+    }
+
+    static func words(_ address: [UInt8]) -> (UInt64, UInt64) {
+        var hi: UInt64 = 0, lo: UInt64 = 0
+        for (i, b) in address.enumerated() {
+            if i < 8 { hi = hi << 8 | UInt64(b) } else { lo = lo << 8 | UInt64(b) }
+        }
+        // IPv4 and IPv6 never collide: IPv4 leaves `lo` zero and sets a marker bit.
+        return address.count == 4 ? (hi | 1 << 40, 0) : (hi, lo)
+    }
+}
+
+/// Recent flows by endpoints, bounded (oldest dropped first).
+struct RecentFlows<Value> {
     let capacity: Int
-    var byKey: [Key: ConnectRecord] = [:]
-    var order: [Key] = []
+    var byKey: [FlowKey: Value] = [:]
+    var order: [FlowKey] = []
     var start = 0
 
     init(capacity: Int) { self.capacity = capacity }
 
-    mutating func insert(_ record: ConnectRecord) {
-        guard let src = record.facts.src, let dst = record.facts.dst else { return }
-        let key = Key(src: src.address, sport: src.port, dst: dst.address, dport: dst.port)
-        if byKey.updateValue(record, forKey: key) == nil { order.append(key) }
+    mutating func insert(_ value: Value, src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) {
+        let key = FlowKey(src: src, dst: dst)
+        if byKey.updateValue(value, forKey: key) == nil { order.append(key) }
         while byKey.count > capacity, start < order.count {
             byKey[order[start]] = nil
             start += 1
@@ -165,7 +189,7 @@ struct RecentFlows {
         if start > 4096 && start * 2 > order.count { order.removeFirst(start); start = 0 }
     }
 
-    func find(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> ConnectRecord? {
-        byKey[Key(src: src.address, sport: src.port, dst: dst.address, dport: dst.port)]
+    func find(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> Value? {
+        byKey[FlowKey(src: src, dst: dst)]
     }
 }
