@@ -11,7 +11,7 @@ import Testing
     func aRefusingClientIsSplicedNextTime() throws {
         let dir = TestEnv.scratch("autosplice")
         defer { TestEnv.remove(dir) }
-        let origin = 21_000 + Int(getpid() % 9_000), proxy = origin + 9_000
+        let origin = TestEnv.port(slot: 3), proxy = TestEnv.port(slot: 4)
         let policy = "[defaults]\nconnect = \"inspect\"\nhello = \"bump\"\nrequest = \"allow\"\n[auto_splice]\nttl = 300\n"
         try policy.write(toFile: "\(dir)/policy.toml", atomically: true, encoding: .utf8)
         let script = LoopbackProxy.preamble(dir: dir, origin: origin, proxy: proxy, name: "pinned.test",

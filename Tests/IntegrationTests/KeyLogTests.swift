@@ -12,7 +12,7 @@ import Testing
     func bothLegsAreLoggedExactly() throws {
         let dir = TestEnv.scratch("keylog")
         defer { TestEnv.remove(dir) }
-        let origin = 20_000 + Int(getpid() % 10_000), proxy = origin + 10_000
+        let origin = TestEnv.port(slot: 1), proxy = TestEnv.port(slot: 2)
         let script = LoopbackProxy.preamble(dir: dir, origin: origin, proxy: proxy, name: "origin.test",
                                             originFlags: "-keylogfile $D/origin.keys", proxyFlags: "--keylog $D/loupe.keys") + """
             : > $D/origin.keys   # the readiness probe above was direct, not through Loupe

@@ -11,7 +11,7 @@ import Testing
     func anImportedIdentityIsPresentedUpstream() throws {
         let dir = TestEnv.scratch("mtls")
         defer { TestEnv.remove(dir) }
-        let origin = 23_000 + Int(getpid() % 7_000), proxy = origin + 7_000
+        let origin = TestEnv.port(slot: 5), proxy = TestEnv.port(slot: 6)
         let policy = """
             [defaults]
             connect = "inspect"

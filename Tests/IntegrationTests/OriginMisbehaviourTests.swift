@@ -60,7 +60,7 @@ import Testing
     func stallResetAndWebSocket() throws {
         let dir = TestEnv.scratch("misbehave")
         defer { TestEnv.remove(dir) }
-        let port = 22_000 + Int(getpid() % 8_000), stall = port + 1, proxy = port + 8_000, stallProxy = proxy + 1
+        let port = TestEnv.port(slot: 9), stall = port + 1, proxy = TestEnv.port(slot: 10), stallProxy = proxy + 1
         try Self.origin.write(toFile: "\(dir)/origin.py", atomically: true, encoding: .utf8)
         try Self.websocketClient.write(toFile: "\(dir)/ws.py", atomically: true, encoding: .utf8)
         // The preamble's s_server origin is not used here; the Python origin takes its port.

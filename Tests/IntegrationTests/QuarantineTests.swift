@@ -12,7 +12,7 @@ import Testing
     func failedUpstreamsGetAnUntrustedLeafAndAPage() throws {
         let dir = TestEnv.scratch("quarantine")
         defer { TestEnv.remove(dir) }
-        let origin = 24_000 + Int(getpid() % 6_000), proxy = origin + 6_000
+        let origin = TestEnv.port(slot: 7), proxy = TestEnv.port(slot: 8)
         let script = LoopbackProxy.preamble(dir: dir, origin: origin, proxy: proxy, name: "origin.test",
                                             proxyFlags: "--upstream-failure quarantine --flow-log $D/flows.jsonl") + """
             c() { curl -sS --max-time 5 --connect-to $1:443:127.0.0.1:\(proxy) "https://$1/index.html" "${@:2}" 2>&1 | tr '\\n' ' '; echo "rc=${PIPESTATUS[0]}"; }

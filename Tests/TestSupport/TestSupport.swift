@@ -3,6 +3,11 @@ import Platform
 
 /// Shared helpers for Loupe's tests: scratch directories, real tools, a real TPM simulator.
 public enum TestEnv {
+    /// A loopback port for test `slot` (1…20): each slot its own thousand below the ephemeral
+    /// range (32768+), so suites running in parallel never collide with each other or with
+    /// clients' source ports; `+ 0…99` are free for the test's own use.
+    public static func port(slot: Int) -> Int { 10_000 + slot * 1_000 + Int(getpid() % 9) * 100 }
+
     public static var isRoot: Bool { geteuid() == 0 }
     public static func has(_ tool: String) -> Bool { Subprocess.which(tool) != nil }
 
@@ -58,7 +63,7 @@ public final class SoftwareTPM: @unchecked Sendable {
         pidFile = "\(stateDirectory)/swtpm.pid"
         var lastError = ""
         for _ in 0..<20 {
-            let port = Int.random(in: 20_000...50_000)
+            let port = Int.random(in: 21_000...32_000)   // above TestEnv.port slots, below ephemeral ports
             // system(), not a pipe: the daemon would inherit and hold the pipe open forever.
             let log = "\(stateDirectory)/start.log"
             let status = system("swtpm socket --tpm2 --tpmstate dir=\(stateDirectory) --server type=tcp,port=\(port),bindaddr=127.0.0.1 --ctrl type=tcp,port=\(port + 1),bindaddr=127.0.0.1 --flags not-need-init,startup-clear --daemon --pid file=\(pidFile) --log file=\(stateDirectory)/swtpm.log </dev/null >\(log) 2>&1")
@@ -111,7 +116,7 @@ public final class BackgroundProcess: @unchecked Sendable {
     /// A TLS server (openssl s_server -www) on 127.0.0.1 serving `certFile`/`keyFile` with `chainFile`.
     public static func tlsServer(cert certFile: String, key keyFile: String, chain chainFile: String? = nil, directory: String) throws -> (BackgroundProcess, Int) {
         for _ in 0..<10 {
-            let port = Int.random(in: 20_000...60_000)
+            let port = Int.random(in: 21_000...32_000)   // above TestEnv.port slots, below ephemeral ports
             let chain = chainFile.map { "-cert_chain \($0)" } ?? ""
             let server = try BackgroundProcess("openssl s_server -accept 127.0.0.1:\(port) -cert \(certFile) -key \(keyFile) \(chain) -www -quiet", log: "\(directory)/s_server-\(port).log")
             for _ in 0..<50 {
