@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
         .target(name: "Divert", dependencies: ["CNetfilter", "Policy", "Wire", "Platform"]),
         .target(name: "Agent", dependencies: [
-            "Divert", "Proxy", "CA", "Store", "Policy", "TLS", "TOML",
+            "Divert", "Proxy", "CA", "Store", "Policy", "TLS", "TOML", "Platform",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),
@@ -56,7 +56,7 @@ let package = Package(
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ProxyTests", dependencies: ["Proxy", "CA", "Store", "Policy", "TLS", "TestSupport"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
-        .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "TestSupport"]),
+        .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "Platform", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),
         .testTarget(name: "DivertTests", dependencies: ["Divert", "Policy", "Wire", "TestSupport"]),
         .testTarget(name: "AgentTests", dependencies: ["Agent", "TOML"]),

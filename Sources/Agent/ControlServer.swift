@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Platform
 
 /// What the agent answers: lines to send, then close; or a stream that ends when the client goes.
 public enum ControlReply: Sendable {
@@ -23,7 +24,7 @@ public final class ControlServer: Sendable {
     }
 
     public func start() async throws -> Channel {
-        let directory = (path as NSString).deletingLastPathComponent
+        let directory = PrivateFiles.directory(of: path)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         let serve = self.serve
         let channel = try await ServerBootstrap(group: group)

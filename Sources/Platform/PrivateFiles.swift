@@ -16,6 +16,23 @@ public struct FileError: Error, CustomStringConvertible, Sendable, Equatable {
 public enum PrivateFiles {
     static func errnoText() -> String { String(cString: strerror(errno)) }
 
+    /// The directory holding `path`: "." for a bare name, "/" at the top. (NSString's
+    /// deletingLastPathComponent traps on a bare relative name in this toolchain's Foundation.)
+    public static func directory(of path: String) -> String {
+        var p = Substring(path)
+        while p.count > 1, p.hasSuffix("/") { p.removeLast() }
+        guard let slash = p.lastIndex(of: "/") else { return "." }
+        if slash == p.startIndex { return "/" }
+        return String(p[..<slash])
+    }
+
+    /// The last component of `path`.
+    public static func fileName(of path: String) -> String {
+        var p = Substring(path)
+        while p.count > 1, p.hasSuffix("/") { p.removeLast() }
+        return String(p.split(separator: "/").last ?? p)
+    }
+
     public static func exists(_ path: String) -> Bool {
         var st = stat()
         return lstat(path, &st) == 0
@@ -24,8 +41,8 @@ public enum PrivateFiles {
     /// Creates `path` as a directory with mode 0700 if it does not exist (parents too, 0700).
     public static func makeDirectory(_ path: String) throws(FileError) {
         if exists(path) { return }
-        let parent = (path as NSString).deletingLastPathComponent
-        if !parent.isEmpty, parent != path, !exists(parent) { try makeDirectory(parent) }
+        let parent = directory(of: path)
+        if parent != path, !exists(parent) { try makeDirectory(parent) }
         if mkdir(path, 0o700) != 0 && errno != EEXIST {
             throw FileError(path: path, reason: "cannot create directory: \(errnoText())")
         }
@@ -68,8 +85,8 @@ public enum PrivateFiles {
 
     /// Replaces `path` atomically with `bytes`, created with `mode` (owner-only).
     public static func atomicWrite(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(FileError) {
-        let directory = (path as NSString).deletingLastPathComponent
-        let name = (path as NSString).lastPathComponent
+        let directory = directory(of: path)
+        let name = fileName(of: path)
         let temp = "\(directory)/.tmp-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
         guard fd >= 0 else { throw FileError(path: temp, reason: "cannot create: \(errnoText())") }
@@ -104,7 +121,7 @@ public enum PrivateFiles {
         guard written == bytes.count, fsync(fd) == 0, fchmod(fd, mode) == 0 else {
             throw FileError(path: path, reason: "write failed: \(errnoText())")
         }
-        try syncDirectory((path as NSString).deletingLastPathComponent)
+        try syncDirectory(directory(of: path))
     }
 
     public static func syncDirectory(_ directory: String) throws(FileError) {

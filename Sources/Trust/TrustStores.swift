@@ -52,7 +52,7 @@ public struct TrustInstaller {
     public func targets(for certificate: Certificate) -> [TrustTarget] {
         let tag = "loupe-\(certificate.sha256Fingerprint.prefix(16))"
         var found: [TrustTarget] = []
-        if Subprocess.which("update-ca-certificates") != nil, FileManager.default.fileExists(atPath: (paths.debianAnchors as NSString).deletingLastPathComponent) {
+        if Subprocess.which("update-ca-certificates") != nil, FileManager.default.fileExists(atPath: PrivateFiles.directory(of: paths.debianAnchors)) {
             found.append(TrustTarget(kind: .debian, location: "\(paths.debianAnchors)/\(tag).crt", name: "\(tag).crt"))
         }
         if Subprocess.which("update-ca-trust") != nil, FileManager.default.fileExists(atPath: paths.fedoraAnchors) {
@@ -145,7 +145,7 @@ public struct TrustInstaller {
         switch target.kind {
         case .debian, .fedora:
             if install, let certificate {
-                try PrivateFiles.makeDirectory((target.location as NSString).deletingLastPathComponent)
+                try PrivateFiles.makeDirectory(PrivateFiles.directory(of: target.location))
                 try PrivateFiles.atomicWrite(target.location, Array(certificate.pem.utf8), mode: 0o644)
             } else if PrivateFiles.exists(target.location) {
                 guard unlink(target.location) == 0 else { throw FileError(path: target.location, reason: "cannot remove: \(String(cString: strerror(errno)))") }
@@ -184,7 +184,7 @@ public struct TrustInstaller {
     func saveManifest(_ targets: [TrustTarget]) throws {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try PrivateFiles.makeDirectory((manifest as NSString).deletingLastPathComponent)
+        try PrivateFiles.makeDirectory(PrivateFiles.directory(of: manifest))
         try PrivateFiles.atomicWrite(manifest, Array(try encoder.encode(targets)) + [0x0A])
     }
 }
