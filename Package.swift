@@ -45,7 +45,7 @@ let package = Package(
         .executableTarget(
             name: "loupe",
             dependencies: [
-                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire", "Proxy", "Agent", "Divert",
+                "CA", "Store", "Trust", "TLS", "Policy", "TOML", "Wire", "Proxy", "Agent", "Divert", "Platform",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -2,6 +2,17 @@ import Foundation
 
 /// A blocking client for the control socket, for the CLI and tests.
 public enum ControlClient {
+    /// For commands answered with one JSON object: that object, or the agent's `error` thrown.
+    public static func call(_ request: ControlRequest, to path: String) throws -> [String: Any] {
+        var object: [String: Any]?
+        try send(request, to: path) { line in
+            object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? ["error": line]
+        }
+        guard let object else { throw AgentError("the agent sent no answer") }
+        if let error = object["error"] as? String { throw AgentError(error) }
+        return object
+    }
+
     /// Sends `request` and hands each payload line to `line` until the server closes. Throws the
     /// server's refusal, or why the socket could not be used.
     public static func send(_ request: ControlRequest, to path: String, line: (String) -> Void) throws {

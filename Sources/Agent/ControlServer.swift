@@ -80,7 +80,6 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
     let serve: @Sendable (ControlRequest, ControlPeer) async -> ControlReply
     var buffer: [UInt8] = []
     var answered = false
-    var stopStream: (@Sendable () -> Void)?
 
     init(serve: @escaping @Sendable (ControlRequest, ControlPeer) async -> ControlReply) { self.serve = serve }
 
@@ -89,7 +88,7 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
         var bytes = unwrapInboundIn(data)
         buffer += bytes.readBytes(length: bytes.readableBytes) ?? []
         guard let newline = buffer.firstIndex(of: 0x0A) else {
-            if buffer.count > ControlRequest.maximumLength { refuse(context, ControlRefusal("request longer than \(ControlRequest.maximumLength) bytes"), peer: nil) }
+            if buffer.count > ControlRequest.maximumLength { refuse(context.channel, ControlRefusal("request longer than \(ControlRequest.maximumLength) bytes"), peer: nil) }
             return
         }
         answered = true
@@ -126,8 +125,6 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func refuse(_ context: ChannelHandlerContext, _ refusal: ControlRefusal, peer: ControlPeer?) { refuse(context.channel, refusal, peer: peer) }
-
     func refuse(_ channel: Channel, _ refusal: ControlRefusal, peer: ControlPeer?) {
         answered = true
         let who = peer.map { "uid \($0.uid) pid \($0.pid)" } ?? "unknown peer"
@@ -145,7 +142,6 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
             let id = start { line in
                 loop.execute { channel.writeAndFlush(channel.allocator.buffer(string: line + "\n"), promise: nil) }
             }
-            stopStream = { stop(id) }
             channel.closeFuture.whenComplete { _ in stop(id) }
         }
     }
@@ -154,11 +150,6 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
         let text = lines.map { $0 + "\n" }.joined()
         let done = channel.writeAndFlush(channel.allocator.buffer(string: text))
         if close { done.whenComplete { _ in channel.close(promise: nil) } }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        stopStream?()
-        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }

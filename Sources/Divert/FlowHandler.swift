@@ -129,22 +129,28 @@ public final class FlowHandler: Sendable {
     public var knownAddresses: Int { names.withLock { $0.count } }
 
     func userName(_ uid: UInt32) -> String? {
-        if let known = userNames.withLock({ $0[uid] }) { return known }
-        var entry = passwd(), result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        let name = String(cString: entry.pw_name)
-        userNames.withLock { $0[uid] = name }
-        return name
+        Self.cachedName(uid, in: userNames) {
+            var entry = passwd(), result: UnsafeMutablePointer<passwd>?
+            var buffer = [CChar](repeating: 0, count: 4096)
+            guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+            return String(cString: entry.pw_name)
+        }
     }
 
     func groupName(_ gid: UInt32) -> String? {
-        if let known = groupNames.withLock({ $0[gid] }) { return known }
-        var entry = group(), result: UnsafeMutablePointer<group>?
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard getgrgid_r(gid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
-        let name = String(cString: entry.gr_name)
-        groupNames.withLock { $0[gid] = name }
+        Self.cachedName(gid, in: groupNames) {
+            var entry = group(), result: UnsafeMutablePointer<group>?
+            var buffer = [CChar](repeating: 0, count: 4096)
+            guard getgrgid_r(gid, &entry, &buffer, buffer.count, &result) == 0, result != nil else { return nil }
+            return String(cString: entry.gr_name)
+        }
+    }
+
+    /// NSS lookups read files: each id is looked up once (misses are retried).
+    static func cachedName(_ id: UInt32, in cache: borrowing Mutex<[UInt32: String]>, lookup: () -> String?) -> String? {
+        if let known = cache.withLock({ $0[id] }) { return known }
+        guard let name = lookup() else { return nil }
+        cache.withLock { $0[id] = name }
         return name
     }
 }

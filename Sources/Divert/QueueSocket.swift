@@ -94,19 +94,18 @@ public final class QueueSocket: @unchecked Sendable {
             length = 0
             if sent < 0 { throw QueueError(description: "verdict: \(String(cString: strerror(Int32(-sent))))") }
         }
-        for (id, verdict) in verdicts {
-            var written = sendBuffer.withUnsafeMutableBytes {
+        func put(_ id: UInt32, _ verdict: PacketVerdict) -> Int {
+            sendBuffer.withUnsafeMutableBytes {
                 loupe_nfq_put_verdict($0.baseAddress! + length, $0.count - length, queue, id,
                                       UInt32(verdict.accept ? LOUPE_NF_ACCEPT : LOUPE_NF_DROP),
                                       verdict.mark == nil ? 0 : 1, verdict.mark ?? 0)
             }
-            if written == 0 {
+        }
+        for (id, verdict) in verdicts {
+            var written = put(id, verdict)
+            if written == 0 {   // the buffer is full: send it, start again at its head
                 try flush()
-                written = sendBuffer.withUnsafeMutableBytes {
-                    loupe_nfq_put_verdict($0.baseAddress!, $0.count, queue, id,
-                                          UInt32(verdict.accept ? LOUPE_NF_ACCEPT : LOUPE_NF_DROP),
-                                          verdict.mark == nil ? 0 : 1, verdict.mark ?? 0)
-                }
+                written = put(id, verdict)
             }
             length += written
         }

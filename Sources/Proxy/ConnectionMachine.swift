@@ -84,7 +84,7 @@ public final class ConnectionMachine {
     private var requests: HTTPRequestTracker?
     private var clientClosed = false
     private var upstreamClosed = false
-    private var leafFingerprint: String?
+    private var leaf: Certificate?
     private var helloDecision: Decision?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
@@ -113,7 +113,7 @@ public final class ConnectionMachine {
             }
             if u.state != .handshaking { out["upstream_verify"] = u.verifyError ?? "ok" }
         }
-        out["leaf_sha256"] = leafFingerprint
+        out["leaf_sha256"] = leaf?.sha256Fingerprint
         return out
     }
 
@@ -218,13 +218,9 @@ public final class ConnectionMachine {
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
                                 reason: "learnt: a client aborted Loupe's handshake (\(learnt.reason)); spliced until \(learnt.expires.formatted(.iso8601))")
         }
-        if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, decision.rule == "auto_splice" {
-            // A learnt name is still a name the client chose: prove it before splicing.
-            pendingSplice = decision
-            phase = .probing
-            return [.probe(dst, name: sni)]
-        }
-        if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, policy.rule(named: decision.rule)?.matchesOnSNI == true {
+        // A splice chosen by the client's name (an `sni` rule, or a learnt name) waits for proof.
+        let byName = decision.rule == "auto_splice" || policy.rule(named: decision.rule)?.matchesOnSNI == true
+        if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, byName {
             pendingSplice = decision
             phase = .probing
             return [.probe(dst, name: sni)]
@@ -283,7 +279,7 @@ public final class ConnectionMachine {
         do {
             let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate] + leaf.chain, key: leaf.key, alpn: alpn)
             clientTLS = client
-            leafFingerprint = leaf.certificate.sha256Fingerprint
+            self.leaf = leaf.certificate
             phase = .clientHandshake
             return pumpClientHandshake(hello.bytes)
         } catch {

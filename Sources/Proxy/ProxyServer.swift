@@ -243,12 +243,15 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .finished(let reason):
             deadline?.cancel()
             configuration.onFinished?(machine?.mode?.rawValue ?? "none", reason)
-            var fields: [String: Any] = ["event": "closed", "reason": reason, "mode": machine?.mode?.rawValue ?? "none",
-                                         "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000),
-                                         "bytes_up": bytesFromClient, "bytes_down": bytesFromUpstream]
-            fields["alpn_offered"] = machine.map { $0.facts.alpn.isEmpty ? nil : $0.facts.alpn } ?? nil
-            fields.merge(machine?.tlsFields ?? [:]) { a, _ in a }
-            log(fields)
+            // The close line reads certificates and fingerprints: only when someone logs.
+            if configuration.flowLog != nil {
+                var fields: [String: Any] = ["event": "closed", "reason": reason, "mode": machine?.mode?.rawValue ?? "none",
+                                             "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000),
+                                             "bytes_up": bytesFromClient, "bytes_down": bytesFromUpstream]
+                fields["alpn_offered"] = machine.map { $0.facts.alpn.isEmpty ? nil : $0.facts.alpn } ?? nil
+                fields.merge(machine?.tlsFields ?? [:]) { a, _ in a }
+                log(fields)
+            }
             // Let queued writes (an alert, a 403) leave before closing.
             let channel = context.channel
             channel.writeAndFlush(channel.allocator.buffer(capacity: 0)).whenComplete { _ in

@@ -7,7 +7,8 @@
 // policy: decisions/s for a 10,000-rule policy and for a 1,000,000-entry host list, and the
 //         list's load time.
 // flows:  the queue's flow handler in-process (classify, facts, decide, flow-log line), per
-//         first packet — the user-space part of a verdict (scripts/bench-queue measures the rest).
+//         first packet — the user-space part of a verdict (scripts/bench-queue measures the rest);
+//         LOUPE_BENCH_PARTS=1 also times its parts (classify, decide, handler without the log).
 import CA
 import Divert
 import Dispatch

@@ -130,12 +130,8 @@ struct ReloadCommand: ParsableCommand {
 
     func run() throws {
         try loupe.run {
-            var failure: String?
-            try control.send(ControlRequest(command: .reload)) { line in
-                let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
-                if let error = object["error"] as? String { failure = error } else { print(object["message"] as? String ?? line) }
-            }
-            if let failure { throw AgentError(failure) }
+            let answer = try ControlClient.call(ControlRequest(command: .reload), to: control.controlSocket)
+            print(answer["message"] as? String ?? "reloaded")
         }
     }
 }

@@ -107,13 +107,10 @@ struct CACommand: ParsableCommand {
             try loupe.run {
                 // Members of group loupe cannot open the root-only store: the agent exports for them.
                 if geteuid() != 0, from == nil, !previous {
-                    var exported: [UInt8]?
-                    var failure: String?
-                    try ControlClient.send(ControlRequest(command: .caExport, format: format.rawValue), to: controlSocket) { line in
-                        let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
-                        if let b64 = object["base64"] as? String, let data = Data(base64Encoded: b64) { exported = Array(data) } else { failure = object["error"] as? String ?? line }
+                    let answer = try ControlClient.call(ControlRequest(command: .caExport, format: format.rawValue), to: controlSocket)
+                    guard let b64 = answer["base64"] as? String, let exported = Data(base64Encoded: b64).map(Array.init) else {
+                        throw CAError("the agent sent no certificate")
                     }
-                    guard let exported else { throw CAError(failure ?? "the agent sent no certificate") }
                     try emit(exported, to: out)
                     return
                 }
@@ -151,10 +148,8 @@ struct CACommand: ParsableCommand {
                 print("previous root: \(old.certificate.subject)\n  sha256 \(old.certificate.sha256Fingerprint)")
                 if FileManager.default.fileExists(atPath: controlSocket) {
                     do {
-                        try ControlClient.send(ControlRequest(command: .reload), to: controlSocket) { line in
-                            let object = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
-                            print("agent: \(object["message"] as? String ?? object["error"] as? String ?? line)")
-                        }
+                        let answer = try ControlClient.call(ControlRequest(command: .reload), to: controlSocket)
+                        print("agent: \(answer["message"] as? String ?? "reloaded")")
                     } catch {
                         print("agent: not told (\(error)); run 'loupe reload' so it mints under the new root")
                     }

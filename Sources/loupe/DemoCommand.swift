@@ -1,6 +1,7 @@
 import ArgumentParser
 import CA
 import Foundation
+import Platform
 
 /// `loupe demo`: the agent end to end in a sandbox — a "host" network namespace running
 /// `loupe run` on config/loupe.toml + config/policy.toml, an "origin" namespace with web servers
@@ -17,7 +18,7 @@ struct DemoCommand: ParsableCommand {
     func run() throws {
         try loupe.run {
             guard geteuid() == 0 else { throw CAError("the demo creates network namespaces: run it as root") }
-            for tool in ["ip", "nft", "curl", "openssl", "dnsmasq", "python3"] where !FileManager.default.isExecutableFile(atPath: "/usr/bin/\(tool)") && !FileManager.default.isExecutableFile(atPath: "/usr/sbin/\(tool)") {
+            for tool in ["ip", "nft", "curl", "openssl", "dnsmasq", "python3"] where Subprocess.which(tool) == nil {
                 throw CAError("\(tool) is missing; scripts/install-deps installs everything the demo needs")
             }
             let configDir = config ?? CAFiles.directory().map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("config").path } ?? "config"
