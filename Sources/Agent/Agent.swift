@@ -29,6 +29,8 @@ public final class Agent: Sendable {
         var policy: Policy
         var cache: LeafCache
         var rootFingerprint: String
+        /// mTLS identities from the store, by label (re-read on reload, like the root).
+        var identities: [String: ClientIdentity]
     }
 
     /// Shared by the agent and the closures it hands to the proxy and queue handler.
@@ -67,7 +69,8 @@ public final class Agent: Sendable {
         let settings = config.divertSettings(backend: NetfilterTables.probeBackend())
         let feed = FlowFeed(sink: try FlowFeed.fileSink(config.flowLog))
         let agent = try Agent(options: options, store: store, settings: settings, feed: feed,
-                              live: Live(store: store, policy: policy, cache: cache, rootFingerprint: fingerprint))
+                              live: Live(store: store, policy: policy, cache: cache, rootFingerprint: fingerprint,
+                                         identities: try store.clientIdentities()))
         do {
             try await agent.startServices()
         } catch {
@@ -98,7 +101,7 @@ public final class Agent: Sendable {
             policy: live.policy, cache: live.cache,
             upstreamContext: try TLSContext.client(trustBundle: options.config.upstreamCA), clientContext: try TLSContext.server())
         proxyConfig.bypassMark = settings.marks.bypass
-        proxyConfig.clientIdentities = try store.clientIdentities()
+        proxyConfig.clientIdentities = live.identities
         if options.config.quarantineFailures {
             proxyConfig.quarantine = LeafCache(minter: try LeafMinter(root: try RootAuthority.quarantineRoot(), profile: options.profile))
         }
@@ -117,6 +120,7 @@ public final class Agent: Sendable {
         }
         proxyConfig.livePolicy = { liveState.withLock { $0.policy } }
         proxyConfig.liveCache = { liveState.withLock { $0.cache } }
+        proxyConfig.liveClientIdentities = { liveState.withLock { $0.identities } }
         proxyConfig.connectFacts = { facts in
             guard let src = facts.src, let dst = facts.dst, let known = handler.connectRecord(src: src, dst: dst) else { return facts }
             var merged = known.facts
@@ -192,12 +196,14 @@ public final class Agent: Sendable {
     public func reload() -> Result<String, AgentError> {
         guard let path = options.config.policy else { return .failure(AgentError("no policy file to reload")) }
         let policy: Policy
-        let cache: LeafCache, fingerprint: String, store: SealedStore
+        let cache: LeafCache, fingerprint: String, store: SealedStore, identities: [String: ClientIdentity]
         do {
             policy = try Policy.load(path: path)
-            // A fresh handle: `loupe ca rotate` may have changed the store since it was opened.
+            // A fresh handle: `loupe ca rotate` and `loupe store import-p12` may have changed the
+            // store since it was opened.
             store = try SealedStore.open(stateDirectory: options.config.stateDir, options: options.storeOptions)
             (cache, fingerprint) = try Self.makeCache(store: store, profile: options.profile)
+            identities = try store.clientIdentities()
         } catch {
             SystemLog.error("reload refused, the running policy and root stay: \(error)")
             return .failure(AgentError("reload refused, the running policy and root stay: \(error)"))
@@ -208,11 +214,12 @@ public final class Agent: Sendable {
         let rootChanged = live.withLock { live -> Bool in
             live.policy = policy
             live.store = store
+            live.identities = identities
             guard live.rootFingerprint != fingerprint else { return false }
             (live.cache, live.rootFingerprint) = (cache, fingerprint)
             return true
         }
-        let message = "reloaded \(path): \(policy.rules.count) rules" + (rootChanged ? "; new root \(fingerprint.prefix(16))…" : "")
+        let message = "reloaded \(path): \(policy.rules.count) rules, \(identities.count) client identities" + (rootChanged ? "; new root \(fingerprint.prefix(16))…" : "")
         SystemLog.info(message)
         return .success(message)
     }

@@ -31,6 +31,8 @@ public final class ProxyServer: Sendable {
         public var livePolicy: (@Sendable () -> Policy)?
         public var liveCache: (@Sendable () -> LeafCache)?
         public var connectFacts: (@Sendable (FlowFacts) -> FlowFacts)?
+        /// The store's client identities after reloads (`clientIdentities` when nil).
+        public var liveClientIdentities: (@Sendable () -> [String: ClientIdentity])?
         /// The quarantine issuer's leaves, when failed upstreams get a quarantine certificate
         /// instead of an alert (`--upstream-failure quarantine`); nil: alerts.
         public var quarantine: LeafCache?
@@ -169,7 +171,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             cache = configuration.liveCache?() ?? configuration.cache
             var settings = ConnectionMachine.Settings(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext)
             settings.autoSplice = configuration.autoSplice
-            settings.clientIdentities = configuration.clientIdentities
+            settings.clientIdentities = configuration.liveClientIdentities?() ?? configuration.clientIdentities
             settings.quarantineFailures = configuration.quarantine != nil
             machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
             deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in

@@ -89,6 +89,18 @@ struct ControlOptions: ParsableArguments {
     func send(_ request: ControlRequest, line: (String) -> Void) throws {
         try ControlClient.send(request, to: controlSocket, line: line)
     }
+
+    /// After a store change the agent must see (a new root, an identity added or removed): a
+    /// running agent is told to reload; without one there is nothing to tell.
+    func tellAgent(otherwise hint: String) {
+        guard FileManager.default.fileExists(atPath: controlSocket) else { return }
+        do {
+            let answer = try ControlClient.call(ControlRequest(command: .reload), to: controlSocket)
+            print("agent: \(answer["message"] as? String ?? "reloaded")")
+        } catch {
+            print("agent: not told (\(error)); run 'loupe reload' \(hint)")
+        }
+    }
 }
 
 struct StatusCommand: ParsableCommand {
@@ -125,7 +137,7 @@ struct FlowsCommand: ParsableCommand {
 }
 
 struct ReloadCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "reload", abstract: "Reload the agent's policy (root); a bad policy keeps the old one.")
+    static let configuration = CommandConfiguration(commandName: "reload", abstract: "Reload the agent's policy, root and client identities (root); a bad policy keeps the old ones.")
     @OptionGroup var control: ControlOptions
 
     func run() throws {

@@ -138,7 +138,7 @@ struct CACommand: ParsableCommand {
         @OptionGroup var state: StateOptions
         @OptionGroup var profileOptions: ProfileOptions
         @Option(help: "Key type of the new root (default: same as the old one).") var key: KeyAlgorithm?
-        @Option(help: "The running agent's control socket: told to mint under the new root.") var controlSocket: String = "/run/loupe/control.sock"
+        @OptionGroup var control: ControlOptions
 
         func run() throws {
             try loupe.run {
@@ -146,14 +146,7 @@ struct CACommand: ParsableCommand {
                 let (new, old) = try authority.rotate(algorithm: key)
                 print("new root:      \(new.certificate.subject)\n  sha256 \(new.certificate.sha256Fingerprint)")
                 print("previous root: \(old.certificate.subject)\n  sha256 \(old.certificate.sha256Fingerprint)")
-                if FileManager.default.fileExists(atPath: controlSocket) {
-                    do {
-                        let answer = try ControlClient.call(ControlRequest(command: .reload), to: controlSocket)
-                        print("agent: \(answer["message"] as? String ?? "reloaded")")
-                    } catch {
-                        print("agent: not told (\(error)); run 'loupe reload' so it mints under the new root")
-                    }
-                }
+                control.tellAgent(otherwise: "so it mints under the new root")
                 print("deploy the new root to your fleet, then run 'loupe ca retire-previous'")
             }
         }

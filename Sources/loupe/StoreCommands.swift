@@ -91,6 +91,7 @@ struct StoreCommand: ParsableCommand {
         @Argument(help: "The PKCS#12 file.") var file: String
         @Option(help: "File holding the PKCS#12 password (first line).") var passwordFile: String
         @Option(help: "Label for the identity; policies name it.") var label: String
+        @OptionGroup var control: ControlOptions
 
         func run() throws {
             try loupe.run {
@@ -117,6 +118,7 @@ struct StoreCommand: ParsableCommand {
                 }
                 print("imported identity '\(label)': \(bundle.certificate.subject)")
                 print("  certificate \(certificate.ref)\n  key         \(key.ref)" + (chainRefs.isEmpty ? "" : "\n  chain       \(chainRefs.joined(separator: " "))"))
+                control.tellAgent(otherwise: "so it presents '\(label)' to upstreams")
             }
         }
     }
@@ -146,6 +148,7 @@ struct StoreCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Delete one item by reference (explicit; nothing is ever deleted otherwise).")
         @OptionGroup var state: StateOptions
         @Argument(help: "The item's reference (see 'loupe store list').") var reference: String
+        @OptionGroup var control: ControlOptions
 
         func run() throws {
             try loupe.run {
@@ -156,6 +159,7 @@ struct StoreCommand: ParsableCommand {
                 }
                 try store.delete(reference)
                 print("deleted \(item.itemClass.rawValue) \(reference) (\(item.label))")
+                if item.attributes["role"] == "client-identity" { control.tellAgent(otherwise: "so it stops presenting '\(item.label)'") }
             }
         }
     }

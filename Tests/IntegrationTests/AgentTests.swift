@@ -160,6 +160,9 @@ import Testing
             echo "ROTATE $($L ca rotate --state-dir $D/state --control-socket $D/control.sock 2>&1 | grep -c 'agent: reloaded.*new root')"
             $L ca export --state-dir $D/state --out $D/new-root.pem
             echo "ROTATED $(c --cacert $D/new-root.pem --resolve origin.test:443:10.211.0.2 https://origin.test/index.html) $(c --cacert $D/loupe-root.pem --resolve origin.test:443:10.211.0.2 https://origin.test/index.html)"
+            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $D/id.key -out $D/id.pem -days 2 -subj "/CN=endpoint-7" 2>/dev/null
+            echo pw > $D/id.pw; openssl pkcs12 -export -in $D/id.pem -inkey $D/id.key -passout file:$D/id.pw -out $D/id.p12
+            echo "IDENTITY $($L store import-p12 --state-dir $D/state --label corp --password-file $D/id.pw $D/id.p12 --control-socket $D/control.sock 2>&1 | grep -c 'agent: reloaded.* 1 client identities')"
             kill -TERM $(cat $D/agent.pid); for i in $(seq 50); do kill -0 $(cat $D/agent.pid) 2>/dev/null || break; sleep 0.1; done
             echo "AFTERSTOP $(ip netns exec $A nft list table inet loupe >/dev/null 2>&1 && echo table-left || echo table-gone) $(ip netns exec $A iptables-nft -t mangle -n -L LOUPE-QUEUE >/dev/null 2>&1 && echo chain-left || echo chain-gone)"
             echo "HOSTCLEAN $(nft list tables | grep -c 'inet loupe')"
@@ -190,6 +193,7 @@ import Testing
         #expect(line("MALFORMED").contains("malformed request"), "\(out)")
         #expect(out.contains("control: refused uid 12345"), "refusals are logged: \(out)")
         #expect(line("ROTATE") == "ROTATE 1" && line("ROTATED") == "ROTATED 200 rc=0 000 rc=60", "after ca rotate the agent mints under the new root: \(out)")
+        #expect(line("IDENTITY") == "IDENTITY 1", "an identity imported while the agent runs is read by it at once: \(out)")
         #expect(line("AFTERSTOP") == "AFTERSTOP table-gone chain-gone", "SIGTERM removes the ruleset: \(out)")
         #expect(line("HOSTCLEAN") == "HOSTCLEAN 0", "the host's own ruleset is untouched")
 
