@@ -62,7 +62,8 @@ public struct LeafRequest: Sendable, Hashable {
 /// A minted leaf with the chain to present and the shared key.
 public struct Leaf: Sendable {
     public var certificate: Certificate
-    /// Certificates to send after the leaf (the root, so clients can match the anchor).
+    /// The certificates above the leaf (the root), for `loupe ca mint --out`; the proxy presents
+    /// the leaf alone, since clients hold the root as their anchor.
     public var chain: [Certificate]
     public var key: PrivateKey
 

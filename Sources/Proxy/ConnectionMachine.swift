@@ -277,7 +277,9 @@ public final class ConnectionMachine {
         // Present exactly the protocol the upstream chose, or none.
         let alpn = upstreamTLS?.alpn.map { [$0] } ?? []
         do {
-            let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate] + leaf.chain, key: leaf.key, alpn: alpn)
+            // The leaf alone: its issuer is the anchor the client already holds, and every extra
+            // certificate costs the client a parse (hundreds of µs with OpenSSL 3).
+            let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate], key: leaf.key, alpn: alpn)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake

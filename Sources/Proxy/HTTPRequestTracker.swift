@@ -28,6 +28,16 @@ public struct HTTPRequestTracker: Sendable {
     public init() {}
 
     public mutating func feed(_ bytes: [UInt8]) -> [Piece] {
+        // Bodies and opaque streams with nothing buffered pass through as they came, uncopied.
+        if buffer.isEmpty, !bytes.isEmpty {
+            switch state {
+            case .opaque: return [.bytes(bytes)]
+            case .body(let remaining) where bytes.count <= remaining:
+                state = remaining == bytes.count ? .head : .body(remaining: remaining - bytes.count)
+                return [.bytes(bytes)]
+            default: break
+            }
+        }
         buffer += bytes
         var pieces: [Piece] = []
         while !buffer.isEmpty {

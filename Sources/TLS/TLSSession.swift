@@ -32,6 +32,9 @@ public final class TLSContext: @unchecked Sendable {
         _ = loupe_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS))
         if server {
             SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, nil)
+            // One TLS 1.3 ticket, not OpenSSL's two: a client resumes with one, and each ticket
+            // costs both sides a sealed session on every handshake.
+            SSL_CTX_set_num_tickets(ctx, 1)
         }
     }
 
@@ -50,6 +53,9 @@ public final class TLSContext: @unchecked Sendable {
             try check("loading the system trust store", SSL_CTX_set_default_verify_paths(context.ctx) == 1)
         }
         SSL_CTX_set_verify(context.ctx, SSL_VERIFY_PEER, nil)
+        // AES-128-GCM first, as browsers order them: as strong for TLS, cheaper for Loupe and the
+        // origin than OpenSSL's AES-256-first default (the server still chooses).
+        try check("TLS 1.3 cipher suites", SSL_CTX_set_ciphersuites(context.ctx, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384") == 1)
         // External cache only: OpenSSL hands each new session (TLS 1.3 tickets arrive after the
         // handshake) to `newSession`, which files a copy under the session's upstream key.
         _ = SSL_CTX_ctrl(context.ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
@@ -204,9 +210,9 @@ public final class TLSSession: @unchecked Sendable {
     public func takeOutput() -> [UInt8] {
         let pending = Int(BIO_ctrl_pending(networkOut))
         guard pending > 0 else { return [] }
-        var out = [UInt8](repeating: 0, count: pending)
-        let n = out.withUnsafeMutableBytes { BIO_read(networkOut, $0.baseAddress, Int32(pending)) }
-        return n > 0 ? Array(out.prefix(Int(n))) : []
+        return [UInt8](unsafeUninitializedCapacity: pending) { buffer, count in
+            count = max(0, Int(BIO_read(networkOut, buffer.baseAddress, Int32(pending))))
+        }
     }
 
     /// Starts (client) or continues the handshake; call after `receive`.
@@ -228,12 +234,26 @@ public final class TLSSession: @unchecked Sendable {
     public func read() -> [UInt8] {
         guard state == .established else { return [] }
         var out: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 16_384)
         while true {
+            // Nothing received and nothing decrypted waiting: no call into OpenSSL at all (the
+            // relay asks both legs after every event).
+            let available = Int(BIO_ctrl_pending(networkIn)) + Int(SSL_pending(ssl))
+            guard available > 0 || SSL_has_pending(ssl) == 1 else { return out }
             ERR_clear_error()
-            var n = 0
-            let rc = buffer.withUnsafeMutableBytes { SSL_read_ex(ssl, $0.baseAddress, $0.count, &n) }
-            if rc == 1 { out.append(contentsOf: buffer[0..<n]); continue }
+            // Every record into one uninitialised array sized by what can be there (plaintext is
+            // never longer than its records): no zeroed scratch buffer, no concatenation.
+            var rc: Int32 = 1
+            let room = min(max(available, 512), 1 << 20)
+            let chunk = [UInt8](unsafeUninitializedCapacity: room) { buffer, count in
+                while count < buffer.count {
+                    var n = 0
+                    rc = SSL_read_ex(ssl, buffer.baseAddress! + count, buffer.count - count, &n)
+                    guard rc == 1 else { return }
+                    count += n
+                }
+            }
+            if out.isEmpty { out = chunk } else { out += chunk }
+            if rc == 1 { continue }  // the array filled up: there may be more
             switch SSL_get_error(ssl, rc) {
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return out
             case SSL_ERROR_ZERO_RETURN: state = .closed; return out

@@ -15,9 +15,16 @@ public struct HTTPHead: Sendable, Equatable {
             && a.headers.map(\.name) == b.headers.map(\.name) && a.headers.map(\.value) == b.headers.map(\.value)
     }
 
+    /// The first field named `name` (ASCII case-insensitive; compared without allocating).
     public func header(_ name: String) -> String? {
-        headers.first { $0.name.lowercased() == name.lowercased() }?.value
+        headers.first { Self.sameName($0.name, name) }?.value
     }
+
+    static func sameName(_ a: String, _ b: String) -> Bool {
+        a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in x | 0x20 == y | 0x20 && (x == y || Self.isLetter(x)) }
+    }
+
+    private static func isLetter(_ c: UInt8) -> Bool { (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) }
 
     public static let maximumLength = 64 * 1024
     public static let maximumFields = 100
@@ -39,10 +46,11 @@ public struct HTTPHead: Sendable, Equatable {
         }
         while lines.last?.isEmpty == true { lines.removeLast() }
         guard let start = lines.first else { return .malformed(.malformed("empty head")) }
-        let parts = start.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+        let fields = start.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: false)
+        let parts = fields.map { String(decoding: $0, as: UTF8.self) }
         let kind: Kind, version: String
         if expectRequest {
-            guard parts.count == 3, isToken(parts[0]), !parts[1].isEmpty, !parts[1].contains(where: { $0.isWhitespace }),
+            guard parts.count == 3, isToken(parts[0]), !fields[1].isEmpty, !fields[1].contains(where: { $0 == 0x09 || $0 == 0x0B || $0 == 0x0C || $0 == 0x0D }),
                   parts[2].hasPrefix("HTTP/1.") else { return .malformed(.malformed("request line")) }
             kind = .request(method: parts[0], target: parts[1])
             version = parts[2]
@@ -60,8 +68,10 @@ public struct HTTPHead: Sendable, Equatable {
             let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self)
             // RFC 9112: no whitespace between the name and the colon; obsolete folding refused.
             guard isToken(name) else { return .malformed(.malformed("header name '\(name.prefix(40))'")) }
-            let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingSpaces()
-            headers.append((name, value))
+            var value = line[(colon + 1)...]
+            while let f = value.first, f == 0x20 || f == 0x09 { value = value.dropFirst() }
+            while let l = value.last, l == 0x20 || l == 0x09 { value = value.dropLast() }
+            headers.append((name, String(decoding: value, as: UTF8.self)))
         }
         return .head(HTTPHead(kind: kind, version: version, headers: headers, length: end - bytes.startIndex))
     }
@@ -83,14 +93,5 @@ public struct HTTPHead: Sendable, Equatable {
         !s.isEmpty && s.utf8.allSatisfy { c in
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(c)
         }
-    }
-}
-
-extension String {
-    func trimmingSpaces() -> String {
-        var s = Substring(self)
-        while let f = s.first, f == " " || f == "\t" { s = s.dropFirst() }
-        while let l = s.last, l == " " || l == "\t" { s = s.dropLast() }
-        return String(s)
     }
 }

@@ -9,6 +9,9 @@
 // flows:  the queue's flow handler in-process (classify, facts, decide, flow-log line), per
 //         first packet — the user-space part of a verdict (scripts/bench-queue measures the rest);
 //         LOUPE_BENCH_PARTS=1 also times its parts (classify, decide, handler without the log).
+// handshake: in-memory TLS handshakes through the proxy's own TLSSession, per leg: the
+//         client-facing server side (minted leaf) and the upstream client side (strict
+//         verification), full and resumed — the CPU a bumped connection's handshakes cost.
 import CA
 import Divert
 import Dispatch
@@ -40,17 +43,65 @@ struct Bench {
         while !arguments.isEmpty {
             let arg = arguments.removeFirst()
             switch arg {
-            case "mint", "policy", "flows", "all": mode = arg
+            case "mint", "policy", "flows", "handshake", "all": mode = arg
             case "--count" where !arguments.isEmpty: count = Int(arguments.removeFirst()) ?? count
             case "--root-key" where !arguments.isEmpty: rootKey = KeyAlgorithm(rawValue: arguments.removeFirst()) ?? rootKey
             default:
-                print("usage: loupe-bench [mint|policy|all] [--count N] [--root-key ec-p256|ec-p384|rsa-3072]")
+                print("usage: loupe-bench [mint|policy|flows|handshake|all] [--count N] [--root-key ec-p256|ec-p384|rsa-3072]")
                 Foundation.exit(2)
             }
         }
         if mode == "mint" || mode == "all" { try await mint(count: count, rootKey: rootKey) }
         if mode == "policy" || mode == "all" { try policy() }
         if mode == "flows" || mode == "all" { flows(count: max(count, 20_000)) }
+        if mode == "handshake" || mode == "all" { try handshakes(count: min(count, 2000), rootKey: rootKey) }
+    }
+
+    static func handshakes(count: Int, rootKey: KeyAlgorithm) throws {
+        let state = NSTemporaryDirectory() + "loupe-bench-hs-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let store = try SealedStore.create(stateDirectory: state, provider: .hostKey)
+        let authority = RootAuthority(store: store, profile: CAProfile())
+        _ = try authority.initialize(algorithm: rootKey)
+        let root = try authority.root()!
+        let leaf = try LeafMinter(root: root, profile: CAProfile()).mint(.forNames(["origin.test"]))
+        let bundle = state + "/root.pem"
+        try root.certificate.pem.write(toFile: bundle, atomically: true, encoding: .utf8)
+        let serverContext = try TLSContext.server()
+        let clientContext = try TLSContext.client(trustBundle: bundle)
+        print("TLS handshakes in memory, leaf \(leaf.key.typeDescription) under a \(root.certificate.keyDescription) root, \(count) each")
+        var creation: [UInt64] = []
+        for _ in 0..<count {
+            let t = now()
+            _ = try TLSSession.server(serverContext, chain: [leaf.certificate], key: leaf.key, alpn: ["http/1.1"])
+            creation.append(now() - t)
+        }
+        report("server session creation only", creation)
+        for resumed in [false, true] {
+            var serverSide: [UInt64] = [], clientSide: [UInt64] = []
+            for _ in 0..<count {
+                var s: UInt64 = 0, c: UInt64 = 0
+                var t = now()
+                let server = try TLSSession.server(serverContext, chain: [leaf.certificate], key: leaf.key, alpn: ["http/1.1"])
+                s += now() - t
+                t = now()
+                let client = try TLSSession.client(clientContext, serverName: "origin.test", alpn: ["http/1.1"], resumptionKey: resumed ? "origin.test" : nil)
+                client.advanceHandshake()
+                c += now() - t
+                for _ in 0..<10 {
+                    t = now(); let fromClient = client.takeOutput(); c += now() - t
+                    t = now(); server.receive(fromClient); let fromServer = server.takeOutput(); s += now() - t
+                    if fromClient.isEmpty && fromServer.isEmpty { break }
+                    t = now(); client.receive(fromServer); _ = client.read(); c += now() - t
+                }
+                precondition(client.state == .established && server.state == .established, "\(client.state) \(server.state)")
+                if resumed && !client.resumed { continue }  // the first visit fills the cache
+                serverSide.append(s)
+                clientSide.append(c)
+            }
+            report(resumed ? "client-facing leg (server), resumed up" : "client-facing leg (server)", serverSide)
+            report(resumed ? "upstream leg (client), resumed" : "upstream leg (client), full", clientSide)
+        }
     }
 
     static func flows(count: Int) {

@@ -148,6 +148,8 @@ final class Playbook {
         // The client sees Loupe's leaf, mirroring the origin's names, and the origin's ALPN.
         #expect(client.peerChain.first?.subjectAltNames == [.dns("www.origin.test")])
         #expect(client.peerChain.first?.issuer.contains("Loupe Root CA") == true)
+        // The leaf alone: the client holds the root as its anchor and need not parse it again.
+        #expect(client.peerChain.count == 1)
         #expect(client.alpn == "h2" && origin.alpn == "h2")
         try client.write(Array("GET / HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
         p.run(m, client: client, origin: origin)

@@ -40,6 +40,32 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         #expect(client.state == .closed)
     }
 
+    /// Records arriving in arbitrary pieces come out whole, in order; a partial record yields
+    /// nothing until it completes. Upstream sessions offer AES-128-GCM first.
+    @Test func piecewiseRecordsAndCipherOrder() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: "origin.test")
+        client.advanceHandshake()
+        pump(client, server)
+        #expect(client.cipher == "TLS_AES_128_GCM_SHA256")
+        let body = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }
+        try server.write(body)
+        let wire = server.takeOutput()
+        #expect(client.read().isEmpty)
+        var got: [UInt8] = []
+        var offset = 0
+        while offset < wire.count {
+            let end = min(wire.count, offset + 997)
+            client.receive(Array(wire[offset..<end]))
+            got += client.read()
+            offset = end
+        }
+        #expect(got == body && client.state == .established)
+    }
+
     /// A second visit to the same upstream resumes the session (no full handshake) and still
     /// knows the upstream's certificate, which the masquerade leaf mirrors.
     @Test func upstreamSessionsAreResumed() throws {

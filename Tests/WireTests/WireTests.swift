@@ -248,6 +248,12 @@ struct SplitMix: RandomNumberGenerator {
             Issue.record("no response head"); return
         }
         #expect(response.kind == .response(status: 403, reason: "Forbidden") && response.header("x-a") == "b")
+        // Names compare ASCII case-insensitively, and only letters fold ("^" is not "~").
+        #expect(head.header("CONTENT-length") == "5" && head.header("Content-Lengtх") == nil)
+        guard case .head(let odd) = HTTPHead.parse(Array("GET / HTTP/1.1\r\nX^: 1\r\n\r\n".utf8)[...], expectRequest: true) else {
+            Issue.record("no head"); return
+        }
+        #expect(odd.header("x^") == "1" && odd.header("x~") == nil)
     }
 
     @Test func malformedHeads() {
