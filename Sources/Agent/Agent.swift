@@ -112,6 +112,7 @@ public final class Agent: Sendable {
             SystemLog.warning("TLS secrets of every inspected connection are written to \(path) (keylog)")
         }
         proxyConfig.handshakeTimeout = .seconds(Int64(options.config.handshakeTimeout))
+        proxyConfig.idleTimeout = .seconds(Int64(options.config.idleTimeout))
         proxyConfig.flowLog = { feed.append($0) }
         let observed = Observed()
         self.observed = observed

@@ -22,6 +22,7 @@ public struct AgentConfig: Sendable, Equatable {
     public var dnsQueue: UInt16 = 100
     public var proxyPort: UInt16 = 8443
     public var handshakeTimeout: Int = 10
+    public var idleTimeout: Int = 600
     /// Failed upstream verification → a TLS alert (default) or a quarantine leaf.
     public var quarantineFailures = false
     /// NSS key log for both legs of inspected connections; nil (default) = none.
@@ -67,7 +68,7 @@ public struct AgentConfig: Sendable, Equatable {
             }
         }
         if let proxy = try reader.table("proxy") {
-            try proxy.onlyKeys(["port", "handshake_timeout", "keylog", "upstream_failure"])
+            try proxy.onlyKeys(["port", "handshake_timeout", "idle_timeout", "keylog", "upstream_failure"])
             switch try proxy.string("upstream_failure") ?? "alert" {
             case "alert": c.quarantineFailures = false
             case "quarantine": c.quarantineFailures = true
@@ -76,6 +77,7 @@ public struct AgentConfig: Sendable, Equatable {
             c.keylog = resolve(try proxy.string("keylog"))
             c.proxyPort = UInt16(try proxy.integer("port", in: 1...65_535) ?? 8443)
             c.handshakeTimeout = Int(try proxy.integer("handshake_timeout", in: 1...300) ?? 10)
+            c.idleTimeout = Int(try proxy.integer("idle_timeout", in: 1...86_400) ?? 600)
         }
         return c
     }

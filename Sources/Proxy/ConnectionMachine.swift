@@ -26,6 +26,8 @@ public final class ConnectionMachine {
         case probed(verified: Bool, reason: String)
         /// The current stage's deadline passed (peek, connect or handshake).
         case timeout
+        /// Nothing moved either way for the idle timeout (while relaying).
+        case idle
     }
 
     public enum Command: Equatable, Sendable {
@@ -142,6 +144,7 @@ public final class ConnectionMachine {
         case (.connecting, .upstreamConnected):
             if mode == .splice {
                 phase = .relaying
+                defer { hello = ClientHelloReader() }  // replayed once; an idle flow keeps no copy
                 return [.sendUpstream(hello.bytes)]
             }
             return startUpstreamTLS()
@@ -195,6 +198,17 @@ public final class ConnectionMachine {
             // Early upstream data (a TLS 1.3 ticket) waits inside the upstream session.
             upstreamTLS?.receive(bytes)
             return []
+        case (.relaying, .idle):
+            // As a server closing an idle keep-alive connection: close_notify on both legs of a
+            // bumped flow (nothing is cut mid-message: nothing was moving), FIN on a splice.
+            if mode != .splice, let client = clientTLS, let upstream = upstreamTLS {
+                client.close()
+                upstream.close()
+                return send(client: client.takeOutput()) + send(upstream: upstream.takeOutput()) + finish("idle: nothing moved for the idle timeout")
+            }
+            return finish("idle: nothing moved for the idle timeout")
+        case (_, .idle):
+            return []  // before relaying, the handshake deadline rules
         case (.relaying, let event):
             return relay(event)
         case (_, .timeout):
@@ -283,6 +297,7 @@ public final class ConnectionMachine {
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake
+            defer { hello = ClientHelloReader() }  // replayed once; an idle flow keeps no copy
             return pumpClientHandshake(hello.bytes)
         } catch {
             return finish("cannot start the client TLS session: \(error)", alert: 80)

@@ -23,6 +23,8 @@ public final class ProxyServer: Sendable {
         public var fixedDestination: FlowFacts.Endpoint?
         /// Deadline for the ClientHello and for each handshake.
         public var handshakeTimeout: TimeAmount = .seconds(10)
+        /// A relaying connection with nothing moved either way for this long is closed.
+        public var idleTimeout: TimeAmount = .seconds(600)
         public var flowLog: (@Sendable (String) -> Void)?
         /// Proves names before name-based splices; made from `upstreamContext` when nil.
         public var nameProbe: NameProbe?
@@ -82,6 +84,9 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    // Reads and writes on the client socket both count: every byte either way
+                    // passes through it.
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration))
                     open.count.add(1, ordering: .relaxed)
                     channel.closeFuture.whenComplete { _ in open.count.subtract(1, ordering: .relaxed) }
@@ -192,7 +197,15 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed { handle(.clientClosed) }
+        if event is IdleStateHandler.IdleStateEvent { handle(.idle) }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Backpressure: while the client cannot take more, stop reading the upstream (and so
+    /// stop its sender); nothing is buffered beyond the channel's high-water mark.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        upstream?.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenFailure { _ in }
+        context.fireChannelWritabilityChanged()
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -209,6 +222,11 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func handle(_ event: ConnectionMachine.Event) {
         guard let machine else { pending.append(event); return }
         for command in machine.handle(event) { execute(command) }
+        // Handshakes done: the idle timeout rules from here; the deadline's closure goes.
+        if deadline != nil, machine.phase == .relaying {
+            deadline?.cancel()
+            deadline = nil
+        }
     }
 
     func execute(_ command: ConnectionMachine.Command) {
@@ -345,6 +363,13 @@ final class UpstreamSide: ChannelInboundHandler, @unchecked Sendable {
 
     func channelInactive(context: ChannelHandlerContext) {
         if client.value.machine?.phase != .closed { client.value.handle(.upstreamClosed) }
+    }
+
+    /// Backpressure the other way: a slow upstream stops reads from the client.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        client.value.context?.channel.setOption(ChannelOptions.autoRead, value: writable).whenFailure { _ in }
+        context.fireChannelWritabilityChanged()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }

@@ -25,6 +25,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "Upstream HOST:PORT for connections that were not redirected (tests, benchmarks).") var to: String?
     @Option(help: "alert | quarantine: how a failed upstream verification reaches the client (quarantine: a leaf from an untrusted issuer, so a browser shows its own error page).") var upstreamFailure: String = "alert"
     @Option(help: "Seconds allowed for the ClientHello and for each handshake.") var handshakeTimeout: Int64 = 10
+    @Option(help: "Seconds a relaying connection may move nothing either way before it is closed.") var idleTimeout: Int64 = 600
     @Option(help: "Write both legs' TLS secrets to this NSS key log (SSLKEYLOGFILE format, 0600). Off by default.") var keylog: String?
 
     func run() async throws {
@@ -40,6 +41,7 @@ struct ProxyCommand: AsyncParsableCommand {
             configuration.bypassMark = bypassMark
             configuration.clientIdentities = try store.clientIdentities()
             configuration.handshakeTimeout = .seconds(handshakeTimeout)
+            configuration.idleTimeout = .seconds(idleTimeout)
             switch upstreamFailure {
             case "alert": break
             case "quarantine": configuration.quarantine = LeafCache(minter: try LeafMinter(root: try RootAuthority.quarantineRoot(), profile: profile))

@@ -135,6 +135,25 @@ final class Playbook {
 }
 
 @Suite struct ConnectionMachineTests {
+    /// Idle while relaying: close_notify on both legs, then the end; before relaying the idle
+    /// signal is ignored (the handshake deadline rules there).
+    @Test func idleClosesBothLegsCleanly() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        #expect(m.handle(.idle).isEmpty && m.phase == .peeking)
+        let origin = try p.origin([.dns("www.origin.test")])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(m.phase == .relaying)
+        p.log = []
+        p.run(m, client: client, origin: origin, first: [.idle])
+        #expect(p.finishedReason?.hasPrefix("idle") == true && m.phase == .closed)
+        _ = client.read()
+        _ = origin.read()
+        #expect(client.state == .closed && origin.state == .closed, "both peers saw close_notify: \(client.state) \(origin.state)")
+    }
+
     @Test func bumpRelaysPlaintextUnderAMirroredLeaf() throws {
         let p = try Playbook()
         let m = try p.machine()
