@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2", from: "1.46.0"),
     ],
     targets: [
         .target(
@@ -34,6 +35,7 @@ let package = Package(
             "CA", "Policy", "TLS", "Wire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
         .target(name: "Divert", dependencies: ["CNetfilter", "Policy", "Wire", "Platform"]),
@@ -54,7 +56,11 @@ let package = Package(
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"], exclude: ["Fixtures"]),
-        .testTarget(name: "ProxyTests", dependencies: ["Proxy", "CA", "Store", "Policy", "TLS", "TestSupport"]),
+        .testTarget(name: "ProxyTests", dependencies: [
+            "Proxy", "CA", "Store", "Policy", "TLS", "TestSupport",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHPACK", package: "swift-nio-http2"),
+        ]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "TestSupport"]),
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "Platform", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),

@@ -38,6 +38,8 @@ public final class ConnectionMachine {
         /// Prove that `destination` serves a valid certificate for `name` (own handshake, cached).
         case probe(FlowFacts.Endpoint, name: String)
         case decided(Decision)
+        /// A request-stage decision, with the request it was about (method, absolute URL).
+        case decidedRequest(Decision, method: String, url: String)
         case closeClient
         case closeUpstream
         /// The connection is over; `reason` goes to the flow log.
@@ -84,6 +86,8 @@ public final class ConnectionMachine {
     private var clientTLS: TLSSession?
     /// Present on bumped HTTP/1.1 flows: each request head is decided before it goes upstream.
     private var requests: HTTPRequestTracker?
+    /// Present on bumped HTTP/2 flows: each request's header block likewise.
+    private var http2: HTTP2RequestFilter?
     private var clientClosed = false
     private var upstreamClosed = false
     private var leaf: Certificate?
@@ -330,6 +334,7 @@ public final class ConnectionMachine {
             // The request may have come with the handshake's last flight.
             if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
             if client.alpn == nil || client.alpn == "http/1.1" { requests = HTTPRequestTracker() }
+            if client.alpn == "h2" { http2 = HTTP2RequestFilter() }
             // Anything either side already sent past the handshake flows now.
             out += forwardPlaintext()
             return out
@@ -373,7 +378,17 @@ public final class ConnectionMachine {
         guard let client = clientTLS, let upstream = upstreamTLS else { return [] }
         var out: [Command] = []
         let up = client.read()
-        if !up.isEmpty {
+        if !up.isEmpty, http2 != nil {
+            let filtered = http2!.fromClient(up) { method, url in
+                facts.method = method
+                facts.url = url
+                return policy.decide(.request, facts)
+            }
+            out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.url) }
+            if let failure = filtered.failure { return out + finish(failure) }
+            try? upstream.write(filtered.upstream)
+            if !filtered.client.isEmpty { try? client.write(filtered.client) }
+        } else if !up.isEmpty {
             if requests == nil {
                 try? upstream.write(up)
             } else {
@@ -386,7 +401,7 @@ public final class ConnectionMachine {
                         facts.method = method
                         facts.url = Self.url(target: target, host: head.header("host") ?? facts.sni ?? "")
                         let decision = policy.decide(.request, facts)
-                        out.append(.decided(decision))
+                        out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
                         if decision.verdict == .block {
                             try? client.write(Self.forbidden(decision))
                             client.close()
@@ -399,7 +414,11 @@ public final class ConnectionMachine {
             }
         }
         let down = upstream.read()
-        if !down.isEmpty { try? client.write(down) }
+        if !down.isEmpty {
+            let own = http2?.fromUpstream(down) ?? []
+            try? client.write(down)
+            if !own.isEmpty { try? client.write(own) }
+        }
         // A close_notify on one leg is passed on as a close_notify on the other, then a half-close.
         var halfClose: [Command] = []
         if upstream.state == .closed, !upstreamClosed {
@@ -445,8 +464,12 @@ public final class ConnectionMachine {
     }
 
     static func forbidden(_ decision: Decision) -> [UInt8] {
-        let body = "Blocked by Loupe policy (rule \(decision.rule)): \(decision.reason)\n"
-        return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
+        let body = forbiddenBody(decision)
+        return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+    }
+
+    static func forbiddenBody(_ decision: Decision) -> [UInt8] {
+        Array("Blocked by Loupe policy (rule \(decision.rule)): \(decision.reason)\n".utf8)
     }
 
     private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(bytes)] }

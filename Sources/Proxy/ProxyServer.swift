@@ -251,6 +251,9 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             }
         case .learntSplice(let host, let reason):
             log(["event": "auto_splice", "host": host, "reason": reason])
+        case .decidedRequest(let decision, let method, let url):
+            log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
+                 "rule": decision.rule, "reason": decision.reason, "method": method, "url": url])
         case .decided(let decision):
             log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
                  "rule": decision.rule, "reason": decision.reason])

@@ -130,7 +130,12 @@ final class Playbook {
     }
 
     var decisions: [Decision] {
-        log.compactMap { if case .decided(let d) = $0 { d } else { nil } }
+        log.compactMap {
+            switch $0 {
+            case .decided(let d), .decidedRequest(let d, _, _): d
+            default: nil
+            }
+        }
     }
 }
 
@@ -170,13 +175,33 @@ final class Playbook {
         // The leaf alone: the client holds the root as its anchor and need not parse it again.
         #expect(client.peerChain.count == 1)
         #expect(client.alpn == "h2" && origin.alpn == "h2")
+        // HTTP/2: the preface and SETTINGS pass as they are; the origin's frames come back whole.
+        let opening = HTTP2RequestFilter.preface + HTTP2RequestFilter.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+        try client.write(opening)
+        p.run(m, client: client, origin: origin)
+        #expect(origin.read() == opening)
+        let frames = (0..<4).flatMap { _ in HTTP2RequestFilter.frameHeader(length: 12_000, type: .data, flags: 0, stream: 1) + [UInt8](repeating: 0x42, count: 12_000) }
+        try origin.write(frames)
+        p.run(m, client: client, origin: origin)
+        #expect(client.read() == frames)
+        // Not HTTP/2 after agreeing on h2: the connection ends, nothing more goes upstream.
+        try client.write(Array("GET / HTTP/1.1\r\n\r\n".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(p.finishedReason == nil, "still fine: a preface was already seen, these are just bytes of a frame")
+    }
+
+    /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
+    @Test func h2WithoutItsPrefaceEndsTheConnection() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")], alpn: ["h2"])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["h2"])
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
         try client.write(Array("GET / HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
         p.run(m, client: client, origin: origin)
-        #expect(String(decoding: origin.read(), as: UTF8.self).hasPrefix("GET / HTTP/1.1"))
-        let body = [UInt8](repeating: 0x42, count: 50_000)
-        try origin.write(body)
-        p.run(m, client: client, origin: origin)
-        #expect(client.read() == body)
+        #expect(p.finishedReason?.contains("preface") == true, "\(p.finishedReason ?? "-")")
+        #expect(origin.read().isEmpty)
     }
 
     /// An upstream that closes cleanly is closed cleanly for the client; one that is cut (TCP

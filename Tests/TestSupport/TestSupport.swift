@@ -176,3 +176,20 @@ public enum LoopbackProxy {
         """
     }
 }
+
+/// Policies more than one suite runs against.
+public enum TestPolicies {
+    /// Bump everything; refuse `POST /admin` at the request stage (rule "no-admin-post").
+    public static let noAdminPost = """
+        [defaults]
+        connect = "inspect"
+        hello = "bump"
+        request = "allow"
+        [[rule]]
+        name = "no-admin-post"
+        stage = "request"
+        method = ["POST"]
+        path = ["/admin"]
+        action = "block"
+        """
+}

@@ -1,0 +1,195 @@
+import NIOCore
+import NIOHPACK
+import Policy
+@testable import Proxy
+import TestSupport
+import Testing
+
+/// HTTP/2 requests decided one by one: what goes upstream is a valid HTTP/2 stream without the
+/// refused requests, and what the client gets back keeps its HPACK context intact.
+@Suite struct HTTP2RequestFilterTests {
+    typealias F = HTTP2RequestFilter
+
+    /// A filter that has seen the upstream's SETTINGS (its connection preface), as on a real
+    /// connection before Loupe may write frames of its own to the client.
+    static func filter() -> F {
+        var f = F()
+        let own = f.fromUpstream(F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0))
+        #expect(own.isEmpty)
+        return f
+    }
+
+    static let policy = try! Policy.parse(TestPolicies.noAdminPost, file: "p.toml")
+
+    static func decide(_ method: String, _ url: String) -> Decision {
+        var facts = FlowFacts()
+        facts.method = method
+        facts.url = url
+        return policy.decide(.request, facts)
+    }
+
+    /// A client's side: its own HPACK encoder, so later blocks refer to earlier ones.
+    struct Client {
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        mutating func block(_ headers: [(String, String)]) throws -> [UInt8] {
+            try encoder.beginEncoding(allocator: ByteBufferAllocator())
+            try encoder.append(headers: headers.map { (name: $0.0, value: $0.1) })
+            var b = try encoder.endEncoding()
+            return b.readBytes(length: b.readableBytes)!
+        }
+    }
+
+    static func request(_ method: String, _ path: String) -> [(String, String)] {
+        [(":method", method), (":scheme", "https"), (":authority", "www.origin.test"), (":path", path), ("user-agent", "test/1"), ("cookie", "a=b")]
+    }
+
+    /// Every frame in `bytes` (after an optional preface), as (type, flags, stream, payload).
+    static func frames(_ bytes: [UInt8]) -> [(UInt8, UInt8, UInt32, [UInt8])] {
+        var offset = bytes.starts(with: F.preface) ? F.preface.count : 0
+        var out: [(UInt8, UInt8, UInt32, [UInt8])] = []
+        while let f = F.frame(in: bytes, at: offset) {
+            out.append((f.type, f.flags, f.stream, Array(bytes[f.payload])))
+            offset = f.end
+        }
+        #expect(offset == bytes.count, "no partial frame left over")
+        return out
+    }
+
+    func conversation() throws -> [UInt8] {
+        var client = Client()
+        var wire = F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+        let first = try client.block(Self.request("GET", "/ok"))
+        wire += F.frameHeader(length: first.count, type: .headers, flags: 0x5, stream: 1) + first
+        // The refused POST: its block split over HEADERS + CONTINUATION, with padding, then a body.
+        let post = try client.block(Self.request("POST", "/admin"))
+        let padded: [UInt8] = [3] + post.prefix(4) + [0, 0, 0]
+        wire += F.frameHeader(length: padded.count, type: .headers, flags: 0x8, stream: 3) + padded
+        wire += F.frameHeader(length: post.count - 4, type: .continuation, flags: 0x4, stream: 3) + post.dropFirst(4)
+        let body = Array("secret upload".utf8)
+        wire += F.frameHeader(length: body.count, type: .data, flags: 0x1, stream: 3) + body
+        // Refers to the dynamic table entries the refused block added: Loupe must have kept up.
+        let second = try client.block(Self.request("GET", "/ok2"))
+        wire += F.frameHeader(length: second.count, type: .headers, flags: 0x5, stream: 5) + second
+        return wire
+    }
+
+    @Test func refusedRequestsNeverReachTheUpstream() throws {
+        let wire = try conversation()
+        // Whole, then byte by byte: the same result.
+        for pieces in [[wire], wire.map { [$0] }] {
+            var filter = Self.filter()
+            var out = F.Output()
+            for piece in pieces {
+                let o = filter.fromClient(piece, decide: Self.decide)
+                out.upstream += o.upstream
+                out.client += o.client
+                out.decisions += o.decisions
+                #expect(o.failure == nil)
+            }
+            #expect(out.decisions.map(\.decision.verdict) == [.allow, .block, .allow])
+            #expect(out.decisions.map(\.url) == ["https://www.origin.test/ok", "https://www.origin.test/admin", "https://www.origin.test/ok2"])
+            #expect(out.upstream.starts(with: F.preface))
+            // Upstream: SETTINGS, then the two allowed requests, decodable in order.
+            var upstreamDecoder = HPACKDecoder(allocator: ByteBufferAllocator())
+            let sent = Self.frames(out.upstream)
+            #expect(sent.map(\.0) == [4, 1, 1] && sent.map(\.2) == [0, 1, 5])
+            var paths: [String] = []
+            for (_, flags, _, payload) in sent.dropFirst() {
+                #expect(flags & 0x5 == 0x5, "END_STREAM and END_HEADERS kept")
+                var b = ByteBuffer(bytes: payload)
+                let h = try upstreamDecoder.decodeHeaders(from: &b)
+                paths.append(h.first(name: ":path") ?? "")
+                #expect(h.first(name: "cookie") == "a=b")
+            }
+            #expect(paths == ["/ok", "/ok2"])
+            // Client: a 403 on stream 3, its body, RST_STREAM NO_ERROR (the request was still
+            // open), then the window back for the body it sent anyway.
+            let back = Self.frames(out.client)
+            #expect(back.map(\.0) == [1, 0, 3, 8] && back.map(\.2) == [3, 3, 3, 0])
+            // The client's decoder follows the upstream's encoder; the 403 in between must not
+            // disturb it: an entry indexed before is still found by its index after.
+            var upstreamEncoder = Client()
+            var clientDecoder = HPACKDecoder(allocator: ByteBufferAllocator())
+            var before = ByteBuffer(bytes: try upstreamEncoder.block([(":status", "200"), ("x-served-by", "origin-7")]))
+            _ = try clientDecoder.decodeHeaders(from: &before)
+            var b = ByteBuffer(bytes: back[0].3)
+            let response = try clientDecoder.decodeHeaders(from: &b)
+            #expect(response.first(name: ":status") == "403" && response.first(name: "content-type")?.hasPrefix("text/plain") == true)
+            var after = ByteBuffer(bytes: try upstreamEncoder.block([(":status", "200"), ("x-served-by", "origin-7")]))
+            #expect(after.readableBytes <= 3, "the second block is made of table references")
+            #expect(try clientDecoder.decodeHeaders(from: &after).first(name: "x-served-by") == "origin-7", "the 403 left the client's HPACK table as it was")
+            #expect(String(decoding: back[1].3, as: UTF8.self).contains("no-admin-post"))
+            #expect(back[2].3 == [0, 0, 0, 0] && back[3].3 == [0, 0, 0, 13], "NO_ERROR; the 13 dropped body bytes are given back")
+        }
+    }
+
+    @Test func anUnfinishedRefusedRequestIsToldToStop() throws {
+        var client = Client()
+        let post = try client.block(Self.request("POST", "/admin"))
+        var filter = Self.filter()
+        let o = filter.fromClient(F.preface + F.frameHeader(length: post.count, type: .headers, flags: 0x4, stream: 1) + post, decide: Self.decide)
+        #expect(Self.frames(o.client).map(\.0) == [1, 0, 3], "403, body, then RST_STREAM NO_ERROR")
+    }
+
+    /// Loupe's 403 never lands inside a frame of the upstream's, nor before its SETTINGS.
+    @Test func ownFramesWaitForABoundary() throws {
+        var client = Client()
+        let post = try client.block(Self.request("POST", "/admin"))
+        let request = F.preface + F.frameHeader(length: post.count, type: .headers, flags: 0x5, stream: 1) + post
+        var filter = F()
+        #expect(filter.fromClient(request, decide: Self.decide).client.isEmpty, "the upstream has not spoken yet")
+        let settings = F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+        let data = F.frameHeader(length: 10, type: .data, flags: 0, stream: 3) + [UInt8](repeating: 1, count: 10)
+        #expect(filter.fromUpstream(settings + data.prefix(12)).isEmpty, "mid-frame: wait")
+        let own = filter.fromUpstream(Array(data.dropFirst(12)))
+        #expect(Self.frames(own).map(\.0) == [1, 0], "after the frame: the 403 and its body")
+    }
+
+    /// Bodies are streamed as they arrive, not held until their frame is complete.
+    @Test func dataFramesStreamThrough() throws {
+        var filter = F()
+        _ = filter.fromClient(F.preface, decide: Self.decide)
+        let frame = F.frameHeader(length: 100_000, type: .data, flags: 0, stream: 1) + [UInt8](repeating: 7, count: 100_000)
+        var forwarded: [UInt8] = []
+        for start in stride(from: 0, to: frame.count, by: 4096) {
+            let piece = Array(frame[start..<min(frame.count, start + 4096)])
+            let o = filter.fromClient(piece, decide: Self.decide)
+            #expect(o.upstream.count == piece.count || start == 0, "passed on at once")
+            forwarded += o.upstream
+        }
+        #expect(forwarded == frame)
+    }
+
+    @Test func invalidStreamsFail() throws {
+        var a = F()
+        #expect(a.fromClient(Array("GET / HTTP/1.1\r\n".utf8), decide: Self.decide).failure != nil)
+        var b = F()
+        let garbage: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF]
+        #expect(b.fromClient(F.preface + F.frameHeader(length: 4, type: .headers, flags: 0x5, stream: 1) + garbage, decide: Self.decide).failure?.contains("HPACK") == true)
+        var c = F()
+        var client = Client()
+        let block = try client.block(Self.request("GET", "/"))
+        let interrupted = F.preface + F.frameHeader(length: block.count, type: .headers, flags: 0, stream: 1) + block
+            + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+        #expect(c.fromClient(interrupted, decide: Self.decide).failure?.contains("interrupted") == true)
+    }
+
+    /// The upstream's SETTINGS_HEADER_TABLE_SIZE bounds Loupe's encoder: a 0-byte table means
+    /// no dynamic references in what goes upstream.
+    @Test func upstreamTableSizeIsRespected() throws {
+        var filter = F()
+        let settings = F.frameHeader(length: 6, type: .settings, flags: 0, stream: 0) + [0, 1, 0, 0, 0, 0]
+        for byte in settings { _ = filter.fromUpstream([byte]) }
+        var client = Client()
+        let block = try client.block(Self.request("GET", "/x"))
+        let o = filter.fromClient(F.preface + F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: 1) + block, decide: Self.decide)
+        let again = try client.block(Self.request("GET", "/x"))
+        let o2 = filter.fromClient(F.frameHeader(length: again.count, type: .headers, flags: 0x5, stream: 3) + again, decide: Self.decide)
+        // An upstream that allows no table fails on any dynamic reference: both decode.
+        var upstreamDecoder = HPACKDecoder(allocator: ByteBufferAllocator(), maxDynamicTableSize: 0)
+        for frame in Self.frames(o.upstream + o2.upstream) {
+            var b = ByteBuffer(bytes: frame.3)
+            #expect(try upstreamDecoder.decodeHeaders(from: &b).first(name: ":path") == "/x")
+        }
+    }
+}
