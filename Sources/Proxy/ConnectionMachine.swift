@@ -40,6 +40,8 @@ public final class ConnectionMachine {
         case decided(Decision)
         /// A request-stage decision, with the request it was about (method, absolute URL).
         case decidedRequest(Decision, method: String, url: String)
+        /// A request's response ended (HTTP/1.1): its status and body bytes, for the flow log.
+        case answered(method: String, url: String, status: Int, bytes: Int)
         case closeClient
         case closeUpstream
         /// The connection is over; `reason` goes to the flow log.
@@ -86,6 +88,8 @@ public final class ConnectionMachine {
     private var clientTLS: TLSSession?
     /// Present on bumped HTTP/1.1 flows: each request head is decided before it goes upstream.
     private var requests: HTTPRequestTracker?
+    /// …and the responses, so each request's line gets a status and size.
+    private var responses: HTTPResponseTracker?
     /// Present on bumped HTTP/2 flows: each request's header block likewise.
     private var http2: HTTP2RequestFilter?
     private var clientClosed = false
@@ -333,7 +337,10 @@ public final class ConnectionMachine {
             phase = .relaying
             // The request may have come with the handshake's last flight.
             if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
-            if client.alpn == nil || client.alpn == "http/1.1" { requests = HTTPRequestTracker() }
+            if client.alpn == nil || client.alpn == "http/1.1" {
+                requests = HTTPRequestTracker()
+                responses = HTTPResponseTracker()
+            }
             if client.alpn == "h2" { http2 = HTTP2RequestFilter() }
             // Anything either side already sent past the handshake flows now.
             out += forwardPlaintext()
@@ -409,12 +416,14 @@ public final class ConnectionMachine {
                                 + finish("request blocked by rule \(decision.rule)")
                         }
                         try? upstream.write(raw)
+                        responses?.requestSent(method: method, url: facts.url ?? "")
                     }
                 }
             }
         }
         let down = upstream.read()
         if !down.isEmpty {
+            out += (responses?.feed(down) ?? []).map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
             let own = http2?.fromUpstream(down) ?? []
             try? client.write(down)
             if !own.isEmpty { try? client.write(own) }
@@ -423,6 +432,7 @@ public final class ConnectionMachine {
         var halfClose: [Command] = []
         if upstream.state == .closed, !upstreamClosed {
             upstreamClosed = true
+            out += (responses?.closed() ?? []).map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
             client.close()
             halfClose.append(.closeClient)
         }

@@ -251,6 +251,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             }
         case .learntSplice(let host, let reason):
             log(["event": "auto_splice", "host": host, "reason": reason])
+        case .answered(let method, let url, let status, let bytes):
+            log(["event": "response", "method": method, "url": url, "status": status, "bytes": bytes])
         case .decidedRequest(let decision, let method, let url):
             log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
                  "rule": decision.rule, "reason": decision.reason, "method": method, "url": url])

@@ -84,6 +84,10 @@ import Testing
             return Int(line[r.upperBound...].prefix { $0.isNumber })
         }.max() ?? 0
         #expect(biggest > 104_857_600, "bytes_down counts the 100 MiB body: \(biggest)")
+        // Per request: method, URL, then the response's status and body size (here delimited by
+        // the origin's close_notify, as s_server -WWW answers HTTP/1.0).
+        let answered = flows.split(separator: "\n").first { $0.contains("\"event\":\"response\"") && $0.contains("\"url\":\"https://origin.test/big.bin\"") } ?? ""
+        #expect(answered.contains("\"method\":\"GET\"") && answered.contains("\"status\":200") && answered.contains("\"bytes\":104857600"), "\(answered)")
         #expect(flows.contains("\"upstream_verify\":\"hostname mismatch\"") || flows.contains("\"upstream_verify\":\"Hostname mismatch\""), "the failed verification is recorded")
         #expect(!TestEnv.sh("ip netns list").out.contains(n), "namespaces must be removed")
     }

@@ -1,0 +1,51 @@
+@testable import Proxy
+import Testing
+
+/// Each request's response is matched to it in order, with its status and body size, whatever
+/// the framing and however the bytes are cut.
+@Suite struct HTTPResponseTrackerTests {
+    typealias T = HTTPResponseTracker
+
+    static let stream = Array((
+        "HTTP/1.1 100 Continue\r\n\r\n"
+        + "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+        + "HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n"
+        + "HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n"          // a HEAD: no body follows
+        + "HTTP/1.1 304 Not Modified\r\nETag: \"a\"\r\n\r\n"
+        + "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"
+    ).utf8)
+
+    static func track(_ pieces: [[UInt8]]) -> [T.Exchange] {
+        var t = T()
+        for (method, path) in [("POST", "/a"), ("GET", "/b"), ("HEAD", "/c"), ("GET", "/d"), ("GET", "/e")] {
+            t.requestSent(method: method, url: "https://o.test" + path)
+        }
+        var out: [T.Exchange] = []
+        for piece in pieces { out += t.feed(piece) }
+        return out + t.closed()
+    }
+
+    static let expected = [
+        T.Exchange(method: "POST", url: "https://o.test/a", status: 200, bytes: 5),
+        T.Exchange(method: "GET", url: "https://o.test/b", status: 404, bytes: 19),
+        T.Exchange(method: "HEAD", url: "https://o.test/c", status: 200, bytes: 0),
+        T.Exchange(method: "GET", url: "https://o.test/d", status: 304, bytes: 0),
+        T.Exchange(method: "GET", url: "https://o.test/e", status: 200, bytes: 13),
+    ]
+
+    @Test func framingsInOrder() {
+        #expect(Self.track([Self.stream]) == Self.expected)
+        #expect(Self.track(Self.stream.map { [$0] }) == Self.expected, "byte by byte")
+        #expect(Self.track(stride(from: 0, to: Self.stream.count, by: 7).map { Array(Self.stream[$0..<min($0 + 7, Self.stream.count)]) }) == Self.expected)
+    }
+
+    @Test func upgradesAndGarbageStopTheTracking() {
+        var t = T()
+        t.requestSent(method: "GET", url: "https://o.test/ws")
+        let done = t.feed(Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\u{81}\u{05}HTTP/1.1 200".utf8))
+        #expect(done == [T.Exchange(method: "GET", url: "https://o.test/ws", status: 101, bytes: 0)])
+        #expect(t.feed(Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)).isEmpty, "frames after an upgrade are not HTTP")
+        var g = T()
+        #expect(g.feed(Array("SSH-2.0-OpenSSH\r\n\r\n".utf8)).isEmpty && g.closed().isEmpty)
+    }
+}
