@@ -424,9 +424,11 @@ public final class ConnectionMachine {
         let down = upstream.read()
         if !down.isEmpty {
             out += (responses?.feed(down) ?? []).map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
-            let own = http2?.fromUpstream(down) ?? []
             try? client.write(down)
-            if !own.isEmpty { try? client.write(own) }
+            if let seen = http2?.fromUpstream(down) {
+                if !seen.client.isEmpty { try? client.write(seen.client) }
+                out += seen.answered.map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
+            }
         }
         // A close_notify on one leg is passed on as a close_notify on the other, then a half-close.
         var halfClose: [Command] = []

@@ -59,6 +59,13 @@ struct HTTP2RequestFilter {
     /// Bytes of an upstream frame payload still to pass without looking (not SETTINGS).
     private var upstreamSkip = 0
     private var upstreamSettingsSeen = false
+    private var upstreamFrameLength = 0
+    /// The upstream's HPACK context, followed to read each response's status.
+    private var upstreamDecoder: HPACKDecoder
+    private var followingUpstream = true
+    private var upstreamBlock: OpenBlock?
+    /// Requests sent upstream, by stream, until their response ends.
+    private var exchanges: [UInt32: HTTPResponseTracker.Exchange] = [:]
     /// Loupe's own frames for the client, waiting for their turn (see flushToClient).
     private var toClient: [UInt8] = []
 
@@ -67,6 +74,7 @@ struct HTTP2RequestFilter {
         // Real browsers send large cookie headers; the limit is for the decoder's protection only.
         decoder = HPACKDecoder(allocator: allocator, maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: 256 * 1024)
         encoder = HPACKEncoder(allocator: allocator)
+        upstreamDecoder = HPACKDecoder(allocator: allocator, maxDynamicTableSize: HPACKDecoder.maxDynamicTableSize, maxHeaderListSize: 256 * 1024)
     }
 
     // MARK: client → upstream
@@ -112,6 +120,16 @@ struct HTTP2RequestFilter {
             }
             guard let header = Self.frameHeader(in: fromClientBuffer, at: offset) else { break }
             let carriesHeaders = header.type == FrameType.headers.rawValue || header.type == FrameType.continuation.rawValue || openBlock != nil
+            if openBlock == nil, header.type == FrameType.settings.rawValue, fromClientBuffer[offset + 4] & Flag.ack == 0 {
+                // The client's SETTINGS bound the upstream's HPACK table, which Loupe follows.
+                guard let frame = Self.frame(in: fromClientBuffer, at: offset) else { break }
+                for (id, value) in Self.settings(fromClientBuffer[frame.payload]) where id == 0x1 {
+                    upstreamDecoder.maxDynamicTableLength = max(value, HPACKDecoder.maxDynamicTableSize)
+                }
+                out.upstream += fromClientBuffer[frame.start..<frame.end]
+                offset = frame.end
+                continue
+            }
             if !carriesHeaders {
                 // Streamed as it arrives; a refused stream's frames are dropped, and the
                 // connection window its DATA used is given back to the client.
@@ -231,6 +249,7 @@ struct HTTP2RequestFilter {
             var encoded = try encoder.endEncoding()
             let bytes = encoded.readBytes(length: encoded.readableBytes) ?? []
             out.upstream += Self.headerFrames(stream: block.stream, block: bytes, endStream: block.endStream, priority: block.priority)
+            exchanges[block.stream] = HTTPResponseTracker.Exchange(method: method, url: url, status: 0, bytes: 0)
         } catch {
             out.failure = "HTTP/2: re-encoding a header block failed: \(error)"
         }
@@ -238,15 +257,16 @@ struct HTTP2RequestFilter {
 
     // MARK: upstream → client (observed, passed unchanged)
 
-    /// Reads the upstream's SETTINGS for its header table size; the caller relays `bytes` as
-    /// they are, then the returned frames of Loupe's own (403s, window updates) that were waiting
-    /// for a frame boundary.
-    mutating func fromUpstream(_ bytes: [UInt8]) -> [UInt8] {
-        readUpstream(bytes)
-        return flushToClient()
+    /// Reads the upstream's frames — SETTINGS for its header table size, response header blocks
+    /// and DATA for each request's status and size; the caller relays `bytes` as they are, then
+    /// `client`: frames of Loupe's own (403s, window updates) that were waiting for a boundary.
+    mutating func fromUpstream(_ bytes: [UInt8]) -> (client: [UInt8], answered: [HTTPResponseTracker.Exchange]) {
+        let answered = readUpstream(bytes)
+        return (flushToClient(), answered)
     }
 
-    private mutating func readUpstream(_ bytes: [UInt8]) {
+    private mutating func readUpstream(_ bytes: [UInt8]) -> [HTTPResponseTracker.Exchange] {
+        var answered: [HTTPResponseTracker.Exchange] = []
         var index = 0
         while index < bytes.count {
             if upstreamSkip > 0 {
@@ -255,35 +275,110 @@ struct HTTP2RequestFilter {
                 index += n
                 continue
             }
-            fromUpstreamBuffer.append(bytes[index])
-            index += 1
-            guard fromUpstreamBuffer.count >= 9 else { continue }
-            let length = Int(fromUpstreamBuffer[0]) << 16 | Int(fromUpstreamBuffer[1]) << 8 | Int(fromUpstreamBuffer[2])
-            let isSettings = fromUpstreamBuffer[3] == FrameType.settings.rawValue && fromUpstreamBuffer[4] & Flag.ack == 0
-            if !isSettings {
-                fromUpstreamBuffer.removeAll()
-                upstreamSkip = length
-                continue
+            // The 9-byte header first, then — for the frames read whole — the payload.
+            let wanted = fromUpstreamBuffer.count < 9 ? 9 : 9 + upstreamFrameLength
+            let n = min(wanted - fromUpstreamBuffer.count, bytes.count - index)
+            fromUpstreamBuffer += bytes[index..<(index + n)]
+            index += n
+            guard fromUpstreamBuffer.count == wanted else { continue }
+            if wanted == 9, let header = Self.frameHeader(in: fromUpstreamBuffer, at: 0) {
+                upstreamFrameLength = header.length
+                let flags = fromUpstreamBuffer[4]
+                let readWhole = readsWhole(type: header.type, flags: flags, length: header.length)
+                if header.type == FrameType.data.rawValue, var exchange = exchanges[header.stream] {
+                    exchange.bytes += header.length
+                    exchanges[header.stream] = exchange
+                    if flags & Flag.endStream != 0 { answered += ended(header.stream) }
+                } else if header.type == FrameType.rstStream.rawValue {
+                    exchanges[header.stream] = nil
+                }
+                if !readWhole {
+                    fromUpstreamBuffer.removeAll()
+                    upstreamSkip = header.length
+                    continue
+                }
+                if header.length > 0 { continue }  // now the payload
             }
-            guard fromUpstreamBuffer.count == 9 + length else { continue }
-            applySettings(fromUpstreamBuffer[9...])
-            upstreamSettingsSeen = true
+            answered += upstreamFrame()
             fromUpstreamBuffer.removeAll()
+        }
+        return answered
+    }
+
+    /// SETTINGS, and (while the upstream's HPACK context is followed) header-carrying frames.
+    private mutating func readsWhole(type: UInt8, flags: UInt8, length: Int) -> Bool {
+        if type == FrameType.settings.rawValue { return flags & Flag.ack == 0 }
+        let carriesHeaders = type == FrameType.headers.rawValue || type == FrameType.continuation.rawValue || type == FrameType.pushPromise.rawValue
+        guard carriesHeaders, followingUpstream else { return false }
+        if length > Self.maxHeaderBlock { followingUpstream = false }  // relayed, no longer decoded
+        return followingUpstream
+    }
+
+    /// A whole upstream frame in `fromUpstreamBuffer`.
+    private mutating func upstreamFrame() -> [HTTPResponseTracker.Exchange] {
+        guard let frame = Self.frame(in: fromUpstreamBuffer, at: 0) else { return [] }
+        var payload = fromUpstreamBuffer[frame.payload]
+        switch FrameType(rawValue: frame.type) {
+        case .settings:
+            applySettings(payload)
+            upstreamSettingsSeen = true
+            return []
+        case .continuation:
+            guard var block = upstreamBlock, block.stream == frame.stream else { followingUpstream = false; return [] }
+            block.fragment += payload
+            upstreamBlock = block
+        default:  // HEADERS or PUSH_PROMISE: padding, then priority or the promised stream
+            if frame.flags & Flag.padded != 0 {
+                guard let pad = payload.first, Int(pad) < payload.count else { followingUpstream = false; return [] }
+                payload = payload.dropFirst().dropLast(Int(pad))
+            }
+            let skip = frame.type == FrameType.pushPromise.rawValue ? 4 : (frame.flags & Flag.priority != 0 ? 5 : 0)
+            guard payload.count >= skip else { followingUpstream = false; return [] }
+            upstreamBlock = OpenBlock(stream: frame.type == FrameType.pushPromise.rawValue ? 0 : frame.stream,
+                                      endStream: frame.flags & Flag.endStream != 0, priority: nil, fragment: Array(payload.dropFirst(skip)))
+        }
+        guard frame.flags & Flag.endHeaders != 0, let block = upstreamBlock else { return [] }
+        upstreamBlock = nil
+        var buffer = ByteBuffer(bytes: block.fragment)
+        guard let headers = try? upstreamDecoder.decodeHeaders(from: &buffer) else {
+            followingUpstream = false  // the context is lost; the relay does not depend on it
+            return []
+        }
+        // Promised streams (stream 0 here) are decoded only to keep the context in step.
+        if block.stream != 0, var exchange = exchanges[block.stream], exchange.status == 0 || exchange.status < 200,
+           let status = headers.first(name: ":status").flatMap({ Int($0) }) {
+            exchange.status = status
+            exchanges[block.stream] = exchange
+        }
+        return block.endStream && block.stream != 0 ? ended(block.stream) : []
+    }
+
+    private mutating func ended(_ stream: UInt32) -> [HTTPResponseTracker.Exchange] {
+        guard let exchange = exchanges.removeValue(forKey: stream) else { return [] }
+        return [exchange]
+    }
+
+    /// The upstream's SETTINGS_HEADER_TABLE_SIZE: the client's encoder may use this much, and
+    /// Loupe's encoder toward the upstream stays within it.
+    private mutating func applySettings(_ payload: ArraySlice<UInt8>) {
+        for (id, value) in Self.settings(payload) where id == 0x1 {
+            decoder.maxDynamicTableLength = max(value, HPACKDecoder.maxDynamicTableSize)
+            try? encoder.setDynamicTableSize(min(value, HPACKEncoder.defaultDynamicTableSize))
         }
     }
 
-    private mutating func applySettings(_ payload: ArraySlice<UInt8>) {
+    /// The (identifier, value) pairs of a SETTINGS payload.
+    static func settings(_ payload: ArraySlice<UInt8>) -> [(UInt16, Int)] {
+        var out: [(UInt16, Int)] = []
         var i = payload.startIndex
         while i + 6 <= payload.endIndex {
             let id = UInt16(payload[i]) << 8 | UInt16(payload[i + 1])
-            let value = Int(UInt32(payload[i + 2]) << 24 | UInt32(payload[i + 3]) << 16 | UInt32(payload[i + 4]) << 8 | UInt32(payload[i + 5]))
-            if id == 0x1 {  // SETTINGS_HEADER_TABLE_SIZE: the client's encoder may use this much;
-                // Loupe's encoder toward the upstream stays within it.
-                decoder.maxDynamicTableLength = max(value, HPACKDecoder.maxDynamicTableSize)
-                try? encoder.setDynamicTableSize(min(value, HPACKEncoder.defaultDynamicTableSize))
-            }
+            var value = 0
+            for byte in payload[(i + 2)..<(i + 6)] { value = value << 8 | Int(byte) }
+            out.append((id, value))
             i += 6
         }
+        return out
     }
 
     // MARK: frames Loupe writes

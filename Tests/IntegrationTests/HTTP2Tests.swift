@@ -69,6 +69,8 @@ while True:
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
         #expect(flows.contains("\"method\":\"POST\"") && flows.contains("\"url\":\"https://origin.test/admin\"") && flows.contains("\"verdict\":\"block\""), "\(flows)")
         #expect(flows.contains("\"url\":\"https://origin.test/after\""), "every h2 request is recorded: \(flows)")
+        let answered = flows.split(separator: "\n").first { $0.contains("\"event\":\"response\"") && $0.contains("\"url\":\"https://origin.test/a\"") } ?? ""
+        #expect(answered.contains("\"status\":200") && answered.contains("\"bytes\":6"), "each h2 response is recorded with status and size: \(answered)")
         #expect(flows.contains("\"client_alpn\":\"h2\"") && flows.contains("\"upstream_alpn\":\"h2\""), "\(flows)")
     }
 }

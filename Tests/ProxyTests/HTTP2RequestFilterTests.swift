@@ -15,7 +15,7 @@ import Testing
     static func filter() -> F {
         var f = F()
         let own = f.fromUpstream(F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0))
-        #expect(own.isEmpty)
+        #expect(own.client.isEmpty && own.answered.isEmpty)
         return f
     }
 
@@ -140,9 +140,39 @@ import Testing
         #expect(filter.fromClient(request, decide: Self.decide).client.isEmpty, "the upstream has not spoken yet")
         let settings = F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
         let data = F.frameHeader(length: 10, type: .data, flags: 0, stream: 3) + [UInt8](repeating: 1, count: 10)
-        #expect(filter.fromUpstream(settings + data.prefix(12)).isEmpty, "mid-frame: wait")
-        let own = filter.fromUpstream(Array(data.dropFirst(12)))
+        #expect(filter.fromUpstream(settings + data.prefix(12)).client.isEmpty, "mid-frame: wait")
+        let own = filter.fromUpstream(Array(data.dropFirst(12))).client
         #expect(Self.frames(own).map(\.0) == [1, 0], "after the frame: the 403 and its body")
+    }
+
+    /// Each response's status (after interim ones) and DATA size come back with its request, also
+    /// across CONTINUATION, a PUSH_PROMISE in between and any cut of the bytes.
+    @Test func responsesAreMatchedToTheirRequests() throws {
+        var client = Client()
+        let a = try client.block(Self.request("GET", "/a")), b = try client.block(Self.request("GET", "/b"))
+        let requests = F.preface + F.frameHeader(length: a.count, type: .headers, flags: 0x5, stream: 1) + a
+            + F.frameHeader(length: b.count, type: .headers, flags: 0x5, stream: 3) + b
+        var origin = Client()  // the upstream's encoder
+        let early = try origin.block([(":status", "103"), ("link", "</s.css>")])
+        let ok = try origin.block([(":status", "200"), ("content-type", "text/html"), ("x-long", String(repeating: "v", count: 300))])
+        let push = try origin.block(Self.request("GET", "/pushed"))
+        let missing = try origin.block([(":status", "404"), ("content-type", "text/html")])
+        var upstream = F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+        upstream += F.frameHeader(length: early.count, type: .headers, flags: 0x4, stream: 1) + early
+        upstream += F.frameHeader(length: 100, type: .headers, flags: 0, stream: 1) + ok.prefix(100)
+        upstream += F.frameHeader(length: ok.count - 100, type: .continuation, flags: 0x4, stream: 1) + ok.dropFirst(100)
+        upstream += F.frameHeader(length: 4 + push.count, type: .pushPromise, flags: 0x4, stream: 1) + [0, 0, 0, 2] + push
+        upstream += F.frameHeader(length: 10, type: .data, flags: 0, stream: 1) + [UInt8](repeating: 1, count: 10)
+        upstream += F.frameHeader(length: missing.count, type: .headers, flags: 0x5, stream: 3) + missing
+        upstream += F.frameHeader(length: 5, type: .data, flags: 0x1, stream: 1) + [UInt8](repeating: 2, count: 5)
+        for pieces in [[upstream], upstream.map { [$0] }] {
+            var filter = F()
+            _ = filter.fromClient(requests, decide: Self.decide)
+            var answered: [HTTPResponseTracker.Exchange] = []
+            for piece in pieces { answered += filter.fromUpstream(piece).answered }
+            #expect(answered == [HTTPResponseTracker.Exchange(method: "GET", url: "https://www.origin.test/b", status: 404, bytes: 0),
+                                 HTTPResponseTracker.Exchange(method: "GET", url: "https://www.origin.test/a", status: 200, bytes: 15)])
+        }
     }
 
     /// Bodies are streamed as they arrive, not held until their frame is complete.
