@@ -28,6 +28,8 @@ public final class ConnectionMachine {
         case timeout
         /// Nothing moved either way for the idle timeout (while relaying).
         case idle
+        /// The client has been quiet for a moment: a chance to give buffers back.
+        case quiet
     }
 
     public enum Command: Equatable, Sendable {
@@ -215,7 +217,11 @@ public final class ConnectionMachine {
                 return send(client: client.takeOutput()) + send(upstream: upstream.takeOutput()) + finish("idle: nothing moved for the idle timeout")
             }
             return finish("idle: nothing moved for the idle timeout")
-        case (_, .idle):
+        case (.relaying, .quiet):
+            clientTLS?.releaseBuffers()
+            upstreamTLS?.releaseBuffers()
+            return []
+        case (_, .idle), (_, .quiet):
             return []  // before relaying, the handshake deadline rules
         case (.relaying, let event):
             return relay(event)
@@ -342,8 +348,11 @@ public final class ConnectionMachine {
                 responses = HTTPResponseTracker()
             }
             if client.alpn == "h2" { http2 = HTTP2RequestFilter() }
-            // Anything either side already sent past the handshake flows now.
+            // Anything either side already sent past the handshake flows now; the handshake's
+            // buffers go.
             out += forwardPlaintext()
+            client.releaseBuffers()
+            upstreamTLS?.releaseBuffers()
             return out
         }
     }

@@ -85,8 +85,8 @@ public final class ProxyServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     // Reads and writes on the client socket both count: every byte either way
-                    // passes through it.
-                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
+                    // passes through it. Two quiet seconds of reads: buffers are given back.
+                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(2), allTimeout: configuration.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration))
                     open.count.add(1, ordering: .relaxed)
                     channel.closeFuture.whenComplete { _ in open.count.subtract(1, ordering: .relaxed) }
@@ -197,7 +197,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed { handle(.clientClosed) }
-        if event is IdleStateHandler.IdleStateEvent { handle(.idle) }
+        if let idle = event as? IdleStateHandler.IdleStateEvent { handle(idle == .all ? .idle : .quiet) }
         context.fireUserInboundEventTriggered(event)
     }
 

@@ -123,8 +123,8 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     let ssl: OpaquePointer
-    private let networkIn: OpaquePointer   // we write peer bytes here; OpenSSL reads them
-    private let networkOut: OpaquePointer  // OpenSSL writes here; we send these to the peer
+    private var networkIn: OpaquePointer   // we write peer bytes here; OpenSSL reads them
+    private var networkOut: OpaquePointer  // OpenSSL writes here; we send these to the peer
     public private(set) var state: State = .handshaking
     /// Server side: protocols this session may select (wire form, without length prefixes).
     var allowedALPN: [[UInt8]]?
@@ -255,7 +255,12 @@ public final class TLSSession: @unchecked Sendable {
             if out.isEmpty { out = chunk } else { out += chunk }
             if rc == 1 { continue }  // the array filled up: there may be more
             switch SSL_get_error(ssl, rc) {
-            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE: return out
+            case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+                // Only a post-handshake message came (a session ticket): OpenSSL keeps its 16 KiB
+                // record buffer after those, even with SSL_MODE_RELEASE_BUFFERS — give it back,
+                // or every idle connection holds one.
+                if out.isEmpty { _ = SSL_free_buffers(ssl) }
+                return out
             case SSL_ERROR_ZERO_RETURN: state = .closed; return out
             default: state = .failed(failureReason()); return out
             }
@@ -273,6 +278,18 @@ public final class TLSSession: @unchecked Sendable {
             guard rc == 1 else { throw OpenSSLError.drain("SSL_write") }
             offset += n
         }
+    }
+
+    /// Gives back what a quiet connection need not hold: memory BIOs keep the capacity of the
+    /// largest flight or burst they ever carried, and OpenSSL its record buffers. Only when
+    /// nothing is waiting in either direction; fresh BIOs grow again on demand.
+    public func releaseBuffers() {
+        guard BIO_ctrl_pending(networkIn) == 0, BIO_ctrl_pending(networkOut) == 0,
+              let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else { return }
+        SSL_set_bio(ssl, rbio, wbio)  // frees the old pair
+        networkIn = rbio
+        networkOut = wbio
+        _ = SSL_free_buffers(ssl)
     }
 
     /// Sends close_notify.

@@ -64,6 +64,17 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
             offset = end
         }
         #expect(got == body && client.state == .established)
+        // Buffers given back while quiet (fresh BIOs, no record buffers): the session goes on.
+        client.releaseBuffers()
+        server.releaseBuffers()
+        try client.write(Array("after".utf8))
+        server.receive(client.takeOutput())
+        #expect(server.read() == Array("after".utf8))
+        // …but never while bytes are waiting: those are not lost.
+        try server.write(Array("pending".utf8))
+        client.receive(server.takeOutput())
+        client.releaseBuffers()
+        #expect(client.read() == Array("pending".utf8))
     }
 
     /// A second visit to the same upstream resumes the session (no full handshake) and still
