@@ -411,7 +411,15 @@ public final class ConnectionMachine {
                 for piece in requests!.feed(up) {
                     switch piece {
                     case .bytes(let bytes): try? upstream.write(bytes)
-                    case .gaveUp: requests = nil
+                    case .gaveUp(let why):
+                        // A client that agreed on http/1.1 and then stops speaking it would slip
+                        // its later requests past the request stage: the connection ends. Without
+                        // ALPN the protocol was never promised: relayed as opaque bytes.
+                        if client.alpn == "http/1.1" {
+                            return out + finish("not HTTP/1.1 after agreeing on http/1.1 (\(why)): the request stage cannot see it")
+                        }
+                        requests = nil
+                        responses = nil
                     case .head(let head, let raw):
                         guard case .request(let method, let target) = head.kind else { continue }
                         facts.method = method

@@ -196,6 +196,27 @@ final class Playbook {
         #expect(p.finishedReason == nil, "still fine: a preface was already seen, these are just bytes of a frame")
     }
 
+    /// Garbage where http/1.1 was agreed ends the connection (its later requests would escape the
+    /// request stage); without ALPN nothing was promised and the bytes are relayed as they are.
+    @Test func notHTTPAfterAgreeingOnHTTPEndsTheConnection() throws {
+        for alpn in [["http/1.1"], []] {
+            let p = try Playbook()
+            let m = try p.machine()
+            let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.1"])
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: alpn)
+            client.advanceHandshake()
+            p.run(m, client: client, origin: origin)
+            let garbage = Array("G(T / HTTP/1.1\r\n\r\nGET /admin HTTP/1.1\r\n\r\n".utf8)
+            try client.write(garbage)
+            p.run(m, client: client, origin: origin)
+            if alpn.isEmpty {
+                #expect(origin.read() == garbage && p.finishedReason == nil, "no ALPN: opaque relay")
+            } else {
+                #expect(p.finishedReason?.contains("not HTTP/1.1") == true && origin.read().isEmpty, "\(p.finishedReason ?? "-")")
+            }
+        }
+    }
+
     /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
     @Test func h2WithoutItsPrefaceEndsTheConnection() throws {
         let p = try Playbook()
