@@ -165,6 +165,7 @@ enum FlowLine {
         if let exe = o["exe"] as? String { parts.append("exe=\(exe)") }
         if let method = o["method"] as? String { parts.append("\(method) \(o["url"] as? String ?? o["path"] as? String ?? "")") }
         if let status = o["status"] { parts.append("status=\(status)") }
+        if let bytes = o["bytes"] { parts.append("bytes=\(bytes)") }
         if let reason = o["reason"] as? String { parts.append("— \(reason)") }
         return parts.joined(separator: " ")
     }
