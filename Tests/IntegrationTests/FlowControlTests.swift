@@ -16,7 +16,7 @@ import Testing
         let script = LoopbackProxy.preamble(dir: dir, origin: origin, proxy: proxy, name: "origin.test",
                                             proxyFlags: "--idle-timeout 2 --flow-log $D/flows.jsonl") + """
             head -c $((64 * 1048576)) /dev/urandom > $D/www/big.bin
-            rss() { awk '/VmRSS/ { print $2 }' /proc/$(cat $D/proxy.pid)/status; }
+            rss() { awk '/VmRSS/ { print $2 }' /proc/$(cat $D/proxy.pid)/status || echo -999999999; }
             before=$(rss)
             curl -s --limit-rate 1M --max-time 3 --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) https://origin.test/big.bin -o /dev/null & slow=$!
             sleep 2.5; during=$(rss); wait $slow
@@ -29,6 +29,7 @@ import Testing
         let r = TestEnv.sh("bash -c \(MutualTLSTests.shellQuote(script))", timeout: 120)
         let lines = r.out.split(separator: "\n").map(String.init)
         func value(_ tag: String) -> Int { lines.first { $0.hasPrefix(tag + " ") }.flatMap { Int($0.dropFirst(tag.count + 1)) } ?? -1 }
+        #expect(value("PROXYUP") == 1, "the proxy must be up, or nothing below means anything: \(r.out) \(r.err)")
         let grown = value("SLOW")
         #expect(grown >= 0 && grown < 16, "a client reading 1 MB/s must not make the proxy hold the origin's 64 MiB (grew \(grown) MiB): \(r.out) \(r.err)")
         let idle = value("IDLE")

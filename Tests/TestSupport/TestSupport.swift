@@ -170,8 +170,9 @@ public enum LoopbackProxy {
         mkdir -p $D/www && echo hi > $D/www/index.html
         (cd $D/www && exec openssl s_server -accept 127.0.0.1:\(origin) -cert $D/origin.pem -key $D/origin.pem -WWW -quiet \(originFlags)) >/dev/null 2>&1 & echo $! > $D/origin.pid
         $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) \(proxyFlags) 2>$D/proxy.err & echo $! > $D/proxy.pid
-        for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
-        for i in $(seq 50); do curl -sk -o /dev/null https://127.0.0.1:\(origin)/ && break; sleep 0.1; done
+        for i in $(seq 300); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
+        for i in $(seq 150); do curl -sk -o /dev/null https://127.0.0.1:\(origin)/ && break; sleep 0.1; done
+        echo "PROXYUP $(grep -c listening $D/proxy.err)"
 
         """
     }
