@@ -50,6 +50,8 @@ struct HTTP2RequestFilter {
     private var prefaceSeen = false
     private var openBlock: OpenBlock?
     private var refused: Set<UInt32> = []
+    /// Allowed requests whose client side is still open (a body or trailers may follow).
+    private var openRequests: Set<UInt32> = []
     /// Payload bytes of the current streamed frame still to come, and whether they are dropped.
     private var passing = 0
     private var dropping = false
@@ -134,6 +136,9 @@ struct HTTP2RequestFilter {
                 // Streamed as it arrives; a refused stream's frames are dropped, and the
                 // connection window its DATA used is given back to the client.
                 dropping = header.stream != 0 && refused.contains(header.stream)
+                if header.type == FrameType.data.rawValue, fromClientBuffer[offset + 4] & Flag.endStream != 0 {
+                    openRequests.remove(header.stream)  // its body is complete: no trailers follow
+                }
                 if dropping, header.type == FrameType.data.rawValue, header.length > 0 {
                     toClient += Self.windowUpdate(stream: 0, increment: UInt32(header.length))
                 }
@@ -231,6 +236,15 @@ struct HTTP2RequestFilter {
             out.failure = "HTTP/2: the client's header block does not decode (HPACK): \(error)"
             return
         }
+        // Decoded in any case (the HPACK context must stay in step); a refused stream's later
+        // blocks (trailers) are dropped, an open request's are forwarded without a new decision.
+        if refused.contains(block.stream) { return }
+        let isTrailer = openRequests.contains(block.stream)
+        if block.endStream { openRequests.remove(block.stream) }
+        if isTrailer {
+            forward(headers, of: block, into: &out)
+            return
+        }
         let method = headers.first(name: ":method") ?? ""
         let authority = headers.first(name: ":authority") ?? headers.first(name: "host") ?? ""
         let scheme = headers.first(name: ":scheme") ?? "https"
@@ -243,13 +257,19 @@ struct HTTP2RequestFilter {
             toClient += Self.forbidden(stream: block.stream, body: ConnectionMachine.forbiddenBody(decision), requestEnded: block.endStream)
             return
         }
+        if !block.endStream { openRequests.insert(block.stream) }
+        exchanges[block.stream] = HTTPResponseTracker.Exchange(method: method, url: url, status: 0, bytes: 0)
+        forward(headers, of: block, into: &out)
+    }
+
+    /// Re-encodes a header block with Loupe's encoder (the upstream's decoder follows it).
+    private mutating func forward(_ headers: HPACKHeaders, of block: OpenBlock, into out: inout Output) {
         do {
             try encoder.beginEncoding(allocator: ByteBufferAllocator())
             try encoder.append(headers: headers)
             var encoded = try encoder.endEncoding()
             let bytes = encoded.readBytes(length: encoded.readableBytes) ?? []
             out.upstream += Self.headerFrames(stream: block.stream, block: bytes, endStream: block.endStream, priority: block.priority)
-            exchanges[block.stream] = HTTPResponseTracker.Exchange(method: method, url: url, status: 0, bytes: 0)
         } catch {
             out.failure = "HTTP/2: re-encoding a header block failed: \(error)"
         }

@@ -175,6 +175,35 @@ import Testing
         }
     }
 
+    /// Trailers close a request, they are not one: forwarded without a decision on an allowed
+    /// stream, dropped on a refused one — and the HPACK context stays in step either way.
+    @Test func trailersAreNotRequests() throws {
+        var client = Client()
+        var wire = F.preface
+        for (stream, path) in [(UInt32(1), "/upload"), (UInt32(3), "/admin")] {
+            let head = try client.block(Self.request("POST", path))
+            let trailer = try client.block([("x-checksum", "abc")])
+            wire += F.frameHeader(length: head.count, type: .headers, flags: 0x4, stream: stream) + head
+            wire += F.frameHeader(length: 4, type: .data, flags: 0, stream: stream) + Array("body".utf8)
+            wire += F.frameHeader(length: trailer.count, type: .headers, flags: 0x5, stream: stream) + trailer
+        }
+        let last = try client.block(Self.request("GET", "/next"))
+        wire += F.frameHeader(length: last.count, type: .headers, flags: 0x5, stream: 5) + last
+        var filter = Self.filter()
+        let out = filter.fromClient(wire, decide: Self.decide)
+        #expect(out.failure == nil)
+        #expect(out.decisions.map(\.url) == ["https://www.origin.test/upload", "https://www.origin.test/admin", "https://www.origin.test/next"])
+        let sent = Self.frames(out.upstream)
+        #expect(sent.map(\.0) == [1, 0, 1, 1] && sent.map(\.2) == [1, 1, 1, 5], "request, body, trailers of stream 1; then stream 5")
+        var upstreamDecoder = HPACKDecoder(allocator: ByteBufferAllocator())
+        var decoded: [HPACKHeaders] = []
+        for frame in sent where frame.0 == 1 {
+            var b = ByteBuffer(bytes: frame.3)
+            decoded.append(try upstreamDecoder.decodeHeaders(from: &b))
+        }
+        #expect(decoded[1].first(name: "x-checksum") == "abc" && decoded[2].first(name: ":path") == "/next")
+    }
+
     /// Bodies are streamed as they arrive, not held until their frame is complete.
     @Test func dataFramesStreamThrough() throws {
         var filter = F()
