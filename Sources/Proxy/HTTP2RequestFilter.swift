@@ -50,6 +50,9 @@ struct HTTP2RequestFilter {
     private var prefaceSeen = false
     private var openBlock: OpenBlock?
     private var refused: Set<UInt32> = []
+    /// Bytes of Loupe's own DATA (403 bodies) the client will hand back in connection-level
+    /// WINDOW_UPDATEs meant for the upstream.
+    private var windowOwed = 0
     /// Allowed requests whose client side is still open (a body or trailers may follow).
     private var openRequests: Set<UInt32> = []
     /// Payload bytes of the current streamed frame still to come, and whether they are dropped.
@@ -130,6 +133,21 @@ struct HTTP2RequestFilter {
                 }
                 out.upstream += fromClientBuffer[frame.start..<frame.end]
                 offset = frame.end
+                continue
+            }
+            if openBlock == nil, header.type == FrameType.windowUpdate.rawValue, header.stream == 0, windowOwed > 0 {
+                // The client counts Loupe's 403 bodies against the connection window and gives
+                // that back to the upstream, which never sent them: keep those bytes back, or
+                // the upstream would overrun the client's real window.
+                guard let frame = Self.frame(in: fromClientBuffer, at: offset) else { break }
+                offset = frame.end
+                guard frame.payload.count == 4 else { out.upstream += fromClientBuffer[frame.start..<frame.end]; continue }
+                var increment = 0
+                for byte in fromClientBuffer[frame.payload] { increment = increment << 8 | Int(byte) }
+                increment &= 0x7FFF_FFFF
+                let kept = min(windowOwed, increment)
+                windowOwed -= kept
+                if increment > kept { out.upstream += Self.windowUpdate(stream: 0, increment: UInt32(increment - kept)) }
                 continue
             }
             if !carriesHeaders {
@@ -254,7 +272,9 @@ struct HTTP2RequestFilter {
         out.decisions.append((decision, method, url))
         if decision.verdict == .block {
             refused.insert(block.stream)
-            toClient += Self.forbidden(stream: block.stream, body: ConnectionMachine.forbiddenBody(decision), requestEnded: block.endStream)
+            let body = ConnectionMachine.forbiddenBody(decision)
+            toClient += Self.forbidden(stream: block.stream, body: body, requestEnded: block.endStream)
+            windowOwed += body.count
             return
         }
         if !block.endStream { openRequests.insert(block.stream) }

@@ -204,6 +204,24 @@ import Testing
         #expect(decoded[1].first(name: "x-checksum") == "abc" && decoded[2].first(name: ":path") == "/next")
     }
 
+    /// The client gives back the window Loupe's 403 body used; the upstream never sent those
+    /// bytes, so that much of the client's WINDOW_UPDATE is kept back.
+    @Test func windowUsedByLoupeIsNotGivenToTheUpstream() throws {
+        var client = Client()
+        let post = try client.block(Self.request("POST", "/admin"))
+        var filter = Self.filter()
+        let refused = filter.fromClient(F.preface + F.frameHeader(length: post.count, type: .headers, flags: 0x5, stream: 1) + post, decide: Self.decide)
+        let body = Self.frames(refused.client).first { $0.0 == 0 }?.3.count ?? 0
+        #expect(body > 0)
+        func update(_ n: UInt32) -> [UInt8] { F.windowUpdate(stream: 0, increment: n) }
+        let small = filter.fromClient(update(UInt32(body - 10)), decide: Self.decide)
+        #expect(small.upstream.isEmpty, "all of it was Loupe's")
+        let rest = filter.fromClient(update(1000), decide: Self.decide)
+        #expect(Self.frames(rest.upstream).map(\.3) == [[0, 0, 0x03, 0xDE]], "1000 - the 10 still owed = 990")
+        let later = filter.fromClient(update(500), decide: Self.decide)
+        #expect(later.upstream == update(500), "nothing owed: passed as it is")
+    }
+
     /// Bodies are streamed as they arrive, not held until their frame is complete.
     @Test func dataFramesStreamThrough() throws {
         var filter = F()
