@@ -28,6 +28,10 @@ struct HTTP2RequestFilter {
     static let maxFramePayload = 16_384
     /// Header frames are held whole until decoded; larger ones end the connection.
     static let maxHeaderBlock = 256 * 1024
+    /// What a peer's SETTINGS may make an HPACK table Loupe keeps (real ones ask ≤ 64 KiB).
+    static let maxTableSize = 1 << 20
+    /// Each refused stream is remembered (its late frames are dropped): bounded per connection.
+    static let maxRefusedStreams = 10_000
 
     enum FrameType: UInt8 {
         case data = 0, headers = 1, priority = 2, rstStream = 3, settings = 4, pushPromise = 5
@@ -129,7 +133,7 @@ struct HTTP2RequestFilter {
                 // The client's SETTINGS bound the upstream's HPACK table, which Loupe follows.
                 guard let frame = Self.frame(in: fromClientBuffer, at: offset) else { break }
                 for (id, value) in Self.settings(fromClientBuffer[frame.payload]) where id == 0x1 {
-                    upstreamDecoder.maxDynamicTableLength = max(value, HPACKDecoder.maxDynamicTableSize)
+                    upstreamDecoder.maxDynamicTableLength = min(max(value, HPACKDecoder.maxDynamicTableSize), Self.maxTableSize)
                 }
                 out.upstream += fromClientBuffer[frame.start..<frame.end]
                 offset = frame.end
@@ -271,6 +275,10 @@ struct HTTP2RequestFilter {
         let decision = decide(method, url)
         out.decisions.append((decision, method, url))
         if decision.verdict == .block {
+            guard refused.count < Self.maxRefusedStreams else {
+                out.failure = "HTTP/2: more than \(Self.maxRefusedStreams) refused requests on one connection"
+                return
+            }
             refused.insert(block.stream)
             let body = ConnectionMachine.forbiddenBody(decision)
             toClient += Self.forbidden(stream: block.stream, body: body, requestEnded: block.endStream)
@@ -331,6 +339,7 @@ struct HTTP2RequestFilter {
                     if flags & Flag.endStream != 0 { answered += ended(header.stream) }
                 } else if header.type == FrameType.rstStream.rawValue {
                     exchanges[header.stream] = nil
+                    openRequests.remove(header.stream)
                 }
                 if !readWhole {
                     fromUpstreamBuffer.removeAll()
@@ -402,7 +411,7 @@ struct HTTP2RequestFilter {
     /// Loupe's encoder toward the upstream stays within it.
     private mutating func applySettings(_ payload: ArraySlice<UInt8>) {
         for (id, value) in Self.settings(payload) where id == 0x1 {
-            decoder.maxDynamicTableLength = max(value, HPACKDecoder.maxDynamicTableSize)
+            decoder.maxDynamicTableLength = min(max(value, HPACKDecoder.maxDynamicTableSize), Self.maxTableSize)
             try? encoder.setDynamicTableSize(min(value, HPACKEncoder.defaultDynamicTableSize))
         }
     }

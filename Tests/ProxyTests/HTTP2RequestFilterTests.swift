@@ -237,6 +237,21 @@ import Testing
         #expect(forwarded == frame)
     }
 
+    /// A client cannot grow Loupe's memory without bound by having requests refused.
+    @Test func refusalsAreBounded() throws {
+        var client = Client()
+        var filter = Self.filter()
+        _ = filter.fromClient(F.preface, decide: Self.decide)
+        var failure: String?
+        var stream: UInt32 = 1
+        while failure == nil, stream < 2 * UInt32(F.maxRefusedStreams) + 10 {
+            let post = try client.block(Self.request("POST", "/admin"))
+            failure = filter.fromClient(F.frameHeader(length: post.count, type: .headers, flags: 0x5, stream: stream) + post, decide: Self.decide).failure
+            stream += 2
+        }
+        #expect(failure?.contains("refused requests") == true && (stream - 1) / 2 == UInt32(F.maxRefusedStreams) + 1)
+    }
+
     @Test func invalidStreamsFail() throws {
         var a = F()
         #expect(a.fromClient(Array("GET / HTTP/1.1\r\n".utf8), decide: Self.decide).failure != nil)
