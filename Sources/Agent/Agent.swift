@@ -57,6 +57,7 @@ public final class Agent: Sendable {
     final class Observed: Sendable {
         let verdictTime = Mutex((seconds: 0.0, packets: 0))
         let proxyEnds = Mutex([MetricsSnapshot.ProxyEnd: Int]())
+        let requests = Mutex([String: Int]())
     }
 
     /// Starts everything; on any failure what was started is undone and the error says why.
@@ -116,6 +117,7 @@ public final class Agent: Sendable {
         proxyConfig.flowLog = { feed.append($0) }
         let observed = Observed()
         self.observed = observed
+        proxyConfig.onRequest = { verdict in observed.requests.withLock { $0[verdict, default: 0] += 1 } }
         proxyConfig.onFinished = { mode, reason in
             observed.proxyEnds.withLock { $0[MetricsSnapshot.ProxyEnd(mode: mode, reason: MetricsSnapshot.reasonClass(reason)), default: 0] += 1 }
         }
@@ -232,6 +234,7 @@ public final class Agent: Sendable {
         let stats = live.withLock { $0.cache }.statistics
         (m.leafHits, m.leafMisses, m.leafMints, m.leafFailures) = (stats.hits, stats.misses, stats.mints, stats.failures)
         m.proxyEnds = observed.proxyEnds.withLock { $0 }
+        m.requests = observed.requests.withLock { $0 }
         (m.verdictSeconds, m.verdictPackets) = observed.verdictTime.withLock { ($0.seconds, $0.packets) }
         return m
     }

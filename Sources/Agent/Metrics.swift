@@ -11,6 +11,8 @@ public struct MetricsSnapshot: Sendable {
     public var leafHits = 0, leafMisses = 0, leafMints = 0, leafFailures = 0
     /// Proxy connections by how they ended: (mode, reason class) → count.
     public var proxyEnds: [ProxyEnd: Int] = [:]
+    /// Requests on bumped flows (HTTP/1.1 and HTTP/2) by request-stage verdict.
+    public var requests: [String: Int] = [:]
     public var verdictSeconds = 0.0
     public var verdictPackets = 0
 
@@ -45,6 +47,8 @@ public struct MetricsSnapshot: Sendable {
         family("loupe_proxy_connections_total", "counter", "Inspected connections by how they ended (handshake failures carry their reason).",
                proxyEnds.sorted { ($0.key.mode, $0.key.reason) < ($1.key.mode, $1.key.reason) }
                    .map { ("mode=\(Self.label($0.key.mode)),reason=\(Self.label($0.key.reason))", "\($0.value)") })
+        family("loupe_requests_total", "counter", "Requests on bumped flows (HTTP/1.1 and HTTP/2), by request-stage verdict.",
+               requests.sorted { $0.key < $1.key }.map { ("verdict=\(Self.label($0.key))", "\($0.value)") })
         return out
     }
 

@@ -44,6 +44,8 @@ public final class ProxyServer: Sendable {
         public var autoSplice = AutoSplice()
         /// Told how each connection ended (mode: bump, splice, block or none), for metrics.
         public var onFinished: (@Sendable (_ mode: String, _ reason: String) -> Void)?
+        /// Told each request-stage verdict (allow, block), for metrics.
+        public var onRequest: (@Sendable (_ verdict: String) -> Void)?
 
         public init(policy: Policy, cache: LeafCache, upstreamContext: TLSContext, clientContext: TLSContext) {
             self.policy = policy
@@ -255,6 +257,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .answered(let method, let url, let status, let bytes):
             log(["event": "response", "method": method, "url": url, "status": status, "bytes": bytes])
         case .decidedRequest(let decision, let method, let url):
+            configuration.onRequest?(decision.verdict.rawValue)
             log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
                  "rule": decision.rule, "reason": decision.reason, "method": method, "url": url])
         case .decided(let decision):

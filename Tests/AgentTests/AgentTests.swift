@@ -110,6 +110,7 @@ final class Lines: @unchecked Sendable {
         m.proxyEnds[.init(mode: "bump", reason: MetricsSnapshot.reasonClass("upstream TLS failed: certificate verify failed: \"x\""))] = 4
         m.verdictSeconds = 0.5
         m.verdictPackets = 10
+        m.requests = ["allow": 7, "block": 2]
         let text = m.text
         #expect(m.queues == [QueueCounters(queue: 0, waiting: 2, queueDropped: 5, userDropped: 1, sequence: 900),
                              QueueCounters(queue: 100, waiting: 0, queueDropped: 0, userDropped: 0, sequence: 40)])
@@ -117,7 +118,8 @@ final class Lines: @unchecked Sendable {
                          "loupe_queue_dropped_total{queue=\"0\"} 5\n", "loupe_queue_waiting{queue=\"0\"} 2\n",
                          "loupe_leaf_cache_total{result=\"mint\"} 2\n",
                          "loupe_proxy_connections_total{mode=\"bump\",reason=\"upstream TLS failed\"} 4\n",
-                         "loupe_verdict_seconds_count 10\n", "# TYPE loupe_flows_total counter\n"] {
+                         "loupe_verdict_seconds_count 10\n", "# TYPE loupe_flows_total counter\n",
+                         "loupe_requests_total{verdict=\"block\"} 2\n"] {
             #expect(text.contains(expected), "\(expected) in:\n\(text)")
         }
         #expect(MetricsSnapshot.label("a\"b\\c\nd") == "\"a\\\"b\\\\c\\nd\"", "label values are escaped")

@@ -209,7 +209,7 @@ import Testing
         let followed = (try? String(contentsOfFile: "\(dir)/follow.txt", encoding: .utf8)) ?? ""
         #expect(followed.contains("\"dst\":\"[fd00:211::2]:80\""), "flows --follow streams new lines as they happen: \(followed)")
         let metrics = (try? String(contentsOfFile: "\(dir)/metrics.txt", encoding: .utf8)) ?? ""
-        #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\""),
+        #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\"") && metrics.contains("loupe_requests_total{verdict=\"allow\"} "),
                 "Prometheus metrics on the configured address: \(metrics)")
         let viaControl = (try? String(contentsOfFile: "\(dir)/flows-control.jsonl", encoding: .utf8)) ?? ""
         #expect(line("FLOWSRC") == "FLOWSRC 0" && viaControl.contains("\"rule\":\"drop-81\""), "loupe flows streams the same log")
