@@ -307,7 +307,10 @@ public final class ConnectionMachine {
         do {
             // The leaf alone: its issuer is the anchor the client already holds, and every extra
             // certificate costs the client a parse (hundreds of µs with OpenSSL 3).
-            let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate], key: leaf.key, alpn: alpn)
+            // …and no newer TLS than the upstream spoke: a client that would refuse the real
+            // server's TLS 1.2 must refuse Loupe's too.
+            let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate], key: leaf.key, alpn: alpn,
+                                               maximum: upstreamTLS?.protocolVersion)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake

@@ -184,10 +184,11 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     /// A server session presenting `chain[0]` (with the rest as its chain) and `key`; ALPN is
-    /// selected only from `alpn`.
-    public static func server(_ context: TLSContext, chain: [Certificate], key: PrivateKey, alpn: [String] = []) throws(OpenSSLError) -> TLSSession {
+    /// selected only from `alpn`; no protocol version above `maximum`.
+    public static func server(_ context: TLSContext, chain: [Certificate], key: PrivateKey, alpn: [String] = [], maximum: TLSVersion? = nil) throws(OpenSSLError) -> TLSSession {
         let session = try TLSSession(context: context)
         ERR_clear_error()
+        if let maximum { try check("maximum TLS version", loupe_SSL_set_max_proto_version(session.ssl, maximum.rawValue) == 1) }
         guard let leaf = chain.first else { throw OpenSSLError(operation: "a server session needs a certificate", details: []) }
         try check("SSL_use_certificate", SSL_use_certificate(session.ssl, leaf.x509) == 1)
         try check("SSL_use_PrivateKey", SSL_use_PrivateKey(session.ssl, key.pkey) == 1)
@@ -310,6 +311,8 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     public var version: String { String(cString: SSL_get_version(ssl)) }
+    /// The negotiated version (nil before the handshake settled one).
+    public var protocolVersion: TLSVersion? { TLSVersion(rawValue: SSL_version(ssl)) }
     /// Whether the handshake resumed an earlier session.
     public var resumed: Bool { SSL_session_reused(ssl) == 1 }
     public var cipher: String? { SSL_get_current_cipher(ssl).map { String(cString: SSL_CIPHER_get_name($0)) } }

@@ -13,6 +13,9 @@ import TLS
         var chain: [Certificate]
         var key: PrivateKey
         var directShouldWork: Bool
+        /// Extra `openssl s_server` and `curl` arguments (protocol versions).
+        var serverFlags = ""
+        var clientFlags = ""
     }
 
     static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false,
@@ -56,6 +59,14 @@ import TLS
         key = try k()
         origins.append(Origin(name: "untrusted root", chain: [try Self.sign(name, key: key, issuer: (stranger, strangerKey))], key: key, directShouldWork: false))
         origins.append(Origin(name: "weak key (RSA 1024)", chain: [try Self.sign(name, key: weakKey, issuer: (root, rootKey))], key: weakKey, directShouldWork: false))
+        // Protocol versions: Loupe's client leg never offers newer TLS than the origin spoke, and
+        // never accepts an origin older than TLS 1.2.
+        key = try k()
+        let good = try Self.sign(name, key: key, issuer: (root, rootKey))
+        origins.append(Origin(name: "TLS 1.2-only origin", chain: [good], key: key, directShouldWork: true, serverFlags: "-tls1_2"))
+        origins.append(Origin(name: "TLS 1.2-only origin, client requires TLS 1.3", chain: [good], key: key, directShouldWork: false,
+                              serverFlags: "-tls1_2", clientFlags: "--tlsv1.3"))
+        origins.append(Origin(name: "TLS 1.1-only origin", chain: [good], key: key, directShouldWork: false, serverFlags: "-tls1_1 -cipher DEFAULT@SECLEVEL=0"))
 
         try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
         var servers = ""
@@ -63,10 +74,10 @@ import TLS
         for (i, origin) in origins.enumerated() {
             let port = 4431 + i
             try (origin.chain.map(\.pem).joined() + (try origin.key.pkcs8PEM())).write(toFile: "\(dir)/o\(i).pem", atomically: true, encoding: .utf8)
-            servers += "ip netns exec $B openssl s_server -accept \(port) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet >/dev/null 2>&1 & echo $! > $D/o\(i).pid\n"
+            servers += "ip netns exec $B openssl s_server -accept \(port) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet \(origin.serverFlags) >/dev/null 2>&1 & echo $! > $D/o\(i).pid\n"
             probes += """
-                ip netns exec $B curl -s --max-time 10 --cacert $D/origin-root.pem --resolve origin.test:\(port):127.0.0.1 https://origin.test:\(port)/ -o /dev/null; d=$?
-                ip netns exec $A curl -s --max-time 10 --cacert $D/loupe-root.pem --resolve origin.test:\(port):10.206.0.2 https://origin.test:\(port)/ -o /dev/null; p=$?
+                ip netns exec $B curl -s \(origin.clientFlags) --max-time 10 --cacert $D/origin-root.pem --resolve origin.test:\(port):127.0.0.1 https://origin.test:\(port)/ -o /dev/null; d=$?
+                ip netns exec $A curl -s \(origin.clientFlags) --max-time 10 --cacert $D/loupe-root.pem --resolve origin.test:\(port):10.206.0.2 https://origin.test:\(port)/ -o /dev/null; p=$?
                 echo "CASE \(i) direct=$d proxied=$p"
 
                 """

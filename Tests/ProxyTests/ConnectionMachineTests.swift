@@ -69,11 +69,11 @@ final class Playbook {
         return ConnectionMachine(facts: facts, policy: try Policy.parse(policy, file: "p.toml"), settings: settings)
     }
 
-    func origin(_ names: [SubjectAltName], expired: Bool = false, alpn: [String] = ["h2", "http/1.1"]) throws -> TLSSession {
+    func origin(_ names: [SubjectAltName], expired: Bool = false, alpn: [String] = ["h2", "http/1.1"], maximum: TLSVersion? = nil) throws -> TLSSession {
         let (leaf, key) = expired
             ? try originPKI.leaf(names, notBefore: Date().addingTimeInterval(-86_400 * 9), notAfter: Date().addingTimeInterval(-86_400))
             : try originPKI.leaf(names)
-        return try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key, alpn: alpn)
+        return try TLSSession.server(try TLSContext.server(maximum: maximum), chain: [leaf], key: key, alpn: alpn)
     }
 
     /// Delivers `first` and then carries bytes until nothing moves.
@@ -213,6 +213,24 @@ final class Playbook {
                 #expect(origin.read() == garbage && p.finishedReason == nil, "no ALPN: opaque relay")
             } else {
                 #expect(p.finishedReason?.contains("not HTTP/1.1") == true && origin.read().isEmpty, "\(p.finishedReason ?? "-")")
+            }
+        }
+    }
+
+    /// The client gets no newer TLS than the upstream spoke: over a TLS 1.2 origin it sees
+    /// TLS 1.2, and a client that insists on TLS 1.3 fails through Loupe as it fails direct.
+    @Test func theClientLegNeverOutversionsTheUpstream() throws {
+        for clientMinimum in [TLSVersion.tls12, .tls13] {
+            let p = try Playbook()
+            let m = try p.machine()
+            let origin = try p.origin([.dns("www.origin.test")], maximum: .tls12)
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle, minimum: clientMinimum), serverName: "www.origin.test")
+            client.advanceHandshake()
+            p.run(m, client: client, origin: origin)
+            if clientMinimum == .tls12 {
+                #expect(client.state == .established && client.version == "TLSv1.2" && origin.version == "TLSv1.2", "\(client.state)")
+            } else {
+                #expect(client.state != .established && m.phase == .closed, "TLS 1.3 only, as direct: \(client.state) / \(p.finishedReason ?? "-")")
             }
         }
     }

@@ -49,6 +49,8 @@ unsigned long loupe_XN_FLAG_RFC2253(void);
 /// SSL_CTX_set_min_proto_version / max (macros over SSL_CTX_ctrl).
 int loupe_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version);
 int loupe_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
+/// SSL_set_max_proto_version (a macro over SSL_ctrl): one session's ceiling.
+int loupe_SSL_set_max_proto_version(SSL *ssl, int version);
 
 /// SSL_set_tlsext_host_name (macro over SSL_ctrl): the SNI a client sends.
 int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
