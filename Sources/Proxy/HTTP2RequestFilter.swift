@@ -104,7 +104,7 @@ struct HTTP2RequestFilter {
 
     private mutating func readClient(_ bytes: [UInt8], decide: Decide) -> Output {
         var out = Output()
-        fromClientBuffer += bytes
+        if fromClientBuffer.isEmpty { fromClientBuffer = bytes } else { fromClientBuffer += bytes }  // usually nothing is left over
         var offset = 0
         defer { fromClientBuffer.removeFirst(offset) }
         if !prefaceSeen {
