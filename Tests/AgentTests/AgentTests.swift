@@ -9,6 +9,7 @@ import Testing
         let config = try AgentConfig.load(path: "\(root)/config/loupe.toml")
         #expect(config.policy == "\(root)/config/policy.toml", "relative to the file")
         #expect(config.fail == .open && !config.gateway && config.proxyPort == 8443 && config.flowLog == "-")
+        #expect(config.handshakeTimeout == 10 && config.idleTimeout == 600)
         #expect(config.divertSettings(backend: .nft).queues == 0...0)
     }
 
@@ -20,8 +21,10 @@ import Testing
             first = 4
             count = 2
             dns = 9
+            [proxy]
+            idle_timeout = 30
             """, file: "/etc/loupe/loupe.toml")
-        #expect(c.fail == .closed && c.flowLog == nil)
+        #expect(c.fail == .closed && c.flowLog == nil && c.idleTimeout == 30)
         let s = c.divertSettings(backend: .iptablesNFT)
         #expect(s.queues == 4...5 && s.dnsQueue == 9 && s.failClosed)
         let cases: [(String, String)] = [
@@ -30,6 +33,7 @@ import Testing
             ("[queue]\ncount = 0", "loupe.toml:2: 'queue.count' must be between 1 and 64"),
             ("[queue]\nfirst = 0\ncount = 2\ndns = 1", "loupe.toml:4: 'queue.dns' (1) must not be one of the flow queues"),
             ("[proxy]\nport = \"8443\"", "loupe.toml:2: 'proxy.port' must be an integer"),
+            ("[proxy]\nidle_timeout = 0", "loupe.toml:2: 'proxy.idle_timeout' must be between 1 and 86400"),
             ("policy = ", "loupe.toml:1:"),
             ("[proxy]\nupstream_failure = \"page\"", "loupe.toml:2: 'proxy.upstream_failure' must be \"alert\" or \"quarantine\""),
         ]
