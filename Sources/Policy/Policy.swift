@@ -12,14 +12,21 @@ public struct Policy: Sendable {
     /// `[auto_splice] ttl`: hosts whose clients abort Loupe's handshake (pinning, mTLS) are
     /// spliced for this many seconds. nil: never learn.
     public var autoSpliceTTL: Double?
+    /// Whether any rule looks at the executable: the agent resolves processes only then, as
+    /// that costs a /proc scan per new socket. Known at load, not per packet.
+    public let usesExecutable: Bool
     private var rulesByStage: [Stage: [Rule]] = [:]
     private var indexByStage: [Stage: PortIndex] = [:]
+    private var ruleByName: [String: Rule] = [:]
 
     public init(defaults: [Stage: Verdict], defaultBlockMode: BlockMode = .reject, lists: [String: HostSet] = [:], rules: [Rule]) {
         self.defaults = defaults
         self.defaultBlockMode = defaultBlockMode
         self.lists = lists
         self.rules = rules
+        usesExecutable = rules.contains { $0.conditions.contains { if case .exe = $0 { true } else { false } } }
+        // The first rule of a name wins, as a linear search would find it.
+        ruleByName = Dictionary(rules.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for stage in Stage.allCases {
             let staged = rules.filter { $0.stage == stage }
             rulesByStage[stage] = staged
@@ -39,13 +46,8 @@ public struct Policy: Sendable {
         return defaultDecision(stage)
     }
 
-    public func rule(named name: String) -> Rule? { rules.first { $0.name == name } }
-
-    /// Whether any rule looks at the executable: the agent resolves processes only then, as
-    /// that costs a /proc scan per new socket.
-    public var usesExecutable: Bool {
-        rules.contains { $0.conditions.contains { if case .exe = $0 { true } else { false } } }
-    }
+    /// Looked up per connection (hello decisions, client identities): a dictionary, not a scan.
+    public func rule(named name: String) -> Rule? { ruleByName[name] }
 
     /// The decision plus every rule considered on the way, with why each did not match.
     public func explain(_ stage: Stage, _ facts: FlowFacts) -> (decision: Decision, considered: [(rule: Rule, mismatch: String?)]) {
