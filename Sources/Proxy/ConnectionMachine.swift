@@ -42,8 +42,8 @@ public final class ConnectionMachine {
         case decided(Decision)
         /// A request-stage decision, with the request it was about (method, absolute URL).
         case decidedRequest(Decision, method: String, url: String)
-        /// A request's response ended (HTTP/1.1): its status and body bytes, for the flow log.
-        case answered(method: String, url: String, status: Int, bytes: Int)
+        /// A request's response ended: its status and body bytes, for the flow log.
+        case answered(HTTPExchange)
         case closeClient
         case closeUpstream
         /// The connection is over; `reason` goes to the flow log.
@@ -443,18 +443,18 @@ public final class ConnectionMachine {
         }
         let down = upstream.read()
         if !down.isEmpty {
-            out += (responses?.feed(down) ?? []).map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
+            out += (responses?.feed(down) ?? []).map(Command.answered)
             try? client.write(down)
             if let seen = http2?.fromUpstream(down) {
                 if !seen.client.isEmpty { try? client.write(seen.client) }
-                out += seen.answered.map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
+                out += seen.answered.map(Command.answered)
             }
         }
         // A close_notify on one leg is passed on as a close_notify on the other, then a half-close.
         var halfClose: [Command] = []
         if upstream.state == .closed, !upstreamClosed {
             upstreamClosed = true
-            out += (responses?.closed() ?? []).map { .answered(method: $0.method, url: $0.url, status: $0.status, bytes: $0.bytes) }
+            out += (responses?.closed() ?? []).map(Command.answered)
             client.close()
             halfClose.append(.closeClient)
         }
@@ -475,7 +475,6 @@ public final class ConnectionMachine {
         return "https://\(host)\(target.hasPrefix("/") ? target : "/" + target)"
     }
 
-    /// The page a blocked request gets inside the (trusted) bumped session.
     /// Under a quarantine leaf: whatever the client asks gets a 502 naming the failure, then a
     /// clean close. Nothing reaches the (failed) upstream.
     private func answerQuarantined(_ event: Event, _ why: String) -> [Command] {
@@ -495,6 +494,7 @@ public final class ConnectionMachine {
         }
     }
 
+    /// The page a blocked request gets inside the (trusted) bumped session.
     static func forbidden(_ decision: Decision) -> [UInt8] {
         let body = forbiddenBody(decision)
         return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body

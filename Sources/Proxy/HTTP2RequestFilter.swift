@@ -74,7 +74,7 @@ struct HTTP2RequestFilter {
     private var followingUpstream = true
     private var upstreamBlock: OpenBlock?
     /// Requests sent upstream, by stream, until their response ends.
-    private var exchanges: [UInt32: HTTPResponseTracker.Exchange] = [:]
+    private var exchanges: [UInt32: HTTPExchange] = [:]
     /// Loupe's own frames for the client, waiting for their turn (see flushToClient).
     private var toClient: [UInt8] = []
 
@@ -286,7 +286,7 @@ struct HTTP2RequestFilter {
             return
         }
         if !block.endStream { openRequests.insert(block.stream) }
-        exchanges[block.stream] = HTTPResponseTracker.Exchange(method: method, url: url, status: 0, bytes: 0)
+        exchanges[block.stream] = HTTPExchange(method: method, url: url, status: 0, bytes: 0)
         forward(headers, of: block, into: &out)
     }
 
@@ -308,13 +308,13 @@ struct HTTP2RequestFilter {
     /// Reads the upstream's frames — SETTINGS for its header table size, response header blocks
     /// and DATA for each request's status and size; the caller relays `bytes` as they are, then
     /// `client`: frames of Loupe's own (403s, window updates) that were waiting for a boundary.
-    mutating func fromUpstream(_ bytes: [UInt8]) -> (client: [UInt8], answered: [HTTPResponseTracker.Exchange]) {
+    mutating func fromUpstream(_ bytes: [UInt8]) -> (client: [UInt8], answered: [HTTPExchange]) {
         let answered = readUpstream(bytes)
         return (flushToClient(), answered)
     }
 
-    private mutating func readUpstream(_ bytes: [UInt8]) -> [HTTPResponseTracker.Exchange] {
-        var answered: [HTTPResponseTracker.Exchange] = []
+    private mutating func readUpstream(_ bytes: [UInt8]) -> [HTTPExchange] {
+        var answered: [HTTPExchange] = []
         var index = 0
         while index < bytes.count {
             if upstreamSkip > 0 {
@@ -364,7 +364,7 @@ struct HTTP2RequestFilter {
     }
 
     /// A whole upstream frame in `fromUpstreamBuffer`.
-    private mutating func upstreamFrame() -> [HTTPResponseTracker.Exchange] {
+    private mutating func upstreamFrame() -> [HTTPExchange] {
         guard let frame = Self.frame(in: fromUpstreamBuffer, at: 0) else { return [] }
         var payload = fromUpstreamBuffer[frame.payload]
         switch FrameType(rawValue: frame.type) {
@@ -402,7 +402,7 @@ struct HTTP2RequestFilter {
         return block.endStream && block.stream != 0 ? ended(block.stream) : []
     }
 
-    private mutating func ended(_ stream: UInt32) -> [HTTPResponseTracker.Exchange] {
+    private mutating func ended(_ stream: UInt32) -> [HTTPExchange] {
         guard let exchange = exchanges.removeValue(forKey: stream) else { return [] }
         return [exchange]
     }

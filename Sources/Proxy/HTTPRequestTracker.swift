@@ -70,19 +70,13 @@ public struct HTTPRequestTracker: Sendable {
                 let line = Array(buffer.prefix(lineEnd + 1))
                 buffer.removeFirst(lineEnd + 1)
                 pieces.append(.bytes(line))
-                // Bytes, not Characters: "\r\n" is a single Character in Swift.
-                var trimmed = line[...]
-                while let l = trimmed.last, l == 0x0A || l == 0x0D || l == 0x20 || l == 0x09 { trimmed = trimmed.dropLast() }
-                while let f = trimmed.first, f == 0x20 || f == 0x09 { trimmed = trimmed.dropFirst() }
-                let text = String(decoding: trimmed, as: UTF8.self)
                 if case .trailers = state {
-                    if text.isEmpty { state = .head }
+                    if HTTPHead.chunkLine(line[...]).isEmpty { state = .head }
                     continue
                 }
-                let sizeText = text.split(separator: ";").first.map(String.init) ?? ""
-                guard let size = Int(sizeText, radix: 16), size >= 0 else {
+                guard let size = HTTPHead.chunkSize(line[...]) else {
                     state = .opaque
-                    pieces.append(.gaveUp("bad chunk size '\(sizeText)'"))
+                    pieces.append(.gaveUp("bad chunk size '\(String(decoding: HTTPHead.chunkLine(line[...]), as: UTF8.self))'"))
                     continue
                 }
                 state = size == 0 ? .trailers : .chunkData(remaining: size + 2)  // data + CRLF
@@ -99,8 +93,8 @@ public struct HTTPRequestTracker: Sendable {
     private static func bodyState(after head: HTTPHead) -> State {
         if head.header("upgrade") != nil, head.header("connection")?.lowercased().contains("upgrade") == true { return .opaque }
         if case .request(let method, _) = head.kind, method == "CONNECT" { return .opaque }
-        if head.header("transfer-encoding")?.lowercased().contains("chunked") == true { return .chunkSize }
-        if let length = head.header("content-length").flatMap({ Int($0) }), length > 0 { return .body(remaining: length) }
+        if head.isChunked { return .chunkSize }
+        if let length = head.contentLength, length > 0 { return .body(remaining: length) }
         return .head
     }
 }

@@ -1,17 +1,17 @@
 import Wire
 
+/// One request and the response it got (HTTP/1.1 or HTTP/2), for its flow-log line.
+public struct HTTPExchange: Equatable, Sendable {
+    public var method: String
+    public var url: String
+    public var status: Int
+    public var bytes: Int
+}
+
 /// Follows the upstream's HTTP/1.1 responses on a bumped flow so that each request's flow-log
 /// line gets its status and body size. It only observes: the bytes are relayed as they are.
 /// Heads and chunk-size lines are buffered (bounded); bodies are counted, never held.
 struct HTTPResponseTracker {
-    /// One request and the response it got.
-    struct Exchange: Equatable {
-        var method: String
-        var url: String
-        var status: Int
-        var bytes: Int
-    }
-
     private enum State {
         case head
         case body(remaining: Int)
@@ -27,14 +27,14 @@ struct HTTPResponseTracker {
     private var pending: [UInt8] = []
     /// Requests sent upstream and not answered yet, oldest first.
     private var waiting: [(method: String, url: String)] = []
-    private var current: Exchange?
+    private var current: HTTPExchange?
 
     mutating func requestSent(method: String, url: String) {
         waiting.append((method, url))
     }
 
-    mutating func feed(_ bytes: [UInt8]) -> [Exchange] {
-        var done: [Exchange] = []
+    mutating func feed(_ bytes: [UInt8]) -> [HTTPExchange] {
+        var done: [HTTPExchange] = []
         var input = pending.isEmpty ? bytes[...] : (pending + bytes)[...]
         pending = []
         while !input.isEmpty {
@@ -59,14 +59,13 @@ struct HTTPResponseTracker {
                     if input.count > 8192 { state = .opaque } else { pending = Array(input) }
                     return done
                 }
-                let line = input[input.startIndex..<end].filter { $0 != 0x0D && $0 != 0x20 && $0 != 0x09 }
+                let line = input[input.startIndex..<end]
                 input = input[(end + 1)...]
                 if case .trailers = state {
-                    if line.isEmpty { finish(into: &done) }
+                    if HTTPHead.chunkLine(line).isEmpty { finish(into: &done) }
                     continue
                 }
-                let digits = line.prefix { $0 != 0x3B }  // ";" starts chunk extensions
-                guard let size = Int(String(decoding: digits, as: UTF8.self), radix: 16), size >= 0 else { state = .opaque; return done }
+                guard let size = HTTPHead.chunkSize(line) else { state = .opaque; return done }
                 state = size == 0 ? .trailers : .chunkData(remaining: size + 2)
             case .head:
                 switch HTTPHead.parse(input, expectRequest: false) {
@@ -86,32 +85,32 @@ struct HTTPResponseTracker {
     }
 
     /// The upstream closed: a body delimited by the close ends here.
-    mutating func closed() -> [Exchange] {
-        var done: [Exchange] = []
+    mutating func closed() -> [HTTPExchange] {
+        var done: [HTTPExchange] = []
         if case .untilClose = state { finish(into: &done) }
         return done
     }
 
-    private mutating func startResponse(_ head: HTTPHead, into done: inout [Exchange]) {
+    private mutating func startResponse(_ head: HTTPHead, into done: inout [HTTPExchange]) {
         guard case .response(let status, _) = head.kind else { state = .opaque; return }
         if status >= 100 && status < 200 && status != 101 { return }  // interim: the final one follows
         let request = waiting.isEmpty ? (method: "", url: "") : waiting.removeFirst()
-        current = Exchange(method: request.method, url: request.url, status: status, bytes: 0)
+        current = HTTPExchange(method: request.method, url: request.url, status: status, bytes: 0)
         if status == 101 || (request.method == "CONNECT" && status < 300) {
             finish(into: &done)
             state = .opaque
         } else if request.method == "HEAD" || status == 204 || status == 304 {
             finish(into: &done)
-        } else if head.header("transfer-encoding")?.lowercased().contains("chunked") == true {
+        } else if head.isChunked {
             state = .chunkSize
-        } else if let length = head.header("content-length").flatMap({ Int($0) }), length >= 0 {
+        } else if let length = head.contentLength {
             if length == 0 { finish(into: &done) } else { state = .body(remaining: length) }
         } else {
             state = .untilClose
         }
     }
 
-    private mutating func finish(into done: inout [Exchange]) {
+    private mutating func finish(into done: inout [HTTPExchange]) {
         if let exchange = current { done.append(exchange) }
         current = nil
         if case .opaque = state { return }

@@ -254,15 +254,13 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             }
         case .learntSplice(let host, let reason):
             log(["event": "auto_splice", "host": host, "reason": reason])
-        case .answered(let method, let url, let status, let bytes):
-            log(["event": "response", "method": method, "url": url, "status": status, "bytes": bytes])
+        case .answered(let exchange):
+            log(["event": "response", "method": exchange.method, "url": exchange.url, "status": exchange.status, "bytes": exchange.bytes])
         case .decidedRequest(let decision, let method, let url):
             configuration.onRequest?(decision.verdict.rawValue)
-            log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
-                 "rule": decision.rule, "reason": decision.reason, "method": method, "url": url])
+            log(Self.fields(of: decision).merging(["method": method, "url": url]) { a, _ in a })
         case .decided(let decision):
-            log(["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue,
-                 "rule": decision.rule, "reason": decision.reason])
+            log(Self.fields(of: decision))
         case .closeClient:
             if machine?.phase == .closed { return }
             context.close(mode: .output, promise: nil)
@@ -288,6 +286,10 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             }
             upstream?.close(promise: nil)
         }
+    }
+
+    static func fields(of decision: Decision) -> [String: Any] {
+        ["event": "decision", "stage": decision.stage.rawValue, "verdict": decision.verdict.rawValue, "rule": decision.rule, "reason": decision.reason]
     }
 
     /// A cache hit answers at once; a miss mints off the event loop and comes back to it.

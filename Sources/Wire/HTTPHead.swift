@@ -26,6 +26,28 @@ public struct HTTPHead: Sendable, Equatable {
 
     private static func isLetter(_ c: UInt8) -> Bool { (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) }
 
+    /// Whether the body is sent with chunked transfer coding.
+    public var isChunked: Bool { header("transfer-encoding")?.lowercased().contains("chunked") == true }
+
+    /// The declared body length, when there is a valid one.
+    public var contentLength: Int? { header("content-length").flatMap { Int($0) }.flatMap { $0 >= 0 ? $0 : nil } }
+
+    /// A chunked body's line without its line end and surrounding blanks ("" ends the trailers).
+    public static func chunkLine(_ line: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
+        var trimmed = line
+        while let l = trimmed.last, l == 0x0A || l == 0x0D || l == 0x20 || l == 0x09 { trimmed = trimmed.dropLast() }
+        while let f = trimmed.first, f == 0x20 || f == 0x09 { trimmed = trimmed.dropFirst() }
+        return trimmed
+    }
+
+    /// The size a chunk-size line announces (extensions after ";" ignored); nil if it is no
+    /// hexadecimal size.
+    public static func chunkSize(_ line: ArraySlice<UInt8>) -> Int? {
+        let digits = chunkLine(line).prefix { $0 != 0x3B }
+        guard let size = Int(String(decoding: digits, as: UTF8.self), radix: 16), size >= 0 else { return nil }
+        return size
+    }
+
     public static let maximumLength = 64 * 1024
     public static let maximumFields = 100
 

@@ -169,10 +169,10 @@ import Testing
         for pieces in [[upstream], upstream.map { [$0] }] {
             var filter = F()
             _ = filter.fromClient(requests, decide: Self.decide)
-            var answered: [HTTPResponseTracker.Exchange] = []
+            var answered: [HTTPExchange] = []
             for piece in pieces { answered += filter.fromUpstream(piece).answered }
-            #expect(answered == [HTTPResponseTracker.Exchange(method: "GET", url: "https://www.origin.test/b", status: 404, bytes: 0),
-                                 HTTPResponseTracker.Exchange(method: "GET", url: "https://www.origin.test/a", status: 200, bytes: 15)])
+            #expect(answered == [HTTPExchange(method: "GET", url: "https://www.origin.test/b", status: 404, bytes: 0),
+                                 HTTPExchange(method: "GET", url: "https://www.origin.test/a", status: 200, bytes: 15)])
         }
     }
 

@@ -15,22 +15,22 @@ import Testing
         + "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end"
     ).utf8)
 
-    static func track(_ pieces: [[UInt8]]) -> [T.Exchange] {
+    static func track(_ pieces: [[UInt8]]) -> [HTTPExchange] {
         var t = T()
         for (method, path) in [("POST", "/a"), ("GET", "/b"), ("HEAD", "/c"), ("GET", "/d"), ("GET", "/e")] {
             t.requestSent(method: method, url: "https://o.test" + path)
         }
-        var out: [T.Exchange] = []
+        var out: [HTTPExchange] = []
         for piece in pieces { out += t.feed(piece) }
         return out + t.closed()
     }
 
     static let expected = [
-        T.Exchange(method: "POST", url: "https://o.test/a", status: 200, bytes: 5),
-        T.Exchange(method: "GET", url: "https://o.test/b", status: 404, bytes: 19),
-        T.Exchange(method: "HEAD", url: "https://o.test/c", status: 200, bytes: 0),
-        T.Exchange(method: "GET", url: "https://o.test/d", status: 304, bytes: 0),
-        T.Exchange(method: "GET", url: "https://o.test/e", status: 200, bytes: 13),
+        HTTPExchange(method: "POST", url: "https://o.test/a", status: 200, bytes: 5),
+        HTTPExchange(method: "GET", url: "https://o.test/b", status: 404, bytes: 19),
+        HTTPExchange(method: "HEAD", url: "https://o.test/c", status: 200, bytes: 0),
+        HTTPExchange(method: "GET", url: "https://o.test/d", status: 304, bytes: 0),
+        HTTPExchange(method: "GET", url: "https://o.test/e", status: 200, bytes: 13),
     ]
 
     @Test func framingsInOrder() {
@@ -43,7 +43,7 @@ import Testing
         var t = T()
         t.requestSent(method: "GET", url: "https://o.test/ws")
         let done = t.feed(Array("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\u{81}\u{05}HTTP/1.1 200".utf8))
-        #expect(done == [T.Exchange(method: "GET", url: "https://o.test/ws", status: 101, bytes: 0)])
+        #expect(done == [HTTPExchange(method: "GET", url: "https://o.test/ws", status: 101, bytes: 0)])
         #expect(t.feed(Array("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)).isEmpty, "frames after an upgrade are not HTTP")
         var g = T()
         #expect(g.feed(Array("SSH-2.0-OpenSSH\r\n\r\n".utf8)).isEmpty && g.closed().isEmpty)
