@@ -285,12 +285,25 @@ public final class TLSSession: @unchecked Sendable {
     /// largest flight or burst they ever carried, and OpenSSL its record buffers. Only when
     /// nothing is waiting in either direction; fresh BIOs grow again on demand.
     public func releaseBuffers() {
+        _ = SSL_free_buffers(ssl)
+        // Idle connections are told this every few seconds: BIOs that grew nothing since the
+        // last release stay as they are.
         guard BIO_ctrl_pending(networkIn) == 0, BIO_ctrl_pending(networkOut) == 0,
+              bufferedCapacity > 0,
               let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else { return }
         SSL_set_bio(ssl, rbio, wbio)  // frees the old pair
         networkIn = rbio
         networkOut = wbio
-        _ = SSL_free_buffers(ssl)
+    }
+
+    /// What the two memory BIOs hold allocated now.
+    var bufferedCapacity: Int { Self.capacity(networkIn) + Self.capacity(networkOut) }
+
+    /// Bytes a memory BIO holds allocated (0 for a fresh one).
+    private static func capacity(_ bio: OpaquePointer) -> Int {
+        var memory: UnsafeMutablePointer<BUF_MEM>?
+        _ = BIO_ctrl(bio, BIO_C_GET_BUF_MEM_PTR, 0, &memory)
+        return memory.map { Int($0.pointee.max) } ?? 0
     }
 
     /// Sends close_notify.

@@ -65,8 +65,10 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         }
         #expect(got == body && client.state == .established)
         // Buffers given back while quiet (fresh BIOs, no record buffers): the session goes on.
+        #expect(server.bufferedCapacity > 300_000 && client.bufferedCapacity > 0, "BIOs keep the size of the burst they carried")
         client.releaseBuffers()
         server.releaseBuffers()
+        #expect(client.bufferedCapacity == 0 && server.bufferedCapacity == 0)
         try client.write(Array("after".utf8))
         server.receive(client.takeOutput())
         #expect(server.read() == Array("after".utf8))
