@@ -109,11 +109,11 @@ import Testing
             """
     }
 
-    static func run(_ name: String, _ script: String, dir: String) -> (lines: [String], out: String) {
+    static func run(_ name: String, _ script: String, dir: String) -> (line: (String) -> String, out: String) {
         try? script.write(toFile: "\(dir)/\(name).sh", atomically: true, encoding: .utf8)
-        let r = TestEnv.sh("bash \(dir)/\(name).sh 2>&1", timeout: 400)
+        let r = TaggedOutput(TestEnv.sh("bash \(dir)/\(name).sh 2>&1", timeout: 400))
         let agent = (try? String(contentsOfFile: "\(dir)/agent.err", encoding: .utf8)) ?? ""
-        return (r.out.split(separator: "\n").map(String.init), r.out + "\n--- agent.err ---\n" + agent.suffix(3000))
+        return (r.line, r.out + "\n--- agent.err ---\n" + agent.suffix(3000))
     }
 
     @Test(.enabled(if: canRun, "needs root, ip, nft, iptables-nft, curl, openssl, dnsmasq, setpriv, unshare, python3 (CI has them)"))
@@ -167,8 +167,7 @@ import Testing
             echo "AFTERSTOP $(ip netns exec $A nft list table inet loupe >/dev/null 2>&1 && echo table-left || echo table-gone) $(ip netns exec $A iptables-nft -t mangle -n -L LOUPE-QUEUE >/dev/null 2>&1 && echo chain-left || echo chain-gone)"
             echo "HOSTCLEAN $(nft list tables | grep -c 'inet loupe')"
             """
-        let (lines, out) = Self.run("verdicts", script, dir: dir)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let (line, out) = Self.run("verdicts", script, dir: dir)
         #expect(line("ALLOW") == "ALLOW 200 rc=0", "\(out)")
         let reject = line("REJECT").split(separator: " ")
         #expect(reject.count == 4 && reject[2] == "rc=7" && (Int(reject[3]) ?? 9999) < 1000, "reject fails fast: \(line("REJECT"))")
@@ -260,8 +259,7 @@ import Testing
             kill -TERM $(cat $D/agent.pid); for i in $(seq 50); do kill -0 $(cat $D/agent.pid) 2>/dev/null || break; sleep 0.1; done
             echo "END $(ip netns exec $A nft list tables | grep -c 'inet loupe') $(c http://10.212.0.2/)"
             """
-        let (lines, out) = Self.run("life", script, dir: dir)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let (line, out) = Self.run("life", script, dir: dir)
         #expect(line("BEFORE") == "BEFORE 200 rc=0", "\(out)")
         #expect(line("LOAD") == "LOAD 30 200 rc=0;", "fail open: every new flow works across kill -9: \(out)")
         #expect(line("EXISTING") == "EXISTING rc=0 same", "an established flow is untouched: \(out)")

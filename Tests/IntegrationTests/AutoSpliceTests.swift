@@ -21,9 +21,8 @@ import Testing
             echo "SECOND $(pinned)"
             sleep 0.3   # the close line of the second connection
             """
-        let r = TestEnv.sh(script, timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let r = TaggedOutput(TestEnv.sh(script, timeout: 120))
+        let line = r.line
         #expect(line("FIRST").hasSuffix("rc=60"), "the pinned client refuses Loupe's leaf: \(r.out)")
         #expect(line("SECOND").contains("hi") && line("SECOND").hasSuffix("rc=0"), "then it is spliced: \(r.out)")
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""

@@ -26,9 +26,8 @@ import Testing
             echo "IDLE $(( ($(date +%s%N) - s) / 1000000 ))"
             sleep 0.3
             """
-        let r = TestEnv.sh("bash -c \(MutualTLSTests.shellQuote(script))", timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func value(_ tag: String) -> Int { lines.first { $0.hasPrefix(tag + " ") }.flatMap { Int($0.dropFirst(tag.count + 1)) } ?? -1 }
+        let r = TestEnv.bash(script)
+        let value = r.value
         #expect(value("PROXYUP") == 1, "the proxy must be up, or nothing below means anything: \(r.out) \(r.err)")
         let grown = value("SLOW")
         #expect(grown >= 0 && grown < 16, "a client reading 1 MB/s must not make the proxy hold the origin's 64 MiB (grew \(grown) MiB): \(r.out) \(r.err)")

@@ -58,9 +58,8 @@ while True:
             echo "BLOCK $(c -d secret https://origin.test/admin -w ' %{http_version} %{http_code}|' --next --http2 --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) https://origin.test/after -w ' %{http_version} %{http_code} %{num_connects}' | tr '\\n' ' ')"
             sleep 0.3
             """
-        let r = TestEnv.sh("bash -c \(MutualTLSTests.shellQuote(script))", timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let r = TestEnv.bash(script)
+        let line = r.line
         #expect(line("ONE") == "ONE h2 /a  2 200", "ALPN h2 end to end: \(r.out) \(r.err)")
         let block = line("BLOCK")
         #expect(block.contains("Blocked by Loupe policy (rule no-admin-post)") && block.contains(" 2 403|"), "the refused request gets a 403 over h2: \(block)")

@@ -24,9 +24,8 @@ import Testing
             echo "UPSTREAMLEG $(grep -c . $D/origin.keys) $(grep -cxFf $D/loupe.keys $D/origin.keys)"
             echo "WARNED $(grep -c 'TLS secrets' $D/proxy.err)"
             """
-        let r = TestEnv.sh(script, timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let r = TaggedOutput(TestEnv.sh(script, timeout: 120))
+        let line = r.line
         #expect(line("GET1.2") == "GET1.2 hi" && line("GET1.3") == "GET1.3 hi", "\(r.out)\n\(r.err)")
         #expect(line("MODE") == "MODE 600")
         // Every secret a peer logged is in Loupe's log, byte for byte (TLS 1.2: CLIENT_RANDOM; 1.3: five labels).

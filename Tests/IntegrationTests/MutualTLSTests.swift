@@ -48,9 +48,8 @@ import Testing
             echo "WITHOUT $(c 127.0.0.1)"
             sleep 0.3
             """
-        let r = TestEnv.sh("bash -c \(Self.shellQuote(script))", timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let r = TestEnv.bash(script)
+        let line = r.line
         #expect(line("IMPORT").contains("imported identity 'corp'"), "\(r.out) \(r.err)")
         #expect(line("WITH") == "WITH hi rc=0", "the origin accepted Loupe's client certificate: \(r.out)")
         #expect(line("WITHOUT").hasSuffix("rc=35"), "no identity for this flow: the client's handshake fails, never hangs: \(r.out)")
@@ -58,6 +57,4 @@ import Testing
         #expect(flows.contains("\"rule\":\"corp-mtls\""), "\(flows)")
         #expect(flows.contains("upstream TLS failed") || flows.contains("upstream closed"), "the failure is logged with its reason: \(flows)")
     }
-
-    static func shellQuote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
 }

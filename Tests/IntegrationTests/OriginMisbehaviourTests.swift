@@ -78,9 +78,8 @@ import Testing
             echo "WS $(python3 $D/ws.py $D/loupe-root.pem \(proxy) 2>&1)"
             sleep 0.3
             """
-        let r = TestEnv.sh(script, timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let r = TaggedOutput(TestEnv.sh(script, timeout: 120))
+        let line = r.line
         let stallParts = line("STALL").split(separator: " ")
         #expect(stallParts.count == 5 && stallParts[3] == "rc=35" && (1500..<4000).contains(Int(stallParts[4]) ?? 0),
                 "a stalled origin fails the client's handshake at the deadline, not at the client's timeout: \(r.out)")

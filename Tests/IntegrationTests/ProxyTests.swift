@@ -60,8 +60,7 @@ import Testing
         try script.write(toFile: "\(dir)/proxy.sh", atomically: true, encoding: .utf8)
         let run = TestEnv.sh("bash \(dir)/proxy.sh 2>&1", timeout: 300)
         let out = run.out
-        let lines = out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let line = TaggedOutput(run).line
         #expect(line("BUMP") == "BUMP 200", "\(out)\n\((try? String(contentsOfFile: "\(dir)/proxy.err", encoding: .utf8)) ?? "")")
         #expect(line("ISSUER").contains("Loupe Root CA"), "the client must see Loupe's leaf: \(out)")
         let sums = line("SHA").split(separator: " ")

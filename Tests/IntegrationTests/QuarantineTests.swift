@@ -22,9 +22,8 @@ import Testing
             echo "ISSUER $(curl -sk -v --max-time 5 --connect-to wrong.test:443:127.0.0.1:\(proxy) https://wrong.test/ -o /dev/null 2>&1 | grep -c 'issuer: .*Loupe Quarantine (untrusted)')"
             sleep 0.3
             """
-        let r = TestEnv.sh("bash -c \(MutualTLSTests.shellQuote(script))", timeout: 120)
-        let lines = r.out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+        let r = TestEnv.bash(script)
+        let line = r.line
         #expect(line("GOOD") == "GOOD hi rc=0", "\(r.out) \(r.err)")
         #expect(line("STRICT").hasSuffix("rc=60"), "the client refuses the quarantine leaf (certificate problem, not a connection error): \(r.out)")
         #expect(line("CLICKED").contains("the real server failed verification") && line("CLICKED").contains("hostname mismatch")

@@ -45,11 +45,10 @@ import Testing
             \(loupe) trust uninstall \(s) | sed 's/^/UNINSTALL-AGAIN /'
             """
         try script.write(toFile: "\(dir)/trust.sh", atomically: true, encoding: .utf8)
-        let run = TestEnv.sh("unshare --mount --propagation private bash \(dir)/trust.sh 2>&1", timeout: 300)
+        let run = TaggedOutput(TestEnv.sh("unshare --mount --propagation private bash \(dir)/trust.sh 2>&1", timeout: 300))
         let out = run.out
         #expect(run.status == 0, "\(out)")
-        let lines = out.split(separator: "\n").map(String.init)
-        func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag) line>" }
+        let lines = run.lines, line = run.line
 
         #expect(line("BEFORE").hasSuffix("rc=60"), "\(out)")  // curl does not trust it yet
         #expect(lines.filter { $0.hasPrefix("DRY would install") }.count == 3, "\(out)")

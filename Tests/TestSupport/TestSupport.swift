@@ -207,3 +207,29 @@ public struct SplitMix: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// A test script's output, read by the tag each of its lines starts with ("BUMP 200 rc=0").
+public struct TaggedOutput: Sendable {
+    public let status: Int32, out: String, err: String
+    public let lines: [String]
+
+    public init(_ result: (status: Int32, out: String, err: String)) {
+        (status, out, err) = result
+        lines = result.out.split(separator: "\n").map(String.init)
+    }
+
+    /// The line tagged `tag`, or "<no TAG>" when the script never printed it.
+    public func line(_ tag: String) -> String { lines.first { $0.hasPrefix(tag + " ") } ?? "<no \(tag)>" }
+
+    /// The integer after `tag`, or -1.
+    public func value(_ tag: String) -> Int { Int(line(tag).dropFirst(tag.count + 1)) ?? -1 }
+}
+
+extension TestEnv {
+    /// Runs `script` with bash (process substitution, PIPESTATUS; `sh` is dash).
+    public static func bash(_ script: String, timeout: TimeInterval = 120) -> TaggedOutput {
+        TaggedOutput(sh("bash -c " + shellQuote(script), timeout: timeout))
+    }
+
+    public static func shellQuote(_ s: String) -> String { "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" }
+}
