@@ -101,13 +101,14 @@ struct CACommand: ParsableCommand {
         @Option(help: "Write to this file instead of stdout.") var out: String?
         @Flag(help: "Export the previous root (during a rotation).") var previous = false
         @Option(help: "Read the certificate from this file instead of the store.") var from: String?
-        @Option(help: "Without root, ask the running agent through its control socket (group loupe).") var controlSocket: String = "/run/loupe/control.sock"
+        /// Without root, the running agent exports through its control socket (group loupe).
+        @OptionGroup var control: ControlOptions
 
         func run() throws {
             try loupe.run {
                 // Members of group loupe cannot open the root-only store: the agent exports for them.
                 if geteuid() != 0, from == nil, !previous {
-                    let answer = try ControlClient.call(ControlRequest(command: .caExport, format: format.rawValue), to: controlSocket)
+                    let answer = try ControlClient.call(ControlRequest(command: .caExport, format: format.rawValue), to: control.controlSocket)
                     guard let b64 = answer["base64"] as? String, let exported = Data(base64Encoded: b64).map(Array.init) else {
                         throw CAError("the agent sent no certificate")
                     }
