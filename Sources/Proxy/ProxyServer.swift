@@ -341,8 +341,11 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    func log(_ fields: [String: Any]) {
+    /// One flow-log line; the fields are not even built when nothing is logged (every request
+    /// would pay for two dictionaries).
+    func log(_ fields: @autoclosure () -> [String: Any]) {
         guard let sink = configuration.flowLog else { return }
+        let fields = fields()
         var line = JSONLine(time: Date())
         if let facts = machine?.facts {
             line.add("src", facts.src?.description)
