@@ -40,7 +40,7 @@ let package = Package(
         .target(name: "Trust", dependencies: ["TLS", "Platform"]),
         .target(name: "Divert", dependencies: ["CNetfilter", "Policy", "Wire", "Platform"]),
         .target(name: "Agent", dependencies: [
-            "Divert", "Proxy", "CA", "Store", "Policy", "TLS", "TOML", "Platform",
+            "Divert", "Proxy", "CA", "Store", "Policy", "TLS", "TOML", "Platform", "Wire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
         ]),

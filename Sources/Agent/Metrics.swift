@@ -3,6 +3,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Synchronization
+import Wire
 
 /// What the agent exposes to Prometheus, gathered at scrape time.
 public struct MetricsSnapshot: Sendable {
@@ -119,9 +120,12 @@ final class MetricsResponder: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         request += buffer.readBytes(length: buffer.readableBytes) ?? []
-        guard request.count < 16_384 else { context.close(promise: nil); return }
-        // Answer once the head is complete (blank line).
-        guard request.count >= 4, request.suffix(4) == [13, 10, 13, 10] || request.suffix(2) == [10, 10] else { return }
+        // Answer once the request head is complete; anything else ends the connection.
+        switch HTTPHead.parse(request[...], expectRequest: true) {
+        case .needMore where request.count < 16_384: return
+        case .head: break
+        default: context.close(promise: nil); return
+        }
         let body = snapshot().text
         let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n"
         let channel = context.channel
