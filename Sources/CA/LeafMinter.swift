@@ -1,5 +1,14 @@
 import Foundation
+import Synchronization
 import TLS
+
+/// The key a masquerade leaf carries. P-256 ECDSA serves nearly every client and signs in
+/// microseconds; RSA is for clients whose hello cannot verify ECDSA (Wire's
+/// `ClientHello.acceptsP256ECDSA`), which would otherwise fail where a direct RSA origin works.
+public enum LeafKeyType: String, Sendable, Hashable, CaseIterable {
+    case ecdsaP256 = "ec-p256"
+    case rsa2048 = "rsa-2048"
+}
 
 /// What a leaf should say. Pure description; `LeafMinter` turns it into a certificate.
 public struct LeafRequest: Sendable, Hashable {
@@ -16,6 +25,7 @@ public struct LeafRequest: Sendable, Hashable {
     /// The leaf never outlives this (the upstream certificate's notAfter when mirroring).
     public var notAfterCap: Date?
     public var notBeforeFloor: Date?
+    public var keyType: LeafKeyType = .ecdsaP256
     /// The upstream certificate when mirroring (not part of the identity: its hash is).
     public var upstream: Certificate? { _upstream?.value }
     private var _upstream: Box?
@@ -34,10 +44,12 @@ public struct LeafRequest: Sendable, Hashable {
 
     /// A leaf that mirrors `upstream`: its subject and SAN list as they are (a CN-only upstream
     /// gets a CN-only leaf), plus `extraNames` (e.g. the destination IP of a hello without SNI).
-    public static func mirroring(_ upstream: Certificate, extraNames: [SubjectAltName] = []) -> LeafRequest {
+    public static func mirroring(_ upstream: Certificate, extraNames: [SubjectAltName] = [],
+                                 keyType: LeafKeyType = .ecdsaP256) -> LeafRequest {
         var names = upstream.subjectAltNames
         for extra in extraNames where !names.contains(extra) { names.append(extra) }
         var request = LeafRequest(subject: .mirrored(upstreamSHA256: upstream.sha256Fingerprint), names: names)
+        request.keyType = keyType
         request.notAfterCap = upstream.notAfter
         request.notBeforeFloor = upstream.notBefore
         request._upstream = Box(upstream)
@@ -70,33 +82,60 @@ public struct Leaf: Sendable {
     public var pem: String { ([certificate] + chain).map(\.pem).joined() }
 }
 
-/// Signs leaves under one root. Everything that is the same for every leaf — the shared P-256
-/// key, basicConstraints, keyUsage, EKU, SKI, AKI — is built once here; per leaf only the
+/// Signs leaves under one root. Everything that is the same for every leaf — the shared leaf
+/// keys, basicConstraints, keyUsage, EKU, SKI, AKI — is built once here; per leaf only the
 /// serial, names, dates and signature are new (DESIGN.md "Keys").
 public final class LeafMinter: Sendable {
     public let root: Root
     public let profile: CAProfile
-    public let leafKey: PrivateKey
+    /// The shared P-256 key of every ECDSA leaf.
+    public var leafKey: PrivateKey { ecdsa.key }
     private let signingKey: PrivateKey
-    private let fixedExtensions: [CertificateExtension]
+    private let ecdsa: SharedKey
+    /// Made on first need: few clients ask for RSA, and RSA key generation takes ~100 ms.
+    private let rsa = Mutex<SharedKey?>(nil)
     // Read once: parsing ASN1 times on every mint is measurable.
     private let rootNotBefore: Date
     private let rootNotAfter: Date
 
+    /// One shared leaf key and the extensions every leaf with it carries.
+    private struct SharedKey: Sendable {
+        let key: PrivateKey
+        let fixedExtensions: [CertificateExtension]
+
+        init(_ key: PrivateKey, root: Certificate) throws {
+            self.key = key
+            fixedExtensions = [
+                try CertificateExtension.make("basicConstraints", "critical,CA:FALSE"),
+                // RSA leaves may also serve TLS 1.2's RSA key exchange suites.
+                try CertificateExtension.make("keyUsage", key.isRSA ? "critical,digitalSignature,keyEncipherment" : "critical,digitalSignature"),
+                try CertificateExtension.make("extendedKeyUsage", "serverAuth"),
+                try CertificateExtension.make("subjectKeyIdentifier", "hash", subjectKey: key),
+                try CertificateExtension.make("authorityKeyIdentifier", "keyid:always", issuer: root),
+            ]
+        }
+    }
+
     public init(root: Root, profile: CAProfile) throws {
         self.root = root
         self.profile = profile
-        self.leafKey = try PrivateKey.generateLegacyP256()
         self.signingKey = root.key.legacyEC()
         self.rootNotBefore = root.certificate.notBefore
         self.rootNotAfter = root.certificate.notAfter
-        fixedExtensions = [
-            try CertificateExtension.make("basicConstraints", "critical,CA:FALSE"),
-            try CertificateExtension.make("keyUsage", "critical,digitalSignature"),
-            try CertificateExtension.make("extendedKeyUsage", "serverAuth"),
-            try CertificateExtension.make("subjectKeyIdentifier", "hash", subjectKey: leafKey),
-            try CertificateExtension.make("authorityKeyIdentifier", "keyid:always", issuer: root.certificate),
-        ]
+        ecdsa = try SharedKey(PrivateKey.generateLegacyP256(), root: root.certificate)
+    }
+
+    private func sharedKey(_ type: LeafKeyType) throws -> SharedKey {
+        switch type {
+        case .ecdsaP256: return ecdsa
+        case .rsa2048:
+            return try rsa.withLock { made in
+                if let made { return made }
+                let key = try SharedKey(PrivateKey.generateRSA(bits: 2048), root: root.certificate)
+                made = key
+                return key
+            }
+        }
     }
 
     public func mint(_ request: LeafRequest, now: Date = Date()) throws -> Leaf {
@@ -120,15 +159,19 @@ public final class LeafMinter: Sendable {
             guard let upstream = request.upstream else { throw CAError("a mirrored leaf request lost its upstream certificate") }
             subject = .copied(from: upstream)
         }
-        var extensions = fixedExtensions
+        let shared = try sharedKey(request.keyType)
+        var extensions = shared.fixedExtensions
         if !request.names.isEmpty {
             // RFC 5280: the SAN must be critical when the subject is empty.
-            let emptySubject = if case .attributes(let pairs) = subject { pairs.isEmpty } else { false }
+            let emptySubject = switch subject {
+            case .attributes(let pairs): pairs.isEmpty
+            case .copied(let upstream): upstream.subject.isEmpty
+            }
             extensions.append(try CertificateExtension.subjectAltNames(request.names, critical: emptySubject))
         }
         let spec = CertificateSpec(subject: subject, serial: try CertificateSpec.randomSerial(),
-                                   notBefore: notBefore, notAfter: notAfter, publicKey: leafKey, extensions: extensions)
+                                   notBefore: notBefore, notAfter: notAfter, publicKey: shared.key, extensions: extensions)
         let certificate = try CertificateBuilder.sign(spec, issuer: rootCert, issuerKey: signingKey)
-        return Leaf(certificate: certificate, chain: [rootCert], key: leafKey)
+        return Leaf(certificate: certificate, chain: [rootCert], key: shared.key)
     }
 }

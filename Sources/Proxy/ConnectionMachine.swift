@@ -97,6 +97,9 @@ public final class ConnectionMachine {
     private var clientClosed = false
     private var upstreamClosed = false
     private var leaf: Certificate?
+    /// Whether the client's hello can verify a P-256 ECDSA leaf under TLS 1.3 and under 1.2
+    /// (the version depends on the upstream); if not, it gets an RSA leaf.
+    private var acceptsECDSA = (upToTLS13: true, atTLS12: true)
     private var helloDecision: Decision?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
@@ -172,19 +175,20 @@ public final class ConnectionMachine {
                 guard settings.quarantineFailures else { return out + finish("upstream TLS failed: \(why)", alert: upstream.failureAlert) }
                 quarantined = "upstream TLS failed: \(why)"
                 phase = .minting
-                let request: LeafRequest
+                var request: LeafRequest
                 if let cert = upstream.peerCertificate {
                     request = .mirroring(cert, extraNames: facts.sni == nil ? facts.dst.map { [.ip($0.address)] } ?? [] : [])
                 } else {
                     request = .forNames([facts.sni ?? facts.dst.map { IPAddress.format($0.address) } ?? "unknown"])
                 }
+                request.keyType = leafKeyType(upstream)
                 return out + [.mintQuarantineLeaf(request), .closeUpstream]
             case .established, .closed:
                 guard let leafCert = upstream.peerCertificate else { return out + finish("upstream sent no certificate", alert: 42) }
                 var extra: [SubjectAltName] = []
                 if facts.sni == nil, let dst = facts.dst { extra.append(.ip(dst.address)) }
                 phase = .minting
-                out.append(.mintLeaf(.mirroring(leafCert, extraNames: extra)))
+                out.append(.mintLeaf(.mirroring(leafCert, extraNames: extra, keyType: leafKeyType(upstream))))
                 return out
             }
         case (.probing, .probed(let verified, let reason)):
@@ -241,6 +245,7 @@ public final class ConnectionMachine {
     private func decide(_ h: ClientHello) -> [Command] {
         facts.sni = h.serverName
         facts.alpn = h.alpn
+        acceptsECDSA = (h.acceptsP256ECDSA(at: 0x0304), h.acceptsP256ECDSA(at: 0x0303))
         var decision = policy.decide(.hello, facts)
         if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
@@ -319,6 +324,13 @@ public final class ConnectionMachine {
         } catch {
             return finish("cannot start the client TLS session: \(error)", alert: 80)
         }
+    }
+
+    /// P-256 ECDSA unless the client's hello rules it out at the version the client leg will
+    /// speak (at most the upstream's; a failed upstream handshake leaves it open).
+    private func leafKeyType(_ upstream: TLSSession) -> LeafKeyType {
+        let ceiling = upstream.protocolVersion ?? .tls13
+        return (ceiling >= .tls13 ? acceptsECDSA.upToTLS13 : acceptsECDSA.atTLS12) ? .ecdsaP256 : .rsa2048
     }
 
     /// Where a learnt splice is filed: the SNI, or the destination address without one.

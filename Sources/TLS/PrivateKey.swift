@@ -26,6 +26,13 @@ public final class PrivateKey: @unchecked Sendable {
         return PrivateKey(taking: made)
     }
 
+    /// An RSA key of `bits` (the masquerade leaf key for clients that cannot take ECDSA).
+    public static func generateRSA(bits: UInt32) throws(OpenSSLError) -> PrivateKey {
+        ERR_clear_error()
+        guard let made = loupe_EVP_RSA_gen(bits) else { throw OpenSSLError.drain("generating an RSA-\(bits) key") }
+        return PrivateKey(taking: made)
+    }
+
     /// A P-256 key held as a legacy EC_KEY: OpenSSL 3.0 re-encodes provider-native keys on every
     /// X509_set_pubkey, which would dominate leaf minting (shared/FACTS.md).
     public static func generateLegacyP256() throws(OpenSSLError) -> PrivateKey {
@@ -90,6 +97,8 @@ public final class PrivateKey: @unchecked Sendable {
         defer { CRYPTO_free(out, #fileID, #line) }
         return Array(UnsafeBufferPointer(start: out, count: Int(length)))
     }
+
+    public var isRSA: Bool { EVP_PKEY_get_base_id(pkey) == EVP_PKEY_RSA }
 
     /// "EC P-256", "RSA 3072", ...
     public var typeDescription: String { describeKey(pkey) }

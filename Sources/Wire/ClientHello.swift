@@ -8,6 +8,32 @@ public struct ClientHello: Sendable, Equatable {
     public var supportedVersions: [UInt16]
     public var cipherSuites: [UInt16]
     public var extensionTypes: [UInt16]
+    /// From signature_algorithms; empty when the extension is absent.
+    public var signatureAlgorithms: [UInt16] = []
+    /// From supported_groups; empty when the extension is absent.
+    public var supportedGroups: [UInt16] = []
+}
+
+extension ClientHello {
+    /// Whether this client can accept a server certificate with a P-256 ECDSA key when the
+    /// handshake settles on `version` (0x0304 = TLS 1.3). A masquerade leaf the client cannot use
+    /// would fail a handshake that works directly; clients answering `false` get an RSA leaf.
+    public func acceptsP256ECDSA(at version: UInt16) -> Bool {
+        if version >= 0x0304 && supportedVersions.contains(0x0304) {
+            // RFC 8446 4.2.3: ecdsa_secp256r1_sha256 is the one scheme for a P-256 key.
+            return signatureAlgorithms.contains(0x0403)
+        }
+        // TLS 1.2 (RFC 8422): an ECDHE_ECDSA suite, an ECDSA scheme with SHA-2 (without the
+        // extension the default would be SHA-1, which OpenSSL 3 refuses), and P-256 among the
+        // curves if the client names any.
+        let ecdsaSchemes: Set<UInt16> = [0x0403, 0x0503, 0x0603]
+        return cipherSuites.contains(where: Self.ecdheECDSASuites.contains)
+            && signatureAlgorithms.contains(where: ecdsaSchemes.contains)
+            && (supportedGroups.isEmpty || supportedGroups.contains(0x0017))
+    }
+
+    /// The TLS 1.2 ECDHE_ECDSA suites OpenSSL can serve (AES-CBC/GCM/CCM, ChaCha20-Poly1305).
+    static let ecdheECDSASuites: Set<UInt16> = [0xC009, 0xC00A, 0xC023, 0xC024, 0xC02B, 0xC02C, 0xCCA9, 0xC0AC, 0xC0AD]
 }
 
 /// Collects a ClientHello from the first bytes of a connection, however TCP segments and TLS
@@ -100,6 +126,8 @@ public struct ClientHelloReader: Sendable {
             case 0: hello.serverName = try serverName(&data)
             case 16: hello.alpn = try alpn(&data)
             case 43: hello.supportedVersions = try supportedVersions(&data)
+            case 10: hello.supportedGroups = try codePoints(&data, "supported_groups")
+            case 13: hello.signatureAlgorithms = try codePoints(&data, "signature_algorithms")
             default: continue
             }
             guard data.isAtEnd else { throw .malformed("extension \(type) has trailing bytes") }
@@ -134,6 +162,17 @@ public struct ClientHelloReader: Sendable {
         }
         guard !protocols.isEmpty else { throw .malformed("empty ALPN list") }
         return protocols
+    }
+
+    /// A list of 16-bit code points behind a 16-bit length (supported_groups, signature_algorithms).
+    static func codePoints(_ r: inout ByteReader, _ what: String) throws(WireError) -> [UInt16] {
+        let length = Int(try r.u16("\(what) length"))
+        guard length % 2 == 0, length > 0 else { throw .malformed("\(what) length \(length)") }
+        var list = try r.sub(length, what)
+        var values: [UInt16] = []
+        values.reserveCapacity(length / 2)
+        while !list.isAtEnd { values.append(try list.u16()) }
+        return values
     }
 
     static func supportedVersions(_ r: inout ByteReader) throws(WireError) -> [UInt16] {

@@ -198,6 +198,35 @@ func writeFile(_ path: String, _ text: String) throws { try text.write(toFile: p
         }
     }
 
+    /// Clients whose hello cannot verify ECDSA get the same leaf on the shared RSA key (a
+    /// separate cache entry). A mirrored empty subject keeps its SAN critical (RFC 5280).
+    @Test func rsaLeavesAndEmptySubjects() throws {
+        try root { root, minter in
+            let upstreamKey = try PrivateKey.generate(.ecP256)
+            let spec = CertificateSpec(subject: .attributes([]), serial: try CertificateSpec.randomSerial(),
+                                       notBefore: Date().addingTimeInterval(-100), notAfter: Date().addingTimeInterval(7 * 86_400), publicKey: upstreamKey,
+                                       extensions: [try CertificateExtension.subjectAltNames([.dns("origin.test")], critical: true)])
+            let upstream = try CertificateBuilder.sign(spec, issuer: nil, issuerKey: upstreamKey)
+            #expect(LeafRequest.mirroring(upstream) != .mirroring(upstream, keyType: .rsa2048), "the cache must not hand one for the other")
+            let ecdsa = try minter.mint(.mirroring(upstream))
+            let rsa = try minter.mint(.mirroring(upstream, keyType: .rsa2048))
+            #expect(ecdsa.certificate.keyDescription == "EC P-256" && rsa.certificate.keyDescription == "RSA 2048")
+            #expect(rsa.certificate.publicKeyDER == (try rsa.key.publicKeyDER()))
+            var other = LeafRequest.forNames(["b.test"])
+            other.keyType = .rsa2048
+            #expect(try minter.mint(other).key.publicKeyDER() == (try rsa.key.publicKeyDER()), "one shared RSA key, made once")
+            let dir = TestEnv.scratch("rsa-leaf")
+            defer { TestEnv.remove(dir) }
+            try writeFile("\(dir)/root.pem", root.certificate.pem)
+            try writeFile("\(dir)/rsa.pem", rsa.certificate.pem)
+            let verify = TestEnv.sh("openssl verify -CAfile \(dir)/root.pem -purpose sslserver -verify_hostname origin.test \(dir)/rsa.pem")
+            #expect(verify.status == 0, "\(verify)")
+            let text = TestEnv.sh("openssl x509 -noout -text -in \(dir)/rsa.pem").out
+            #expect(text.contains("Digital Signature, Key Encipherment"), "TLS 1.2 RSA key exchange needs keyEncipherment")
+            #expect(rsa.certificate.subject.isEmpty && text.contains("Subject Alternative Name: critical"), "\(text.prefix(1500))")
+        }
+    }
+
     @Test func nameConstraintsRefuseOutsideNames() throws {
         let profile = try CAProfile.parse("[root.name_constraints]\npermitted_dns = [\"corp.test\"]", file: "p")
         try root(profile) { root, minter in

@@ -13,18 +13,26 @@ import TLS
         var chain: [Certificate]
         var key: PrivateKey
         var directShouldWork: Bool
-        /// Extra `openssl s_server` and `curl` arguments (protocol versions).
+        /// Extra `openssl s_server` and `curl` arguments (protocol versions, ciphers).
         var serverFlags = ""
         var clientFlags = ""
+        /// A client other than curl: a command given the CA file ($1), address ($2) and port ($3).
+        var client: String?
     }
 
-    static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false,
+    /// A TLS 1.3 client that verifies only RSA-PSS signatures (no ECDSA).
+    static let rsaPSSOnlyClient = """
+        openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
+          -tls1_3 -sigalgs rsa_pss_rsae_sha256:rsa_pss_rsae_sha384 </dev/null >/dev/null 2>&1
+        """
+
+    static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false, subject: String? = nil,
                      notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400)) throws -> Certificate {
         var extensions = [try CertificateExtension.make("basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE")]
         if ca { extensions.append(try CertificateExtension.make("keyUsage", "critical,keyCertSign,cRLSign")) }
-        if !names.isEmpty { extensions.append(try CertificateExtension.subjectAltNames(names)) }
-        let cn = ca ? "Matrix CA \(UUID().uuidString.prefix(8))" : "origin"
-        let spec = CertificateSpec(subject: .attributes([("CN", cn)]), serial: try CertificateSpec.randomSerial(),
+        let cn = subject ?? (ca ? "Matrix CA \(UUID().uuidString.prefix(8))" : "origin")
+        if !names.isEmpty { extensions.append(try CertificateExtension.subjectAltNames(names, critical: cn.isEmpty)) }
+        let spec = CertificateSpec(subject: .attributes(cn.isEmpty ? [] : [("CN", cn)]), serial: try CertificateSpec.randomSerial(),
                                    notBefore: notBefore, notAfter: notAfter, publicKey: key, extensions: extensions)
         return try CertificateBuilder.sign(spec, issuer: issuer?.0, issuerKey: issuer?.1 ?? key)
     }
@@ -67,6 +75,43 @@ import TLS
         origins.append(Origin(name: "TLS 1.2-only origin, client requires TLS 1.3", chain: [good], key: key, directShouldWork: false,
                               serverFlags: "-tls1_2", clientFlags: "--tlsv1.3"))
         origins.append(Origin(name: "TLS 1.1-only origin", chain: [good], key: key, directShouldWork: false, serverFlags: "-tls1_1 -cipher DEFAULT@SECLEVEL=0"))
+        // Certificate shapes real sites have (badssl.com's no-subject, 1000-sans, reversed-chain).
+        key = try k()
+        origins.append(Origin(name: "no subject, names in a critical SAN", chain: [try Self.sign(name, key: key, issuer: (root, rootKey), subject: "")],
+                              key: key, directShouldWork: true))
+        key = try k()
+        let manyNames = (1..<1000).map { SubjectAltName.dns("n\($0).origin.test") } + name
+        origins.append(Origin(name: "1000 SANs", chain: [try Self.sign(manyNames, key: key, issuer: (root, rootKey))], key: key, directShouldWork: true))
+        key = try k()
+        let secondKey = try k()
+        let second = try Self.sign([], key: secondKey, issuer: (intermediate, intermediateKey), ca: true)
+        origins.append(Origin(name: "two intermediates sent in reverse order",
+                              chain: [try Self.sign(name, key: key, issuer: (second, secondKey)), intermediate, second], key: key, directShouldWork: true))
+        // RSA origins and clients that cannot verify ECDSA: the masquerade leaf must be one the
+        // client can use, or it fails through Loupe where it works direct.
+        #expect(TestEnv.sh("openssl genrsa -out \(dir)/rsa.key 2048 2>&1").status == 0)
+        let rsaKey = try PrivateKey(pem: try String(contentsOfFile: "\(dir)/rsa.key", encoding: .utf8))
+        let rsaOrigin = try Self.sign(name, key: rsaKey, issuer: (root, rootKey))
+        origins.append(Origin(name: "RSA origin, TLS 1.2 client offering only ECDHE-RSA", chain: [rsaOrigin], key: rsaKey, directShouldWork: true,
+                              clientFlags: "--tls-max 1.2 --ciphers ECDHE-RSA-AES128-GCM-SHA256"))
+        origins.append(Origin(name: "RSA origin, TLS 1.3 client verifying only RSA-PSS", chain: [rsaOrigin], key: rsaKey, directShouldWork: true,
+                              client: Self.rsaPSSOnlyClient))
+        origins.append(Origin(name: "RSA origin with only static-RSA key exchange", chain: [rsaOrigin], key: rsaKey, directShouldWork: true,
+                              serverFlags: "-tls1_2 -cipher AES128-GCM-SHA256"))
+        // A 1024-bit DH group (badssl.com's dh1024): OpenSSL's security level refuses it.
+        #expect(TestEnv.sh("openssl genpkey -genparam -algorithm DH -pkeyopt dh_rfc5114:1 -out \(dir)/dh1024.pem 2>&1").status == 0)
+        origins.append(Origin(name: "DHE with a 1024-bit group only", chain: [rsaOrigin], key: rsaKey, directShouldWork: false,
+                              serverFlags: "-tls1_2 -cipher DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=0 -dhparam $D/dh1024.pem"))
+        // A leaf signed with SHA-1 (badssl.com's sha1-2016): refused at OpenSSL's security level 2.
+        // (openssl x509 -CA re-signs only a self-signed input.)
+        key = try k()
+        try (try Self.sign(name, key: key, issuer: nil)).pem.write(toFile: "\(dir)/sha1-in.pem", atomically: true, encoding: .utf8)
+        try root.pem.write(toFile: "\(dir)/matrix-root.pem", atomically: true, encoding: .utf8)
+        try rootKey.pkcs8PEM().write(toFile: "\(dir)/matrix-root.key", atomically: true, encoding: .utf8)
+        let resign = TestEnv.sh("openssl x509 -in \(dir)/sha1-in.pem -CA \(dir)/matrix-root.pem -CAkey \(dir)/matrix-root.key -sha1 -set_serial 7 -out \(dir)/sha1.pem 2>&1")
+        #expect(resign.status == 0, "\(resign.out)")
+        let sha1Leaf = try #require(try Certificate.parsePEM(try String(contentsOfFile: "\(dir)/sha1.pem", encoding: .utf8)).first)
+        origins.append(Origin(name: "leaf signed with SHA-1", chain: [sha1Leaf], key: key, directShouldWork: false))
 
         try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
         var servers = ""
@@ -75,9 +120,21 @@ import TLS
             let port = 4431 + i
             try (origin.chain.map(\.pem).joined() + (try origin.key.pkcs8PEM())).write(toFile: "\(dir)/o\(i).pem", atomically: true, encoding: .utf8)
             servers += "ip netns exec $B openssl s_server -accept \(port) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet \(origin.serverFlags) >/dev/null 2>&1 & echo $! > $D/o\(i).pid\n"
+            if let client = origin.client {
+                try client.write(toFile: "\(dir)/client\(i).sh", atomically: true, encoding: .utf8)
+                probes += """
+                    ip netns exec $B timeout 10 bash $D/client\(i).sh $D/origin-root.pem 127.0.0.1 \(port); d=$?
+                    ip netns exec $A timeout 10 bash $D/client\(i).sh $D/loupe-root.pem 10.206.0.2 \(port); p=$?
+
+                    """
+            } else {
+                probes += """
+                    ip netns exec $B curl -s \(origin.clientFlags) --max-time 10 --cacert $D/origin-root.pem --resolve origin.test:\(port):127.0.0.1 https://origin.test:\(port)/ -o /dev/null; d=$?
+                    ip netns exec $A curl -s \(origin.clientFlags) --max-time 10 --cacert $D/loupe-root.pem --resolve origin.test:\(port):10.206.0.2 https://origin.test:\(port)/ -o /dev/null; p=$?
+
+                    """
+            }
             probes += """
-                ip netns exec $B curl -s \(origin.clientFlags) --max-time 10 --cacert $D/origin-root.pem --resolve origin.test:\(port):127.0.0.1 https://origin.test:\(port)/ -o /dev/null; d=$?
-                ip netns exec $A curl -s \(origin.clientFlags) --max-time 10 --cacert $D/loupe-root.pem --resolve origin.test:\(port):10.206.0.2 https://origin.test:\(port)/ -o /dev/null; p=$?
                 echo "CASE \(i) direct=$d proxied=$p"
 
                 """
@@ -94,13 +151,13 @@ import TLS
               chain out {
                 type nat hook output priority -100;
                 meta mark 0x4c55 return
-                tcp dport 4431-4450 redirect to :18443
+                tcp dport 4431-4470 redirect to :18443
               }
             }
             NFT
             LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
             for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
-            for i in $(seq 50); do [ "$(ip netns exec $B ss -ltn | grep -c ':44[3-4][0-9] ')" -ge \(origins.count) ] && break; sleep 0.1; done
+            for i in $(seq 50); do [ "$(ip netns exec $B ss -ltn | grep -c ':44[3-7][0-9] ')" -ge \(origins.count) ] && break; sleep 0.1; done
             \(probes)
             """
         try script.write(toFile: "\(dir)/matrix.sh", atomically: true, encoding: .utf8)

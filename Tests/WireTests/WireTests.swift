@@ -8,9 +8,17 @@ import Testing
 let realHello = Array(try! Data(contentsOf: URL(fileURLWithPath: "\(TestEnv.packageRoot)/Tests/WireTests/Fixtures/clienthello-openssl.bin")))
 
 /// Builds a ClientHello record by hand: `records` splits the handshake over that many records.
-func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 0, records: Int = 1) -> [UInt8] {
+func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 0, records: Int = 1,
+               suites: [UInt16] = [0x1301, 0x1302], versions: [UInt16] = [0x0304, 0x0303],
+               signatureAlgorithms: [UInt16]? = nil, groups: [UInt16]? = nil) -> [UInt8] {
     func u16(_ v: Int) -> [UInt8] { [UInt8(v >> 8 & 0xFF), UInt8(v & 0xFF)] }
+    func list16(_ type: Int, _ values: [UInt16]) -> [UInt8] {
+        let bytes = values.flatMap { u16(Int($0)) }
+        return u16(type) + u16(bytes.count + 2) + u16(bytes.count) + bytes
+    }
     var extensions: [UInt8] = []
+    if let signatureAlgorithms { extensions += list16(13, signatureAlgorithms) }
+    if let groups { extensions += list16(10, groups) }
     if let sni {
         let name = Array(sni.utf8)
         let entry = [0] + u16(name.count) + name
@@ -20,9 +28,10 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         let list = alpn.flatMap { [UInt8($0.utf8.count)] + Array($0.utf8) }
         extensions += u16(16) + u16(list.count + 2) + u16(list.count) + list
     }
-    extensions += u16(43) + u16(5) + [4, 0x03, 0x04, 0x03, 0x03]
+    let versionBytes = versions.flatMap { u16(Int($0)) }
+    extensions += u16(43) + u16(versionBytes.count + 1) + [UInt8(versionBytes.count)] + versionBytes
     if padding > 0 { extensions += u16(0xFE0D) + u16(padding) + [UInt8](repeating: 0xAB, count: padding) }  // e.g. a PQ key share
-    var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + u16(4) + [0x13, 0x01, 0x13, 0x02] + [1, 0]
+    var body: [UInt8] = [3, 3] + [UInt8](repeating: 7, count: 32) + [0] + u16(suites.count * 2) + suites.flatMap { u16(Int($0)) } + [1, 0]
     body += u16(extensions.count) + extensions
     let handshake: [UInt8] = [1, UInt8(body.count >> 16), UInt8(body.count >> 8 & 0xFF), UInt8(body.count & 0xFF)] + body
     let chunk = (handshake.count + records - 1) / records
@@ -43,6 +52,44 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(hello.serverName == "www.example.test")
         #expect(hello.alpn == ["h2", "http/1.1"])
         #expect(hello.supportedVersions.contains(0x0304))
+        #expect(hello.signatureAlgorithms.contains(0x0403) && hello.supportedGroups.contains(0x001D))
+        #expect(hello.acceptsP256ECDSA(at: 0x0304) && hello.acceptsP256ECDSA(at: 0x0303))
+    }
+
+    /// Which clients may get the P-256 masquerade leaf: a client that cannot verify it would
+    /// fail through Loupe against an RSA origin it reaches directly.
+    @Test func whoAcceptsAP256Leaf() throws {
+        func hello(_ bytes: [UInt8]) throws -> ClientHello {
+            var reader = ClientHelloReader()
+            guard case .hello(let h) = reader.feed(bytes) else { throw WireError.malformed("\(reader.result)") }
+            return h
+        }
+        let rsaPSS: [UInt16] = [0x0804, 0x0805, 0x0806, 0x0401]
+        // TLS 1.3: only ecdsa_secp256r1_sha256 signs with a P-256 key.
+        #expect(try hello(makeHello(signatureAlgorithms: [0x0403] + rsaPSS)).acceptsP256ECDSA(at: 0x0304))
+        #expect(try !hello(makeHello(signatureAlgorithms: rsaPSS)).acceptsP256ECDSA(at: 0x0304))
+        #expect(try !hello(makeHello(signatureAlgorithms: [0x0503] + rsaPSS)).acceptsP256ECDSA(at: 0x0304))
+        #expect(try !hello(makeHello()).acceptsP256ECDSA(at: 0x0304), "no signature_algorithms at all")
+        // TLS 1.2: an ECDHE_ECDSA suite, an ECDSA/SHA-2 scheme and P-256 among the named curves.
+        let tls12 = { (suites: [UInt16], schemes: [UInt16]?, groups: [UInt16]?) in
+            try hello(makeHello(suites: suites, versions: [0x0303], signatureAlgorithms: schemes, groups: groups))
+        }
+        #expect(try tls12([0xC02F, 0xC02B], [0x0403, 0x0401], [0x001D, 0x0017]).acceptsP256ECDSA(at: 0x0303))
+        #expect(try tls12([0xC02B], [0x0503], nil).acceptsP256ECDSA(at: 0x0303), "no supported_groups: any curve")
+        #expect(try !tls12([0xC02F, 0xC030], [0x0403, 0x0401], [0x0017]).acceptsP256ECDSA(at: 0x0303), "ECDHE_RSA suites only")
+        #expect(try !tls12([0xC02B], [0x0401, 0x0804], [0x0017]).acceptsP256ECDSA(at: 0x0303), "RSA schemes only")
+        #expect(try !tls12([0xC02B], nil, [0x0017]).acceptsP256ECDSA(at: 0x0303), "SHA-1 by default")
+        #expect(try !tls12([0xC02B], [0x0403], [0x0018, 0x001D]).acceptsP256ECDSA(at: 0x0303), "P-384 and X25519 only")
+        // A TLS 1.3 client held to 1.2 (a 1.2-only upstream) is judged by its 1.2 offer.
+        let both = try hello(makeHello(suites: [0x1301, 0xC02F], signatureAlgorithms: [0x0403, 0x0401], groups: [0x0017]))
+        #expect(both.acceptsP256ECDSA(at: 0x0304) && !both.acceptsP256ECDSA(at: 0x0303))
+        // Malformed lists are errors, not empty offers.
+        var odd = makeHello(signatureAlgorithms: [0x0403])
+        let sigalgs: [UInt8] = [0x00, 0x0D, 0x00, 0x04, 0x00, 0x02, 0x04, 0x03]
+        let at = try #require(odd.indices.first { odd[$0...].starts(with: sigalgs) })
+        odd[at + 5] = 3  // the inner list length, made odd
+        var reader = ClientHelloReader()
+        guard case .malformed = reader.feed(odd) else { Issue.record("odd signature_algorithms length: \(reader.result)"); return }
     }
 
     /// Fed in every possible two-piece split, and byte by byte, the answer is the same.
