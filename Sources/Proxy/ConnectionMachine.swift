@@ -100,6 +100,9 @@ public final class ConnectionMachine {
     /// Whether the client's hello can verify a P-256 ECDSA leaf under TLS 1.3 and under 1.2
     /// (the version depends on the upstream); if not, it gets an RSA leaf.
     private var acceptsECDSA = (upToTLS13: true, atTLS12: true)
+    /// The newest TLS version the client offered: the upstream leg offers no newer, so an origin
+    /// that refuses it (TLS 1.3 only) refuses it through Loupe too.
+    private var clientNewestVersion: UInt16?
     private var helloDecision: Decision?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
@@ -246,6 +249,7 @@ public final class ConnectionMachine {
         facts.sni = h.serverName
         facts.alpn = h.alpn
         acceptsECDSA = (h.acceptsP256ECDSA(at: 0x0304), h.acceptsP256ECDSA(at: 0x0303))
+        clientNewestVersion = h.newestVersion
         var decision = policy.decide(.hello, facts)
         if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
@@ -293,10 +297,16 @@ public final class ConnectionMachine {
             }
             identity = found
         }
+        let maximum = clientNewestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
+        if let maximum, maximum < .tls12 {
+            return finish("the client offers nothing newer than \(maximum) (Loupe speaks TLS 1.2 and 1.3)", alert: 70)  // protocol_version
+        }
         do {
-            // Sessions are resumed per upstream name, address, ALPN offer and client identity.
-            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")"
-            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key, identity: identity)
+            // Sessions are resumed per upstream name, address, ALPN offer, client identity and
+            // version ceiling.
+            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(maximum?.rawValue ?? 0)"
+            let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key,
+                                                 identity: identity, maximum: maximum)
             upstreamTLS = upstream
             phase = .upstreamHandshake
             upstream.advanceHandshake()

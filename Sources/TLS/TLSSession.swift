@@ -2,9 +2,10 @@ import COpenSSL
 import Synchronization
 
 /// TLS protocol versions as OpenSSL numbers them.
-public enum TLSVersion: Int32, Sendable, Comparable {
+public enum TLSVersion: Int32, Sendable, Comparable, CustomStringConvertible {
     case tls10 = 0x0301, tls11 = 0x0302, tls12 = 0x0303, tls13 = 0x0304
     public static func < (a: TLSVersion, b: TLSVersion) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { "TLS 1.\(rawValue - 0x0301)" }
 }
 
 /// Shared TLS settings (an SSL_CTX): one for all client-facing sessions, one for upstreams.
@@ -152,10 +153,13 @@ public final class TLSSession: @unchecked Sendable {
 
     /// A client session to `serverName` (SNI and the name verified; an IP address is verified
     /// against IP SANs and sent without SNI), offering `alpn`. With `resumptionKey` (the
-    /// upstream's name and address), a session saved from an earlier visit is offered.
-    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = [], resumptionKey: String? = nil, identity: ClientIdentity? = nil) throws(OpenSSLError) -> TLSSession {
+    /// upstream's name and address), a session saved from an earlier visit is offered. No
+    /// protocol version above `maximum` is offered.
+    public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = [], resumptionKey: String? = nil,
+                              identity: ClientIdentity? = nil, maximum: TLSVersion? = nil) throws(OpenSSLError) -> TLSSession {
         let session = try TLSSession(context: context, resumptionKey: resumptionKey)
         ERR_clear_error()
+        if let maximum { try check("maximum TLS version", loupe_SSL_set_max_proto_version(session.ssl, maximum.rawValue) == 1) }
         if let serverName {
             if IPAddress.parse(serverName) != nil {
                 try check("verifying IP \(serverName)", X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(session.ssl), serverName) == 1)

@@ -15,6 +15,11 @@ public struct ClientHello: Sendable, Equatable {
 }
 
 extension ClientHello {
+    /// The newest TLS/SSL version offered, GREASE and unknown values ignored (0x0304 = TLS 1.3).
+    public var newestVersion: UInt16? {
+        supportedVersions.filter { $0 >= 0x0300 && $0 <= 0x0304 }.max()
+    }
+
     /// Whether this client can accept a server certificate with a P-256 ECDSA key when the
     /// handshake settles on `version` (0x0304 = TLS 1.3). A masquerade leaf the client cannot use
     /// would fail a handshake that works directly; clients answering `false` get an RSA leaf.

@@ -74,6 +74,9 @@ import TLS
         origins.append(Origin(name: "TLS 1.2-only origin", chain: [good], key: key, directShouldWork: true, serverFlags: "-tls1_2"))
         origins.append(Origin(name: "TLS 1.2-only origin, client requires TLS 1.3", chain: [good], key: key, directShouldWork: false,
                               serverFlags: "-tls1_2", clientFlags: "--tlsv1.3"))
+        origins.append(Origin(name: "TLS 1.3-only origin", chain: [good], key: key, directShouldWork: true, serverFlags: "-tls1_3"))
+        origins.append(Origin(name: "TLS 1.3-only origin, client offers at most TLS 1.2", chain: [good], key: key, directShouldWork: false,
+                              serverFlags: "-tls1_3", clientFlags: "--tls-max 1.2"))
         origins.append(Origin(name: "TLS 1.1-only origin", chain: [good], key: key, directShouldWork: false, serverFlags: "-tls1_1 -cipher DEFAULT@SECLEVEL=0"))
         // Certificate shapes real sites have (badssl.com's no-subject, 1000-sans, reversed-chain).
         key = try k()

@@ -69,11 +69,12 @@ final class Playbook {
         return ConnectionMachine(facts: facts, policy: try Policy.parse(policy, file: "p.toml"), settings: settings)
     }
 
-    func origin(_ names: [SubjectAltName], expired: Bool = false, alpn: [String] = ["h2", "http/1.1"], maximum: TLSVersion? = nil) throws -> TLSSession {
+    func origin(_ names: [SubjectAltName], expired: Bool = false, alpn: [String] = ["h2", "http/1.1"],
+                minimum: TLSVersion = .tls12, maximum: TLSVersion? = nil) throws -> TLSSession {
         let (leaf, key) = expired
             ? try originPKI.leaf(names, notBefore: Date().addingTimeInterval(-86_400 * 9), notAfter: Date().addingTimeInterval(-86_400))
             : try originPKI.leaf(names)
-        return try TLSSession.server(try TLSContext.server(maximum: maximum), chain: [leaf], key: key, alpn: alpn)
+        return try TLSSession.server(try TLSContext.server(minimum: minimum, maximum: maximum), chain: [leaf], key: key, alpn: alpn)
     }
 
     /// Delivers `first` and then carries bytes until nothing moves.
@@ -231,6 +232,25 @@ final class Playbook {
                 #expect(client.state == .established && client.version == "TLSv1.2" && origin.version == "TLSv1.2", "\(client.state)")
             } else {
                 #expect(client.state != .established && m.phase == .closed, "TLS 1.3 only, as direct: \(client.state) / \(p.finishedReason ?? "-")")
+            }
+        }
+    }
+
+    /// …nor the upstream leg newer than the client offered: a TLS 1.2 client gets TLS 1.2 on both
+    /// legs, and fails against a TLS 1.3-only origin as it would directly.
+    @Test func theUpstreamLegNeverOutversionsTheClient() throws {
+        for originMinimum in [TLSVersion.tls12, .tls13] {
+            let p = try Playbook()
+            let m = try p.machine()
+            let origin = try p.origin([.dns("www.origin.test")], minimum: originMinimum)
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle, maximum: .tls12), serverName: "www.origin.test")
+            client.advanceHandshake()
+            p.run(m, client: client, origin: origin)
+            if originMinimum == .tls12 {
+                #expect(client.state == .established && client.version == "TLSv1.2" && origin.version == "TLSv1.2", "\(client.state)")
+            } else {
+                #expect(client.state != .established && m.phase == .closed, "a TLS 1.3-only origin, as direct: \(client.state)")
+                #expect(p.finishedReason?.contains("upstream TLS failed") == true, "\(p.finishedReason ?? "-")")
             }
         }
     }

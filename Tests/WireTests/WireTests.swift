@@ -54,6 +54,11 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(hello.supportedVersions.contains(0x0304))
         #expect(hello.signatureAlgorithms.contains(0x0403) && hello.supportedGroups.contains(0x001D))
         #expect(hello.acceptsP256ECDSA(at: 0x0304) && hello.acceptsP256ECDSA(at: 0x0303))
+        #expect(hello.newestVersion == 0x0304)
+        // GREASE (RFC 8701) and unknown future versions are not versions anyone can speak.
+        var greased = ClientHelloReader()
+        guard case .hello(let g) = greased.feed(makeHello(versions: [0x0A0A, 0x7F1C, 0x0303, 0x0302])) else { Issue.record("\(greased.result)"); return }
+        #expect(g.newestVersion == 0x0303)
     }
 
     /// Which clients may get the P-256 masquerade leaf: a client that cannot verify it would
