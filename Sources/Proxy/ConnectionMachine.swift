@@ -466,10 +466,14 @@ public final class ConnectionMachine {
         let down = upstream.read()
         if !down.isEmpty {
             out += (responses?.feed(down) ?? []).map(Command.answered)
-            try? client.write(down)
-            if let seen = http2?.fromUpstream(down) {
-                if !seen.client.isEmpty { try? client.write(seen.client) }
+            if http2 != nil {
+                let seen = http2!.fromUpstream(down)
                 out += seen.answered.map(Command.answered)
+                if let failure = seen.failure { return out + finish(failure) }
+                try? client.write(down)
+                if !seen.client.isEmpty { try? client.write(seen.client) }
+            } else {
+                try? client.write(down)
             }
         }
         // A close_notify on one leg is passed on as a close_notify on the other, then a half-close.

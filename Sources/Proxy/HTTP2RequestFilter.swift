@@ -11,6 +11,11 @@ import Policy
 /// without touching the client's dynamic table), its later frames are dropped and the
 /// connection window they used is given back. The upstream's frames are relayed as they are;
 /// its SETTINGS are read for the header table size both encoders must respect.
+///
+/// Server push is switched off toward the upstream (the client's SETTINGS go up with
+/// SETTINGS_ENABLE_PUSH = 0): a pushed stream is a response to a request nobody sent, which the
+/// request stage could not decide. Servers may always choose not to push, so clients see no
+/// difference but the absence of pushes (which browsers have dropped anyway).
 struct HTTP2RequestFilter {
     struct Output {
         var upstream: [UInt8] = []
@@ -42,6 +47,10 @@ struct HTTP2RequestFilter {
         static let endStream: UInt8 = 0x1, ack: UInt8 = 0x1, endHeaders: UInt8 = 0x4, padded: UInt8 = 0x8, priority: UInt8 = 0x20
     }
 
+    enum Setting {
+        static let headerTableSize: UInt16 = 0x1, enablePush: UInt16 = 0x2
+    }
+
     /// A header block spread over HEADERS and CONTINUATION frames, not yet complete.
     private struct OpenBlock {
         var stream: UInt32
@@ -68,6 +77,8 @@ struct HTTP2RequestFilter {
     /// Bytes of an upstream frame payload still to pass without looking (not SETTINGS).
     private var upstreamSkip = 0
     private var upstreamSettingsSeen = false
+    /// The upstream broke the protocol in a way that must not reach the client.
+    private var upstreamFailure: String?
     private var upstreamFrameLength = 0
     /// The upstream's HPACK context, followed to read each response's status.
     private var upstreamDecoder: HPACKDecoder
@@ -132,10 +143,15 @@ struct HTTP2RequestFilter {
             if openBlock == nil, header.type == FrameType.settings.rawValue, fromClientBuffer[offset + 4] & Flag.ack == 0 {
                 // The client's SETTINGS bound the upstream's HPACK table, which Loupe follows.
                 guard let frame = Self.frame(in: fromClientBuffer, at: offset) else { break }
-                for (id, value) in Self.settings(fromClientBuffer[frame.payload]) where id == 0x1 {
+                let payload = fromClientBuffer[frame.payload]
+                guard frame.stream == 0, payload.count % 6 == 0 else {
+                    out.failure = "HTTP/2: a SETTINGS frame of \(payload.count) bytes on stream \(frame.stream)"
+                    return out
+                }
+                for (id, value) in Self.settings(payload) where id == Setting.headerTableSize {
                     upstreamDecoder.maxDynamicTableLength = min(max(value, HPACKDecoder.maxDynamicTableSize), Self.maxTableSize)
                 }
-                out.upstream += fromClientBuffer[frame.start..<frame.end]
+                out.upstream += Self.withoutPush(payload)
                 offset = frame.end
                 continue
             }
@@ -308,15 +324,17 @@ struct HTTP2RequestFilter {
     /// Reads the upstream's frames — SETTINGS for its header table size, response header blocks
     /// and DATA for each request's status and size; the caller relays `bytes` as they are, then
     /// `client`: frames of Loupe's own (403s, window updates) that were waiting for a boundary.
-    mutating func fromUpstream(_ bytes: [UInt8]) -> (client: [UInt8], answered: [HTTPExchange]) {
+    /// With `failure`, nothing of `bytes` may reach the client: the connection ends.
+    mutating func fromUpstream(_ bytes: [UInt8]) -> (client: [UInt8], answered: [HTTPExchange], failure: String?) {
         let answered = readUpstream(bytes)
-        return (flushToClient(), answered)
+        if let upstreamFailure { return ([], answered, upstreamFailure) }
+        return (flushToClient(), answered, nil)
     }
 
     private mutating func readUpstream(_ bytes: [UInt8]) -> [HTTPExchange] {
         var answered: [HTTPExchange] = []
         var index = 0
-        while index < bytes.count {
+        while index < bytes.count, upstreamFailure == nil {
             if upstreamSkip > 0 {
                 let n = min(upstreamSkip, bytes.count - index)
                 upstreamSkip -= n
@@ -330,6 +348,11 @@ struct HTTP2RequestFilter {
             index += n
             guard fromUpstreamBuffer.count == wanted else { continue }
             if wanted == 9, let header = Self.frameHeader(in: fromUpstreamBuffer, at: 0) {
+                guard header.type != FrameType.pushPromise.rawValue else {
+                    // RFC 9113 §8.4: a connection error once push is disabled; never relayed.
+                    upstreamFailure = "HTTP/2: the upstream pushed a stream although push was disabled (PUSH_PROMISE on stream \(header.stream))"
+                    break
+                }
                 upstreamFrameLength = header.length
                 let flags = fromUpstreamBuffer[4]
                 let readWhole = readsWhole(type: header.type, flags: flags, length: header.length)
@@ -357,7 +380,7 @@ struct HTTP2RequestFilter {
     /// SETTINGS, and (while the upstream's HPACK context is followed) header-carrying frames.
     private mutating func readsWhole(type: UInt8, flags: UInt8, length: Int) -> Bool {
         if type == FrameType.settings.rawValue { return flags & Flag.ack == 0 }
-        let carriesHeaders = type == FrameType.headers.rawValue || type == FrameType.continuation.rawValue || type == FrameType.pushPromise.rawValue
+        let carriesHeaders = type == FrameType.headers.rawValue || type == FrameType.continuation.rawValue
         guard carriesHeaders, followingUpstream else { return false }
         if length > Self.maxHeaderBlock { followingUpstream = false }  // relayed, no longer decoded
         return followingUpstream
@@ -376,15 +399,15 @@ struct HTTP2RequestFilter {
             guard var block = upstreamBlock, block.stream == frame.stream else { followingUpstream = false; return [] }
             block.fragment += payload
             upstreamBlock = block
-        default:  // HEADERS or PUSH_PROMISE: padding, then priority or the promised stream
+        default:  // HEADERS: padding, then perhaps priority
             if frame.flags & Flag.padded != 0 {
                 guard let pad = payload.first, Int(pad) < payload.count else { followingUpstream = false; return [] }
                 payload = payload.dropFirst().dropLast(Int(pad))
             }
-            let skip = frame.type == FrameType.pushPromise.rawValue ? 4 : (frame.flags & Flag.priority != 0 ? 5 : 0)
+            let skip = frame.flags & Flag.priority != 0 ? 5 : 0
             guard payload.count >= skip else { followingUpstream = false; return [] }
-            upstreamBlock = OpenBlock(stream: frame.type == FrameType.pushPromise.rawValue ? 0 : frame.stream,
-                                      endStream: frame.flags & Flag.endStream != 0, priority: nil, fragment: Array(payload.dropFirst(skip)))
+            upstreamBlock = OpenBlock(stream: frame.stream, endStream: frame.flags & Flag.endStream != 0, priority: nil,
+                                      fragment: Array(payload.dropFirst(skip)))
         }
         guard frame.flags & Flag.endHeaders != 0, let block = upstreamBlock else { return [] }
         upstreamBlock = nil
@@ -393,13 +416,12 @@ struct HTTP2RequestFilter {
             followingUpstream = false  // the context is lost; the relay does not depend on it
             return []
         }
-        // Promised streams (stream 0 here) are decoded only to keep the context in step.
-        if block.stream != 0, var exchange = exchanges[block.stream], exchange.status == 0 || exchange.status < 200,
+        if var exchange = exchanges[block.stream], exchange.status == 0 || exchange.status < 200,
            let status = headers.first(name: ":status").flatMap({ Int($0) }) {
             exchange.status = status
             exchanges[block.stream] = exchange
         }
-        return block.endStream && block.stream != 0 ? ended(block.stream) : []
+        return block.endStream ? ended(block.stream) : []
     }
 
     private mutating func ended(_ stream: UInt32) -> [HTTPExchange] {
@@ -410,7 +432,7 @@ struct HTTP2RequestFilter {
     /// The upstream's SETTINGS_HEADER_TABLE_SIZE: the client's encoder may use this much, and
     /// Loupe's encoder toward the upstream stays within it.
     private mutating func applySettings(_ payload: ArraySlice<UInt8>) {
-        for (id, value) in Self.settings(payload) where id == 0x1 {
+        for (id, value) in Self.settings(payload) where id == Setting.headerTableSize {
             decoder.maxDynamicTableLength = min(max(value, HPACKDecoder.maxDynamicTableSize), Self.maxTableSize)
             try? encoder.setDynamicTableSize(min(value, HPACKEncoder.defaultDynamicTableSize))
         }
@@ -431,6 +453,18 @@ struct HTTP2RequestFilter {
     }
 
     // MARK: frames Loupe writes
+
+    /// The client's SETTINGS as they go upstream: the same, with SETTINGS_ENABLE_PUSH = 0.
+    static func withoutPush(_ payload: ArraySlice<UInt8>) -> [UInt8] {
+        var kept: [UInt8] = []
+        var i = payload.startIndex
+        while i + 6 <= payload.endIndex {
+            if UInt16(payload[i]) << 8 | UInt16(payload[i + 1]) != Setting.enablePush { kept += payload[i..<(i + 6)] }
+            i += 6
+        }
+        kept += [0, UInt8(Setting.enablePush), 0, 0, 0, 0]
+        return frameHeader(length: kept.count, type: .settings, flags: 0, stream: 0) + kept
+    }
 
     static func frameHeader(length: Int, type: FrameType, flags: UInt8, stream: UInt32) -> [UInt8] {
         [UInt8(length >> 16 & 0xFF), UInt8(length >> 8 & 0xFF), UInt8(length & 0xFF), type.rawValue, flags,

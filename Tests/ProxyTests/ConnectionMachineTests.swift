@@ -182,11 +182,12 @@ final class Playbook {
         // The leaf alone: the client holds the root as its anchor and need not parse it again.
         #expect(client.peerChain.count == 1)
         #expect(client.alpn == "h2" && origin.alpn == "h2")
-        // HTTP/2: the preface and SETTINGS pass as they are; the origin's frames come back whole.
+        // HTTP/2: the preface passes, SETTINGS with server push switched off; the origin's
+        // frames come back whole.
         let opening = HTTP2RequestFilter.preface + HTTP2RequestFilter.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
         try client.write(opening)
         p.run(m, client: client, origin: origin)
-        #expect(origin.read() == opening)
+        #expect(origin.read() == HTTP2RequestFilter.preface + HTTP2RequestFilter.frameHeader(length: 6, type: .settings, flags: 0, stream: 0) + [0, 2, 0, 0, 0, 0])
         let frames = (0..<4).flatMap { _ in HTTP2RequestFilter.frameHeader(length: 12_000, type: .data, flags: 0, stream: 1) + [UInt8](repeating: 0x42, count: 12_000) }
         try origin.write(frames)
         p.run(m, client: client, origin: origin)

@@ -156,13 +156,11 @@ import Testing
         var origin = Client()  // the upstream's encoder
         let early = try origin.block([(":status", "103"), ("link", "</s.css>")])
         let ok = try origin.block([(":status", "200"), ("content-type", "text/html"), ("x-long", String(repeating: "v", count: 300))])
-        let push = try origin.block(Self.request("GET", "/pushed"))
         let missing = try origin.block([(":status", "404"), ("content-type", "text/html")])
         var upstream = F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
         upstream += F.frameHeader(length: early.count, type: .headers, flags: 0x4, stream: 1) + early
         upstream += F.frameHeader(length: 100, type: .headers, flags: 0, stream: 1) + ok.prefix(100)
         upstream += F.frameHeader(length: ok.count - 100, type: .continuation, flags: 0x4, stream: 1) + ok.dropFirst(100)
-        upstream += F.frameHeader(length: 4 + push.count, type: .pushPromise, flags: 0x4, stream: 1) + [0, 0, 0, 2] + push
         upstream += F.frameHeader(length: 10, type: .data, flags: 0, stream: 1) + [UInt8](repeating: 1, count: 10)
         upstream += F.frameHeader(length: missing.count, type: .headers, flags: 0x5, stream: 3) + missing
         upstream += F.frameHeader(length: 5, type: .data, flags: 0x1, stream: 1) + [UInt8](repeating: 2, count: 5)
@@ -174,6 +172,42 @@ import Testing
             #expect(answered == [HTTPExchange(method: "GET", url: "https://www.origin.test/b", status: 404, bytes: 0),
                                  HTTPExchange(method: "GET", url: "https://www.origin.test/a", status: 200, bytes: 15)])
         }
+    }
+
+    /// Pushed streams answer requests nobody made, so the request stage never saw them: the
+    /// client's SETTINGS go upstream with push switched off, and a push anyway ends the connection.
+    @Test func serverPushIsSwitchedOff() throws {
+        func setting(_ id: UInt16, _ value: UInt32) -> [UInt8] {
+            [UInt8(id >> 8), UInt8(id & 0xFF), UInt8(value >> 24), UInt8(value >> 16 & 0xFF), UInt8(value >> 8 & 0xFF), UInt8(value & 0xFF)]
+        }
+        func settingsFrame(_ payload: [UInt8]) -> [UInt8] { F.frameHeader(length: payload.count, type: .settings, flags: 0, stream: 0) + payload }
+        let cases: [(sent: [UInt8], expected: [UInt8])] = [
+            (setting(1, 4096) + setting(2, 1) + setting(3, 100), setting(1, 4096) + setting(3, 100) + setting(2, 0)),
+            ([], setting(2, 0)),
+            (setting(2, 0) + setting(4, 1 << 20), setting(4, 1 << 20) + setting(2, 0)),
+        ]
+        for (sent, expected) in cases {
+            var filter = Self.filter()
+            let out = filter.fromClient(F.preface + settingsFrame(sent), decide: Self.decide)
+            #expect(out.failure == nil && out.upstream == F.preface + settingsFrame(expected))
+        }
+        // The client's acknowledgement of the upstream's SETTINGS passes as it is.
+        var acking = Self.filter()
+        let ack = F.frameHeader(length: 0, type: .settings, flags: 0x1, stream: 0)
+        #expect(acking.fromClient(F.preface + ack, decide: Self.decide).upstream == F.preface + ack)
+        // A SETTINGS payload that is not whole entries is the client's protocol error.
+        var broken = Self.filter()
+        #expect(broken.fromClient(F.preface + settingsFrame([0, 1, 0, 0, 16]), decide: Self.decide).failure?.contains("SETTINGS") == true)
+        // A push regardless: nothing of it reaches the client, the connection ends.
+        var client = Client()
+        let get = try client.block(Self.request("GET", "/a"))
+        var pushed = Self.filter()
+        _ = pushed.fromClient(F.preface + settingsFrame([]) + F.frameHeader(length: get.count, type: .headers, flags: 0x5, stream: 1) + get, decide: Self.decide)
+        var origin = Client()
+        let promise = try origin.block(Self.request("GET", "/pushed"))
+        let frame = F.frameHeader(length: 4 + promise.count, type: .pushPromise, flags: 0x4, stream: 1) + [0, 0, 0, 2] + promise
+        let seen = pushed.fromUpstream(frame)
+        #expect(seen.failure?.contains("PUSH_PROMISE") == true && seen.client.isEmpty)
     }
 
     /// Trailers close a request, they are not one: forwarded without a decision on an allowed
