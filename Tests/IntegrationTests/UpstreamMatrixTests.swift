@@ -78,6 +78,12 @@ import TLS
         origins.append(Origin(name: "TLS 1.3-only origin, client offers at most TLS 1.2", chain: [good], key: key, directShouldWork: false,
                               serverFlags: "-tls1_3", clientFlags: "--tls-max 1.2"))
         origins.append(Origin(name: "TLS 1.1-only origin", chain: [good], key: key, directShouldWork: false, serverFlags: "-tls1_1 -cipher DEFAULT@SECLEVEL=0"))
+        // Client certificates (badssl.com's client-cert-missing): asked for but optional, the
+        // handshake goes on without one; demanded, it fails — through Loupe as direct.
+        origins.append(Origin(name: "origin asks for an optional client certificate", chain: [good], key: key, directShouldWork: true,
+                              serverFlags: "-verify 1"))
+        origins.append(Origin(name: "origin demands a client certificate", chain: [good], key: key, directShouldWork: false,
+                              serverFlags: "-Verify 1 -verify_return_error"))
         // Certificate shapes real sites have (badssl.com's no-subject, 1000-sans, reversed-chain).
         key = try k()
         origins.append(Origin(name: "no subject, names in a critical SAN", chain: [try Self.sign(name, key: key, issuer: (root, rootKey), subject: "")],
