@@ -37,15 +37,29 @@ def measure(cafile, port, n):
     raw = socket.create_connection(("127.0.0.1", port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s = ctx.wrap_socket(raw, server_hostname="origin.test")
-    request = b"GET / HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    request = f"GET / HTTP/1.1\r\nHost: origin.test:{port}\r\n\r\n".encode()
     samples = []
+    buffered = b""
+    def receive():
+        data = s.recv(65536)
+        if not data:
+            sys.exit("keepalive.py: the connection closed mid-measurement")
+        return data
     start = time.perf_counter()
     for _ in range(n):
         t = time.perf_counter()
         s.sendall(request)
-        got = b""
-        while len(got) < len(RESPONSE):
-            got += s.recv(65536)
+        # A whole response by its Content-Length: proxies may add headers (Squid's Via, ...).
+        while b"\r\n\r\n" not in buffered:
+            buffered += receive()
+        head, _, buffered = buffered.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:] if line.lower().startswith(b"content-length:"))
+        status = head.split(b"\r\n")[0].decode()
+        if status != "HTTP/1.1 200 OK":
+            sys.exit("keepalive.py: " + status)
+        while len(buffered) < length:
+            buffered += receive()
+        buffered = buffered[length:]
         samples.append(time.perf_counter() - t)
     total = time.perf_counter() - start
     samples.sort()

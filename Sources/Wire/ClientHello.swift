@@ -31,14 +31,15 @@ extension ClientHello {
         // TLS 1.2 (RFC 8422): an ECDHE_ECDSA suite, an ECDSA scheme with SHA-2 (without the
         // extension the default would be SHA-1, which OpenSSL 3 refuses), and P-256 among the
         // curves if the client names any.
-        let ecdsaSchemes: Set<UInt16> = [0x0403, 0x0503, 0x0603]
         return cipherSuites.contains(where: Self.ecdheECDSASuites.contains)
-            && signatureAlgorithms.contains(where: ecdsaSchemes.contains)
+            && signatureAlgorithms.contains(where: Self.ecdsaSHA2Schemes.contains)
             && (supportedGroups.isEmpty || supportedGroups.contains(0x0017))
     }
 
     /// The TLS 1.2 ECDHE_ECDSA suites OpenSSL can serve (AES-CBC/GCM/CCM, ChaCha20-Poly1305).
     static let ecdheECDSASuites: Set<UInt16> = [0xC009, 0xC00A, 0xC023, 0xC024, 0xC02B, 0xC02C, 0xCCA9, 0xC0AC, 0xC0AD]
+    /// ecdsa_secp256r1_sha256, ecdsa_secp384r1_sha384, ecdsa_secp521r1_sha512 (any curve in 1.2).
+    static let ecdsaSHA2Schemes: Set<UInt16> = [0x0403, 0x0503, 0x0603]
 }
 
 /// Collects a ClientHello from the first bytes of a connection, however TCP segments and TLS
