@@ -111,11 +111,7 @@ public struct ClientHelloReader: Sendable {
         let version = try r.u16("legacy_version")
         try r.skip(32, "random")
         try r.skip(Int(try r.u8("session_id length")), "session_id")
-        let suitesLength = Int(try r.u16("cipher_suites length"))
-        guard suitesLength % 2 == 0, suitesLength > 0 else { throw .malformed("cipher_suites length \(suitesLength)") }
-        var suitesReader = try r.sub(suitesLength, "cipher_suites")
-        var suites: [UInt16] = []
-        while !suitesReader.isAtEnd { suites.append(try suitesReader.u16()) }
+        let suites = try codePoints(&r, length: Int(try r.u16("cipher_suites length")), "cipher_suites")
         try r.skip(Int(try r.u8("compression length")), "compression_methods")
         var hello = ClientHello(legacyVersion: version, serverName: nil, alpn: [], supportedVersions: [version],
                                 cipherSuites: suites, extensionTypes: [])
@@ -131,9 +127,9 @@ public struct ClientHelloReader: Sendable {
             switch type {
             case 0: hello.serverName = try serverName(&data)
             case 16: hello.alpn = try alpn(&data)
-            case 43: hello.supportedVersions = try supportedVersions(&data)
-            case 10: hello.supportedGroups = try codePoints(&data, "supported_groups")
-            case 13: hello.signatureAlgorithms = try codePoints(&data, "signature_algorithms")
+            case 43: hello.supportedVersions = try codePoints(&data, length: Int(try data.u8("supported_versions length")), "supported_versions")
+            case 10: hello.supportedGroups = try codePoints(&data, length: Int(try data.u16("supported_groups length")), "supported_groups")
+            case 13: hello.signatureAlgorithms = try codePoints(&data, length: Int(try data.u16("signature_algorithms length")), "signature_algorithms")
             default: continue
             }
             guard data.isAtEnd else { throw .malformed("extension \(type) has trailing bytes") }
@@ -170,23 +166,14 @@ public struct ClientHelloReader: Sendable {
         return protocols
     }
 
-    /// A list of 16-bit code points behind a 16-bit length (supported_groups, signature_algorithms).
-    static func codePoints(_ r: inout ByteReader, _ what: String) throws(WireError) -> [UInt16] {
-        let length = Int(try r.u16("\(what) length"))
+    /// A non-empty list of 16-bit code points, `length` bytes (cipher suites, versions, groups,
+    /// signature schemes).
+    static func codePoints(_ r: inout ByteReader, length: Int, _ what: String) throws(WireError) -> [UInt16] {
         guard length % 2 == 0, length > 0 else { throw .malformed("\(what) length \(length)") }
         var list = try r.sub(length, what)
         var values: [UInt16] = []
         values.reserveCapacity(length / 2)
         while !list.isAtEnd { values.append(try list.u16()) }
         return values
-    }
-
-    static func supportedVersions(_ r: inout ByteReader) throws(WireError) -> [UInt16] {
-        let length = Int(try r.u8("supported_versions length"))
-        guard length % 2 == 0, length > 0 else { throw .malformed("supported_versions length \(length)") }
-        var list = try r.sub(length, "supported_versions")
-        var versions: [UInt16] = []
-        while !list.isAtEnd { versions.append(try list.u16()) }
-        return versions
     }
 }
