@@ -102,7 +102,7 @@ public final class ConnectionMachine {
     private var acceptsECDSA = (upToTLS13: true, atTLS12: true)
     /// The newest TLS version the client offered: the upstream leg offers no newer, so an origin
     /// that refuses it (TLS 1.3 only) refuses it through Loupe too.
-    private var clientNewestVersion: UInt16?
+    private var clientMaximum: TLSVersion?
     private var helloDecision: Decision?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
@@ -249,7 +249,7 @@ public final class ConnectionMachine {
         facts.sni = h.serverName
         facts.alpn = h.alpn
         acceptsECDSA = (h.acceptsP256ECDSA(at: 0x0304), h.acceptsP256ECDSA(at: 0x0303))
-        clientNewestVersion = h.newestVersion
+        clientMaximum = h.newestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
         var decision = policy.decide(.hello, facts)
         if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
@@ -274,6 +274,9 @@ public final class ConnectionMachine {
         case .splice:
             return [.decided(decision)] + startSplice(reason: nil)
         default:
+            if let maximum = clientMaximum, maximum < .tls12 {  // refused before any upstream work
+                return [.decided(decision)] + finish("the client offers nothing newer than \(maximum) (Loupe speaks TLS 1.2 and 1.3)", alert: 70)  // protocol_version
+            }
             phase = .connecting
             return [.decided(decision), .connectUpstream(facts.dst!)]
         }
@@ -297,16 +300,12 @@ public final class ConnectionMachine {
             }
             identity = found
         }
-        let maximum = clientNewestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
-        if let maximum, maximum < .tls12 {
-            return finish("the client offers nothing newer than \(maximum) (Loupe speaks TLS 1.2 and 1.3)", alert: 70)  // protocol_version
-        }
         do {
             // Sessions are resumed per upstream name, address, ALPN offer, client identity and
             // version ceiling.
-            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(maximum?.rawValue ?? 0)"
+            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(clientMaximum?.rawValue ?? 0)"
             let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key,
-                                                 identity: identity, maximum: maximum)
+                                                 identity: identity, maximum: clientMaximum)
             upstreamTLS = upstream
             phase = .upstreamHandshake
             upstream.advanceHandshake()

@@ -256,6 +256,18 @@ final class Playbook {
         }
     }
 
+    /// A client that offers nothing Loupe speaks is refused at its hello, before any upstream work.
+    @Test func aClientOfferingOnlyOldTLSIsRefusedAtOnce() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        var hello: [UInt8] = [0x03, 0x02] + [UInt8](repeating: 7, count: 32) + [0, 0, 2, 0xC0, 0x13, 1, 0]  // TLS 1.1, no extensions
+        hello = [1, 0, 0, UInt8(hello.count)] + hello
+        let commands = m.handle(.clientData([0x16, 3, 1, 0, UInt8(hello.count)] + hello))
+        #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
+        #expect(commands.contains { if case .finished(let why) = $0 { why.contains("TLS 1.1") } else { false } }, "\(commands)")
+        #expect(m.phase == .closed)
+    }
+
     /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
     @Test func h2WithoutItsPrefaceEndsTheConnection() throws {
         let p = try Playbook()
