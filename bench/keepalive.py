@@ -53,10 +53,10 @@ def measure(cafile, port, n):
         while b"\r\n\r\n" not in buffered:
             buffered += receive()
         head, _, buffered = buffered.partition(b"\r\n\r\n")
-        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:] if line.lower().startswith(b"content-length:"))
         status = head.split(b"\r\n")[0].decode()
         if status != "HTTP/1.1 200 OK":
             sys.exit("keepalive.py: " + status)
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")[1:] if line.lower().startswith(b"content-length:"))
         while len(buffered) < length:
             buffered += receive()
         buffered = buffered[length:]

@@ -92,7 +92,7 @@ public final class LeafMinter: Sendable {
     public var leafKey: PrivateKey { ecdsa.key }
     private let signingKey: PrivateKey
     private let ecdsa: SharedKey
-    /// Made on first need: few clients ask for RSA, and RSA key generation takes ~100 ms.
+    /// Made on first need: few clients ask for RSA, and making an RSA-2048 key takes 0.2–0.6 s here.
     private let rsa = Mutex<SharedKey?>(nil)
     // Read once: parsing ASN1 times on every mint is measurable.
     private let rootNotBefore: Date
