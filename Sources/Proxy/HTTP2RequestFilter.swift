@@ -178,7 +178,9 @@ struct HTTP2RequestFilter {
                     openRequests.remove(header.stream)  // its body is complete: no trailers follow
                 }
                 if dropping, header.type == FrameType.data.rawValue, header.length > 0 {
+                    // Both windows: the upstream never saw the stream, so nobody else opens it.
                     toClient += Self.windowUpdate(stream: 0, increment: UInt32(header.length))
+                        + Self.windowUpdate(stream: header.stream, increment: UInt32(header.length))
                 }
                 if !dropping { out.upstream += fromClientBuffer[offset..<(offset + 9)] }
                 passing = header.length
@@ -297,7 +299,7 @@ struct HTTP2RequestFilter {
             }
             refused.insert(block.stream)
             let body = ConnectionMachine.forbiddenBody(decision)
-            toClient += Self.forbidden(stream: block.stream, body: body, requestEnded: block.endStream)
+            toClient += Self.forbidden(stream: block.stream, body: body)
             windowOwed += body.count
             return
         }
@@ -497,8 +499,10 @@ struct HTTP2RequestFilter {
 
     /// A 403 on `stream`: its header block uses only literals never indexed (static names), so
     /// the client's decoder — whose table the upstream's encoder drives — is left as it was.
-    /// A request still sending its body is then told to stop (RST_STREAM NO_ERROR, RFC 9113 §8.1).
-    static func forbidden(stream: UInt32, body: [UInt8], requestEnded: Bool) -> [UInt8] {
+    /// A request still sending its body is not reset: RFC 9113 §8.1 allows RST_STREAM NO_ERROR,
+    /// but Debian 12's curl then reports a framing error instead of the 403. Its body is drained
+    /// (dropped, its window given back) until it ends.
+    static func forbidden(stream: UInt32, body: [UInt8]) -> [UInt8] {
         func literal(nameIndex: UInt8, _ value: String) -> [UInt8] {
             // 0001xxxx: never indexed, name from the static table (4-bit prefix integer).
             let name: [UInt8] = nameIndex < 15 ? [0x10 | nameIndex] : [0x1F, nameIndex - 15]
@@ -506,9 +510,7 @@ struct HTTP2RequestFilter {
             return name + [UInt8(bytes.count)] + bytes  // no Huffman; values are short
         }
         let block = literal(nameIndex: 8, "403") + literal(nameIndex: 31, "text/plain; charset=utf-8") + literal(nameIndex: 28, "\(body.count)")
-        var out = frameHeader(length: block.count, type: .headers, flags: Flag.endHeaders, stream: stream) + block
-        out += frameHeader(length: body.count, type: .data, flags: Flag.endStream, stream: stream) + body
-        if !requestEnded { out += frameHeader(length: 4, type: .rstStream, flags: 0, stream: stream) + [0, 0, 0, 0] }
-        return out
+        return frameHeader(length: block.count, type: .headers, flags: Flag.endHeaders, stream: stream) + block
+            + frameHeader(length: body.count, type: .data, flags: Flag.endStream, stream: stream) + body
     }
 }

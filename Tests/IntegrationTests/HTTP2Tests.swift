@@ -56,6 +56,8 @@ while True:
             c() { curl -s --http2 --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) "$@"; }
             echo "ONE $(c https://origin.test/a -w ' %{http_version} %{http_code}' | tr '\\n' ' ')"
             echo "BLOCK $(c -d secret https://origin.test/admin -w ' %{http_version} %{http_code}|' --next --http2 --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) https://origin.test/after -w ' %{http_version} %{http_code} %{num_connects}' | tr '\\n' ' ')"
+            head -c 3000000 /dev/zero > $D/upload
+            echo "UPLOAD $(c --data-binary @$D/upload https://origin.test/admin -o /dev/null -w '%{http_version} %{http_code}'; echo " rc=$?")"
             sleep 0.3
             """
         let r = TestEnv.bash(script)
@@ -64,6 +66,8 @@ while True:
         let block = line("BLOCK")
         #expect(block.contains("Blocked by Loupe policy (rule no-admin-post)") && block.contains(" 2 403|"), "the refused request gets a 403 over h2: \(block)")
         #expect(block.hasSuffix("h2 /after  2 200 0"), "…and the same connection serves the next request: \(block)")
+        // A refused upload still sending its body: the 403, not a reset curl reports as an error.
+        #expect(line("UPLOAD") == "UPLOAD 2 403 rc=0", "\(r.out) \(r.err)")
         let seen = (try? String(contentsOfFile: "\(dir)/paths.log", encoding: .utf8)) ?? ""
         #expect(seen == "GET /ready\nGET /a\nGET /after\n", "the origin never saw the refused request: \(seen)")
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
