@@ -35,5 +35,11 @@ unsigned long loupe_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
 int loupe_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_min_proto_version(ctx, version); }
 int loupe_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_max_proto_version(ctx, version); }
 int loupe_SSL_set_max_proto_version(SSL *ssl, int version) { return (int)SSL_set_max_proto_version(ssl, version); }
+int loupe_SSL_set_min_proto_version(SSL *ssl, int version) { return (int)SSL_set_min_proto_version(ssl, version); }
+int loupe_SSL_set1_sigalgs_list(SSL *ssl, const char *list) { return (int)SSL_set1_sigalgs_list(ssl, list); }
+int loupe_SSL_set1_groups_list(SSL *ssl, const char *list) { return (int)SSL_set1_groups_list(ssl, list); }
+int loupe_sk_SSL_CIPHER_num(const STACK_OF(SSL_CIPHER) *ciphers) { return sk_SSL_CIPHER_num(ciphers); }
+const SSL_CIPHER *loupe_sk_SSL_CIPHER_value(const STACK_OF(SSL_CIPHER) *ciphers, int i) { return sk_SSL_CIPHER_value(ciphers, i); }
+void loupe_sk_SSL_CIPHER_free(STACK_OF(SSL_CIPHER) *ciphers) { sk_SSL_CIPHER_free(ciphers); }
 int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
 long loupe_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }

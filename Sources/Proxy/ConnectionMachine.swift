@@ -103,6 +103,11 @@ public final class ConnectionMachine {
     /// The newest TLS version the client offered: the upstream leg offers no newer, so an origin
     /// that refuses it (TLS 1.3 only) refuses it through Loupe too.
     private var clientMaximum: TLSVersion?
+    /// The client's hello, until the upstream leg's offer is made from it.
+    private var clientHello: ClientHello?
+    /// The upstream leg offers only the client's suites, schemes and groups, so an origin the
+    /// client could not have negotiated with refuses it through Loupe too.
+    private var upstreamOffer: UpstreamOffer?
     private var helloDecision: Decision?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
@@ -250,6 +255,7 @@ public final class ConnectionMachine {
         facts.alpn = h.alpn
         acceptsECDSA = (h.acceptsP256ECDSA(at: 0x0304), h.acceptsP256ECDSA(at: 0x0303))
         clientMaximum = h.newestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
+        clientHello = h
         var decision = policy.decide(.hello, facts)
         if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
@@ -268,6 +274,7 @@ public final class ConnectionMachine {
     private func act(_ decision: Decision) -> [Command] {
         mode = decision.verdict
         helloDecision = decision
+        defer { clientHello = nil }
         switch decision.verdict {
         case .block:
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule)", alert: 49)  // access_denied
@@ -276,6 +283,13 @@ public final class ConnectionMachine {
         default:
             if let maximum = clientMaximum, maximum < .tls12 {  // refused before any upstream work
                 return [.decided(decision)] + finish("the client offers nothing newer than \(maximum) (Loupe speaks TLS 1.2 and 1.3)", alert: 70)  // protocol_version
+            }
+            if let h = clientHello {
+                do {
+                    upstreamOffer = try settings.upstreamContext.offers.offer(mirroring: h)
+                } catch {
+                    return [.decided(decision)] + finish(error.reason, alert: 40)  // handshake_failure, as from an origin with nothing in common
+                }
             }
             phase = .connecting
             return [.decided(decision), .connectUpstream(facts.dst!)]
@@ -301,11 +315,11 @@ public final class ConnectionMachine {
             identity = found
         }
         do {
-            // Sessions are resumed per upstream name, address, ALPN offer, client identity and
-            // version ceiling.
-            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(clientMaximum?.rawValue ?? 0)"
+            // Sessions are resumed per upstream name, address, ALPN offer, client identity,
+            // version ceiling and mirrored offer.
+            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(clientMaximum?.rawValue ?? 0)|\(upstreamOffer?.fingerprint ?? "")"
             let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key,
-                                                 identity: identity, maximum: clientMaximum)
+                                                 identity: identity, maximum: clientMaximum, offer: upstreamOffer)
             upstreamTLS = upstream
             phase = .upstreamHandshake
             upstream.advanceHandshake()

@@ -15,7 +15,9 @@ public final class TLSContext: @unchecked Sendable {
     /// Client contexts: sessions to resume, by upstream (name, address, ALPN offer). Resuming
     /// skips the upstream's full handshake on repeat visits; its chain was verified when the
     /// session was made.
-    let sessions = Mutex<[String: ResumableSession]>([:])
+    let sessions = Mutex(SessionCache(capacity: 10_000))
+    /// Client contexts: what their hellos can carry, to cut down to a client's own offer.
+    public private(set) var offers = OfferCatalog(tls12: [], tls13: [])
     /// Where handshake secrets go, when a key log is configured (see KeyLog).
     let keyLogSink = Mutex<KeyLog?>(nil)
 
@@ -61,7 +63,54 @@ public final class TLSContext: @unchecked Sendable {
         // handshake) to `newSession`, which files a copy under the session's upstream key.
         _ = SSL_CTX_ctrl(context.ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
         SSL_CTX_sess_set_new_cb(context.ctx, newSession)
+        context.offers = try context.catalog()
         return context
+    }
+
+    /// The suites a client session of this context would offer (SSL_get1_supported_ciphers
+    /// leaves out PSK and SRP suites, which need callbacks Loupe never sets).
+    private func catalog() throws(OpenSSLError) -> OfferCatalog {
+        ERR_clear_error()
+        guard let ssl = SSL_new(ctx) else { throw OpenSSLError.drain("SSL_new") }
+        defer { SSL_free(ssl) }
+        SSL_set_connect_state(ssl)
+        guard let ciphers = SSL_get1_supported_ciphers(ssl) else { throw OpenSSLError.drain("SSL_get1_supported_ciphers") }
+        defer { loupe_sk_SSL_CIPHER_free(ciphers) }
+        var catalog = OfferCatalog(tls12: [], tls13: [])
+        for i in 0..<loupe_sk_SSL_CIPHER_num(ciphers) {
+            guard let cipher = loupe_sk_SSL_CIPHER_value(ciphers, i) else { continue }
+            let suite = OfferCatalog.Suite(id: SSL_CIPHER_get_protocol_id(cipher), name: String(cString: SSL_CIPHER_get_name(cipher)))
+            if suite.id >> 8 == 0x13 { catalog.tls13.append(suite) } else { catalog.tls12.append(suite) }
+        }
+        return catalog
+    }
+}
+
+/// Sessions to resume, by upstream key; the oldest entry goes first once `capacity` are held
+/// (an agent meets an unbounded number of upstreams; each session holds the peer's certificate).
+struct SessionCache {
+    let capacity: Int
+    private var entries: [String: ResumableSession] = [:]
+    private var order: [String] = []
+    private var head = 0
+
+    init(capacity: Int) { self.capacity = capacity }
+
+    var count: Int { entries.count }
+
+    subscript(key: String) -> ResumableSession? { entries[key] }
+
+    mutating func insert(_ session: ResumableSession, for key: String) {
+        if entries.updateValue(session, forKey: key) == nil { order.append(key) }
+        while entries.count > capacity {
+            entries[order[head]] = nil
+            head += 1
+        }
+        // Compact the key ring once half of it is spent.
+        if head > capacity / 2, head * 2 > order.count {
+            order.removeFirst(head)
+            head = 0
+        }
     }
 }
 
@@ -85,7 +134,7 @@ private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
     // A copy: OpenSSL marks the connection's own session unresumable when the connection is
     // freed without a close_notify, which would spoil the cached entry.
     guard let key = owner.resumptionKey, SSL_SESSION_is_resumable(session) == 1, let copy = SSL_SESSION_dup(session) else { return 0 }
-    owner.context.sessions.withLock { $0[key] = ResumableSession(copy) }
+    owner.context.sessions.withLock { $0.insert(ResumableSession(copy), for: key) }
     return 0
 }
 
@@ -154,12 +203,16 @@ public final class TLSSession: @unchecked Sendable {
     /// A client session to `serverName` (SNI and the name verified; an IP address is verified
     /// against IP SANs and sent without SNI), offering `alpn`. With `resumptionKey` (the
     /// upstream's name and address), a session saved from an earlier visit is offered. No
-    /// protocol version above `maximum` is offered.
+    /// protocol version above `maximum` is offered, and with `offer` only its suites, schemes
+    /// and groups (see `OfferCatalog.offer(mirroring:)`).
     public static func client(_ context: TLSContext, serverName: String?, alpn: [String] = [], resumptionKey: String? = nil,
-                              identity: ClientIdentity? = nil, maximum: TLSVersion? = nil) throws(OpenSSLError) -> TLSSession {
+                              identity: ClientIdentity? = nil, maximum: TLSVersion? = nil, offer: UpstreamOffer? = nil) throws(OpenSSLError) -> TLSSession {
         let session = try TLSSession(context: context, resumptionKey: resumptionKey)
         ERR_clear_error()
-        if let maximum { try check("maximum TLS version", loupe_SSL_set_max_proto_version(session.ssl, maximum.rawValue) == 1) }
+        if let maximum = [maximum, offer?.maximum].compactMap({ $0 }).min() {
+            try check("maximum TLS version", loupe_SSL_set_max_proto_version(session.ssl, maximum.rawValue) == 1)
+        }
+        if let offer { try session.restrict(to: offer) }
         if let serverName {
             if IPAddress.parse(serverName) != nil {
                 try check("verifying IP \(serverName)", X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(session.ssl), serverName) == 1)
@@ -185,6 +238,15 @@ public final class TLSSession: @unchecked Sendable {
         }
         SSL_set_connect_state(session.ssl)
         return session
+    }
+
+    /// Offers no more than `offer` allows (each part left nil keeps the context's default).
+    private func restrict(to offer: UpstreamOffer) throws(OpenSSLError) {
+        if let minimum = offer.minimum { try check("minimum TLS version", loupe_SSL_set_min_proto_version(ssl, minimum.rawValue) == 1) }
+        if let list = offer.cipherList { try check("cipher list \(list)", SSL_set_cipher_list(ssl, list) == 1) }
+        if let suites = offer.ciphersuites { try check("TLS 1.3 cipher suites \(suites)", SSL_set_ciphersuites(ssl, suites) == 1) }
+        if let schemes = offer.signatureSchemes { try check("signature schemes \(schemes)", loupe_SSL_set1_sigalgs_list(ssl, schemes) == 1) }
+        if let groups = offer.groups { try check("groups \(groups)", loupe_SSL_set1_groups_list(ssl, groups) == 1) }
     }
 
     /// A server session presenting `chain[0]` (with the rest as its chain) and `key`; ALPN is

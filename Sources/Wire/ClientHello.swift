@@ -12,6 +12,18 @@ public struct ClientHello: Sendable, Equatable {
     public var signatureAlgorithms: [UInt16] = []
     /// From supported_groups; empty when the extension is absent.
     public var supportedGroups: [UInt16] = []
+
+    public init(legacyVersion: UInt16 = 0x0303, serverName: String? = nil, alpn: [String] = [], supportedVersions: [UInt16], cipherSuites: [UInt16],
+                extensionTypes: [UInt16] = [], signatureAlgorithms: [UInt16] = [], supportedGroups: [UInt16] = []) {
+        self.legacyVersion = legacyVersion
+        self.serverName = serverName
+        self.alpn = alpn
+        self.supportedVersions = supportedVersions
+        self.cipherSuites = cipherSuites
+        self.extensionTypes = extensionTypes
+        self.signatureAlgorithms = signatureAlgorithms
+        self.supportedGroups = supportedGroups
+    }
 }
 
 extension ClientHello {

@@ -26,6 +26,12 @@ import TLS
           -tls1_3 -sigalgs rsa_pss_rsae_sha256:rsa_pss_rsae_sha384 </dev/null >/dev/null 2>&1
         """
 
+    /// A TLS 1.3 client that verifies only P-256 ECDSA signatures.
+    static let p256OnlyClient = """
+        openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
+          -tls1_3 -sigalgs ecdsa_secp256r1_sha256 </dev/null >/dev/null 2>&1
+        """
+
     static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false, subject: String? = nil,
                      notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400)) throws -> Certificate {
         var extensions = [try CertificateExtension.make("basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE")]
@@ -73,6 +79,7 @@ import TLS
         // never accepts an origin older than TLS 1.2.
         key = try k()
         let good = try Self.sign(name, key: key, issuer: (root, rootKey))
+        let goodKey = key
         origins.append(Origin(name: "TLS 1.2-only origin", chain: [good], key: key, directShouldWork: true, serverFlags: "-tls1_2"))
         origins.append(Origin(name: "TLS 1.2-only origin, client requires TLS 1.3", chain: [good], key: key, directShouldWork: false,
                               serverFlags: "-tls1_2", clientFlags: "--tlsv1.3"))
@@ -123,6 +130,26 @@ import TLS
         #expect(resign.status == 0, "\(resign.out)")
         let sha1Leaf = try #require(try Certificate.parsePEM(try String(contentsOfFile: "\(dir)/sha1.pem", encoding: .utf8)).first)
         origins.append(Origin(name: "leaf signed with SHA-1", chain: [sha1Leaf], key: key, directShouldWork: false, serverFlags: "-cipher DEFAULT@SECLEVEL=0"))
+
+        // The client's own offer (badssl.com's cbc, ecc384 and mozilla-modern kinds): the
+        // upstream leg offers only the client's suites, signature schemes and groups, so an
+        // origin that cannot meet the client fails through Loupe as it does direct.
+        origins.append(Origin(name: "ECDSA origin, TLS 1.2 client offering only ECDHE-RSA", chain: [good], key: goodKey, directShouldWork: false,
+                              clientFlags: "--tls-max 1.2 --ciphers ECDHE-RSA-AES128-GCM-SHA256"))
+        origins.append(Origin(name: "ECDSA origin, TLS 1.3 client verifying only RSA-PSS", chain: [good], key: goodKey, directShouldWork: false,
+                              client: Self.rsaPSSOnlyClient))
+        origins.append(Origin(name: "GCM-only origin, client held to CBC suites", chain: [good], key: goodKey, directShouldWork: false,
+                              serverFlags: "-tls1_2 -cipher ECDHE-ECDSA-AES128-GCM-SHA256", clientFlags: "--tls-max 1.2 --ciphers ECDHE-ECDSA-AES128-SHA"))
+        origins.append(Origin(name: "CBC-only origin", chain: [good], key: goodKey, directShouldWork: true,
+                              serverFlags: "-tls1_2 -cipher ECDHE-ECDSA-AES256-SHA"))
+        origins.append(Origin(name: "ChaCha20-only TLS 1.3 origin, client without ChaCha20", chain: [good], key: goodKey, directShouldWork: false,
+                              serverFlags: "-tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256", clientFlags: "--tls13-ciphers TLS_AES_128_GCM_SHA256"))
+        origins.append(Origin(name: "P-384-only origin, client offering only X25519", chain: [good], key: goodKey, directShouldWork: false,
+                              serverFlags: "-groups P-384", clientFlags: "--curves X25519"))
+        let p384Key = try PrivateKey.generate(.ecP384)
+        origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.3 client verifying only P-256 ECDSA",
+                              chain: [try Self.sign(name, key: p384Key, issuer: (root, rootKey))], key: p384Key, directShouldWork: false,
+                              client: Self.p256OnlyClient))
 
         try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
         var servers = ""

@@ -268,6 +268,36 @@ final class Playbook {
         #expect(m.phase == .closed)
     }
 
+    /// A client that shares no cipher suite with Loupe (3DES and RC4 only) is refused at its
+    /// hello with handshake_failure, as an origin with nothing in common would refuse it.
+    @Test func aClientSharingNoSuiteIsRefusedAtOnce() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        var hello: [UInt8] = [0x03, 0x03] + [UInt8](repeating: 7, count: 32) + [0, 0, 4, 0x00, 0x0A, 0x00, 0x05, 1, 0]  // TLS 1.2, no extensions
+        hello = [1, 0, 0, UInt8(hello.count)] + hello
+        let commands = m.handle(.clientData([0x16, 3, 1, 0, UInt8(hello.count)] + hello))
+        #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
+        #expect(commands.contains { if case .finished(let why) = $0 { why.contains("no cipher suite") } else { false } }, "\(commands)")
+        #expect(commands.contains { if case .sendClient(let alert) = $0 { alert.suffix(2) == [2, 40] } else { false } }, "a fatal handshake_failure alert: \(commands)")
+    }
+
+    /// The upstream leg offers only the client's suites: a client held to ECDHE-RSA gets no
+    /// session through Loupe with an ECDSA origin (it would get none directly), where before
+    /// Loupe's own offer let the origin pick ECDSA and the client got an RSA leaf.
+    @Test func theUpstreamLegOffersOnlyTheClientsSuites() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")])
+        var held = UpstreamOffer()
+        held.cipherList = "ECDHE-RSA-AES128-GCM-SHA256"
+        held.maximum = .tls12
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", offer: held)
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(client.state != .established && m.phase == .closed, "\(client.state)")
+        #expect(p.finishedReason?.contains("upstream TLS failed") == true, "\(p.finishedReason ?? "-")")
+    }
+
     /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
     @Test func h2WithoutItsPrefaceEndsTheConnection() throws {
         let p = try Playbook()

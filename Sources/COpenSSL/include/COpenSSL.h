@@ -52,6 +52,19 @@ int loupe_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version);
 /// SSL_set_max_proto_version (a macro over SSL_ctrl): one session's ceiling.
 int loupe_SSL_set_max_proto_version(SSL *ssl, int version);
 
+/// SSL_set_min_proto_version (a macro over SSL_ctrl): one session's floor.
+int loupe_SSL_set_min_proto_version(SSL *ssl, int version);
+
+/// SSL_set1_sigalgs_list / SSL_set1_groups_list (macros over SSL_ctrl): what one client
+/// session offers, as colon-separated names.
+int loupe_SSL_set1_sigalgs_list(SSL *ssl, const char *list);
+int loupe_SSL_set1_groups_list(SSL *ssl, const char *list);
+
+/// sk_SSL_CIPHER_* helpers (type-safe stack macros).
+int loupe_sk_SSL_CIPHER_num(const STACK_OF(SSL_CIPHER) *ciphers);
+const SSL_CIPHER *loupe_sk_SSL_CIPHER_value(const STACK_OF(SSL_CIPHER) *ciphers, int i);
+void loupe_sk_SSL_CIPHER_free(STACK_OF(SSL_CIPHER) *ciphers);
+
 /// SSL_set_tlsext_host_name (macro over SSL_ctrl): the SNI a client sends.
 int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
 
