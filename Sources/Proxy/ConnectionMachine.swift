@@ -62,7 +62,7 @@ public final class ConnectionMachine {
         /// Trust for upstream verification (system store, or `--upstream-ca`).
         public var upstreamContext: TLSContext
         public var clientContext: TLSContext
-        /// ALPN protocols Loupe can relay on a bumped flow.
+        /// ALPN protocols Loupe can inspect on a bumped flow (others are relayed opaquely).
         public var relayableALPN: [String] = ["h2", "http/1.1"]
         /// Hosts learnt for splicing (read at hello, taught when a client aborts our handshake);
         /// used only when the policy has `[auto_splice]`.
@@ -304,7 +304,12 @@ public final class ConnectionMachine {
     }
 
     private func startUpstreamTLS() -> [Command] {
-        let offered = facts.alpn.filter { settings.relayableALPN.contains($0) }
+        // HTTP protocols Loupe inspects are kept from a mixed list; a client offering only
+        // others (imap, xmpp-client, dot, mqtt) has them offered as they are and, if the origin
+        // takes one, relayed opaquely — as a flow without ALPN that is not HTTP — instead of
+        // losing the protocol it asked for.
+        var offered = facts.alpn.filter { settings.relayableALPN.contains($0) }
+        if offered.isEmpty { offered = facts.alpn }
         let name = facts.sni ?? facts.dst.map { IPAddress.format($0.address) }
         var identity: ClientIdentity?
         let label = helloDecision.flatMap { policy.rule(named: $0.rule)?.identity }

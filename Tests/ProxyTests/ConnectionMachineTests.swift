@@ -198,6 +198,29 @@ final class Playbook {
         #expect(p.finishedReason == nil, "still fine: a preface was already seen, these are just bytes of a frame")
     }
 
+    /// A client offering only non-HTTP protocols keeps them: the origin's choice reaches the
+    /// client and the bytes pass opaquely (no request stage: nothing there is HTTP). From a mixed
+    /// list only the HTTP protocols Loupe inspects are offered.
+    @Test func nonHTTPProtocolsAreOfferedAsTheyAreAndRelayedOpaquely() throws {
+        for (offered, expected) in [(["imap"], "imap"), (["imap", "http/1.1"], "http/1.1")] {
+            let p = try Playbook()
+            let m = try p.machine()
+            let origin = try p.origin([.dns("www.origin.test")], alpn: ["imap", "http/1.1"])
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: offered)
+            client.advanceHandshake()
+            p.run(m, client: client, origin: origin)
+            #expect(client.state == .established && client.alpn == expected && origin.alpn == expected, "\(offered): \(client.state) \(client.alpn ?? "-")")
+            guard expected == "imap" else { continue }
+            let command = Array("a1 LOGIN user pass\r\n".utf8)
+            try client.write(command)
+            p.run(m, client: client, origin: origin)
+            #expect(origin.read() == command)
+            try origin.write(Array("a1 OK\r\n".utf8))
+            p.run(m, client: client, origin: origin)
+            #expect(client.read() == Array("a1 OK\r\n".utf8) && p.finishedReason == nil)
+        }
+    }
+
     /// Garbage where http/1.1 was agreed ends the connection (its later requests would escape the
     /// request stage); without ALPN nothing was promised and the bytes are relayed as they are.
     @Test func notHTTPAfterAgreeingOnHTTPEndsTheConnection() throws {
