@@ -463,6 +463,12 @@ public final class ConnectionMachine {
                         }
                         requests = nil
                         responses = nil
+                    case .refused(let why):
+                        // Framed one way here and perhaps another by the origin: a request could
+                        // ride in its body past the request stage. Nothing of it goes upstream.
+                        try? client.write(Self.badRequest(why))
+                        client.close()
+                        return out + send(client: client.takeOutput()) + finish("request refused: \(why)")
                     case .head(let head, let raw):
                         guard case .request(let method, let target) = head.kind else { continue }
                         facts.method = method
@@ -542,6 +548,12 @@ public final class ConnectionMachine {
     static func forbidden(_ decision: Decision) -> [UInt8] {
         let body = forbiddenBody(decision)
         return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+    }
+
+    /// The answer to a request whose body framing is ambiguous.
+    static func badRequest(_ why: String) -> [UInt8] {
+        let body = "Loupe refused this request: \(why)\n"
+        return Array("HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8)
     }
 
     static func forbiddenBody(_ decision: Decision) -> [UInt8] {

@@ -11,6 +11,9 @@ public struct HTTPRequestTracker: Sendable {
         case bytes([UInt8])
         /// The stream is not HTTP/1.1 as expected; the reason, then opaque relaying.
         case gaveUp(String)
+        /// A request head whose body framing is ambiguous (see `HTTPHead.requestFraming`): it
+        /// must not be forwarded, and nothing after it can be framed; the tracker stops.
+        case refused(String)
     }
 
     private enum State: Sendable {
@@ -20,6 +23,7 @@ public struct HTTPRequestTracker: Sendable {
         case chunkData(remaining: Int)
         case trailers
         case opaque
+        case refused
     }
 
     private var state = State.head
@@ -38,10 +42,13 @@ public struct HTTPRequestTracker: Sendable {
             default: break
             }
         }
+        if case .refused = state { return [] }
         buffer += bytes
         var pieces: [Piece] = []
         while !buffer.isEmpty {
             switch state {
+            case .refused:
+                buffer.removeAll()
             case .opaque:
                 pieces.append(.bytes(buffer))
                 buffer.removeAll()
@@ -52,10 +59,19 @@ public struct HTTPRequestTracker: Sendable {
                     state = .opaque
                     pieces.append(.gaveUp("\(error)"))
                 case .head(let head):
+                    let next: State
+                    do {
+                        next = try Self.bodyState(after: head)
+                    } catch {
+                        state = .refused
+                        buffer.removeAll()
+                        pieces.append(.refused("\(error)"))
+                        return pieces
+                    }
                     let raw = Array(buffer.prefix(head.length))
                     buffer.removeFirst(head.length)
                     pieces.append(.head(head, raw: raw))
-                    state = Self.bodyState(after: head)
+                    state = next
                 }
             case .body(let remaining):
                 let n = min(remaining, buffer.count)
@@ -90,11 +106,14 @@ public struct HTTPRequestTracker: Sendable {
         return pieces
     }
 
-    private static func bodyState(after head: HTTPHead) -> State {
+    private static func bodyState(after head: HTTPHead) throws(WireError) -> State {
+        let framing = try head.requestFraming()
         if head.header("upgrade") != nil, head.header("connection")?.lowercased().contains("upgrade") == true { return .opaque }
         if case .request(let method, _) = head.kind, method == "CONNECT" { return .opaque }
-        if head.isChunked { return .chunkSize }
-        if let length = head.contentLength, length > 0 { return .body(remaining: length) }
-        return .head
+        switch framing {
+        case .chunked: return .chunkSize
+        case .length(let length): return .body(remaining: length)
+        case .none: return .head
+        }
     }
 }

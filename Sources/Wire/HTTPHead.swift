@@ -32,6 +32,46 @@ public struct HTTPHead: Sendable, Equatable {
     /// The declared body length, when there is a valid one.
     public var contentLength: Int? { header("content-length").flatMap { Int($0) }.flatMap { $0 >= 0 ? $0 : nil } }
 
+    /// How a request's body is delimited (RFC 9112 6.3).
+    public enum BodyFraming: Sendable, Equatable {
+        case none
+        case length(Int)
+        case chunked
+    }
+
+    /// The request's body framing, refusing every head that two HTTP parsers could frame two
+    /// ways (RFC 9112 6.1–6.3): a proxy that frames a body differently from the origin lets a
+    /// request hidden in it reach the origin without passing the request stage (smuggling).
+    /// Transfer-Encoding must end in a single `chunked` and come without Content-Length and not
+    /// in HTTP/1.0; every Content-Length value must be the same run of digits.
+    public func requestFraming() throws(WireError) -> BodyFraming {
+        let codings = fieldValues("transfer-encoding")
+        let lengths = fieldValues("content-length")
+        if !codings.isEmpty {
+            guard lengths.isEmpty else { throw .malformed("both Transfer-Encoding and Content-Length") }
+            guard version != "HTTP/1.0" else { throw .malformed("Transfer-Encoding in an HTTP/1.0 request") }
+            let named = codings.map { $0.lowercased() }
+            guard named.last == "chunked", named.filter({ $0 == "chunked" }).count == 1 else {
+                throw .malformed("Transfer-Encoding '\(codings.joined(separator: ", ").prefix(60))' does not end in chunked")
+            }
+            return .chunked
+        }
+        guard let first = lengths.first else { return .none }
+        guard lengths.allSatisfy({ $0 == first }) else { throw .malformed("conflicting Content-Length values") }
+        guard first.utf8.count <= 18, first.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let length = Int(first) else {
+            throw .malformed("Content-Length '\(first.prefix(40))'")
+        }
+        return length == 0 ? .none : .length(length)
+    }
+
+    /// Every comma-separated element of every field named `name`, trimmed (RFC 9110 5.6.1;
+    /// empty elements dropped).
+    func fieldValues(_ name: String) -> [String] {
+        headers.filter { Self.sameName($0.name, name) }.flatMap { field in
+            field.value.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
+        }
+    }
+
     /// A chunked body's line without its line end and surrounding blanks ("" ends the trailers).
     public static func chunkLine(_ line: ArraySlice<UInt8>) -> ArraySlice<UInt8> {
         var trimmed = line
@@ -91,6 +131,8 @@ public struct HTTPHead: Sendable, Equatable {
             // RFC 9112: no whitespace between the name and the colon; obsolete folding refused.
             guard isToken(name) else { return .malformed(.malformed("header name '\(name.prefix(40))'")) }
             var value = line[(colon + 1)...]
+            // A bare CR or a NUL is a line end to some parsers and not to others (RFC 9112 2.2).
+            guard !value.contains(where: { $0 == 0x0D || $0 == 0x00 }) else { return .malformed(.malformed("CR or NUL inside header '\(name.prefix(40))'")) }
             while let f = value.first, f == 0x20 || f == 0x09 { value = value.dropFirst() }
             while let l = value.last, l == 0x20 || l == 0x09 { value = value.dropLast() }
             headers.append((name, String(decoding: value, as: UTF8.self)))
@@ -115,5 +157,15 @@ public struct HTTPHead: Sendable, Equatable {
         !s.isEmpty && s.utf8.allSatisfy { c in
             (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(c)
         }
+    }
+}
+
+extension Substring {
+    /// Without leading and trailing spaces and tabs (optional whitespace, RFC 9110 5.6.3).
+    var trimmingSpaces: String {
+        var slice = self[...]
+        while let f = slice.first, f == " " || f == "\t" { slice = slice.dropFirst() }
+        while let l = slice.last, l == " " || l == "\t" { slice = slice.dropLast() }
+        return String(slice)
     }
 }

@@ -55,6 +55,9 @@ import Testing
             grep -E '^\\* +issuer:' $D/curl6.err | sed 's/^/ISSUER6 /'
             echo "BYIP6 $(\(curl) 'https://[fd00:205::2]/' -o /dev/null -w '%{http_code}' 2>&1)"
             \(curl) --resolve wrong.test:443:10.205.0.2 https://wrong.test/ -o /dev/null 2>$D/wrong.err; echo "WRONG rc=$? $(cat $D/wrong.err)"
+            # Request smuggling (CL.TE): refused with a 400 by Loupe, never forwarded.
+            echo "SMUGGLE $(printf 'POST / HTTP/1.1\\r\\nHost: origin.test\\r\\nContent-Length: 5\\r\\nTransfer-Encoding: chunked\\r\\n\\r\\n0\\r\\n\\r\\n' \\
+              | ip netns exec $A timeout 10 openssl s_client -quiet -connect 10.205.0.2:443 -servername origin.test -alpn http/1.1 -CAfile $D/loupe-root.pem 2>/dev/null | head -1 | tr -d '\\r')"
             ip netns exec $A nft list table inet loupe_test >/dev/null && echo "TABLE present"
             """
         try script.write(toFile: "\(dir)/proxy.sh", atomically: true, encoding: .utf8)
@@ -68,6 +71,7 @@ import Testing
         #expect(line("BYIP") == "BYIP 200", "no SNI: the leaf carries the destination IP: \(out)")
         #expect(line("IPV6") == "IPV6 200" && line("ISSUER6").contains("Loupe Root CA"), "IPv6 is diverted and bumped too: \(out)")
         #expect(line("BYIP6") == "BYIP6 200", "\(out)")
+        #expect(line("SMUGGLE") == "SMUGGLE HTTP/1.1 400 Bad Request", "\(out)")
         #expect(line("WRONG").hasPrefix("WRONG rc=35") && line("WRONG").contains("bad certificate"), "\(out)")
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
         #expect(flows.contains("\"dst\":\"10.205.0.2:443\""), "the original destination comes from the socket: \(flows)")

@@ -77,6 +77,16 @@ final class Playbook {
         return try TLSSession.server(try TLSContext.server(minimum: minimum, maximum: maximum), chain: [leaf], key: key, alpn: alpn)
     }
 
+    /// A machine with a bumped connection relaying: client and origin both offering `alpn`.
+    func bumped(alpn: [String]) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
+        let m = try machine()
+        let origin = try origin([.dns("www.origin.test")], alpn: alpn)
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: loupeRootBundle), serverName: "www.origin.test", alpn: alpn)
+        client.advanceHandshake()
+        run(m, client: client, origin: origin)
+        return (m, client, origin)
+    }
+
     /// Delivers `first` and then carries bytes until nothing moves.
     func run(_ m: ConnectionMachine, client: TLSSession, origin: TLSSession, first: [ConnectionMachine.Event] = []) {
         var queue = first
@@ -291,6 +301,18 @@ final class Playbook {
         #expect(m.phase == .closed)
     }
 
+    /// A request framed two ways (Content-Length and chunked) gets a 400 from Loupe and the
+    /// connection ends: the origin never sees it, nor what its body would have smuggled.
+    @Test func anAmbiguouslyFramedRequestIsAnswered400AndNeverForwarded() throws {
+        let p = try Playbook()
+        let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+        try client.write(Array("POST /upload HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(origin.read().isEmpty, "nothing reached the origin")
+        #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 400 Bad Request"))
+        #expect(m.phase == .closed && p.finishedReason?.contains("request refused") == true, "\(p.finishedReason ?? "-")")
+    }
+
     /// A client that shares no cipher suite with Loupe (3DES and RC4 only) is refused at its
     /// hello with handshake_failure, as an origin with nothing in common would refuse it.
     @Test func aClientSharingNoSuiteIsRefusedAtOnce() throws {
@@ -324,11 +346,7 @@ final class Playbook {
     /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
     @Test func h2WithoutItsPrefaceEndsTheConnection() throws {
         let p = try Playbook()
-        let m = try p.machine()
-        let origin = try p.origin([.dns("www.origin.test")], alpn: ["h2"])
-        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["h2"])
-        client.advanceHandshake()
-        p.run(m, client: client, origin: origin)
+        let (m, client, origin) = try p.bumped(alpn: ["h2"])
         try client.write(Array("GET / HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
         p.run(m, client: client, origin: origin)
         #expect(p.finishedReason?.contains("preface") == true, "\(p.finishedReason ?? "-")")

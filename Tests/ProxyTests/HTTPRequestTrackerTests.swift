@@ -12,7 +12,7 @@ import Wire
             switch piece {
             case .head(_, let raw): raw
             case .bytes(let b): b
-            case .gaveUp: []
+            case .gaveUp, .refused: []
             }
         }
     }
@@ -37,6 +37,20 @@ import Wire
             #expect(heads(pieces) == ["POST /a", "PUT /b", "GET /c"], "cut \(cut)")
             #expect(bytes(pieces) == Self.stream, "cut \(cut)")
         }
+    }
+
+    /// CL.TE smuggling: framed by its chunks here, by its length at a lenient origin, the body
+    /// would carry a second request past the request stage. The head is refused, not emitted,
+    /// and nothing after it comes out.
+    @Test func ambiguousFramingIsRefusedBeforeAnythingIsForwarded() {
+        var tracker = HTTPRequestTracker()
+        let attack = Array("GET /ok HTTP/1.1\r\nHost: h\r\n\r\nPOST / HTTP/1.1\r\nHost: h\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\nHost: h\r\n\r\n".utf8)
+        let pieces = tracker.feed(attack)
+        #expect(heads(pieces) == ["GET /ok"])
+        guard case .refused(let why)? = pieces.last else { Issue.record("\(pieces)"); return }
+        #expect(why.contains("Transfer-Encoding and Content-Length"))
+        #expect(bytes(pieces) == Array("GET /ok HTTP/1.1\r\nHost: h\r\n\r\n".utf8), "only the first request passes")
+        #expect(tracker.feed(Array("GET /later HTTP/1.1\r\n\r\n".utf8)).isEmpty)
     }
 
     @Test func upgradesAndGarbageBecomeOpaque() {

@@ -305,6 +305,46 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         guard case .malformed = HTTPHead.parse(Array(many.utf8)[...], expectRequest: true) else { Issue.record("101 fields accepted"); return }
         let huge = [UInt8](repeating: 0x41, count: HTTPHead.maximumLength + 1)
         guard case .malformed = HTTPHead.parse(huge[...], expectRequest: true) else { Issue.record("endless head accepted"); return }
+        // A bare CR (a line end to some parsers) or a NUL inside a field.
+        for bad in ["GET / HTTP/1.1\r\nX-A: 1\rTransfer-Encoding: chunked\r\n\r\n", "GET / HTTP/1.1\r\nX-A: 1\u{0}2\r\n\r\n"] {
+            guard case .malformed = HTTPHead.parse(Array(bad.utf8)[...], expectRequest: true) else { Issue.record("accepted \(bad.debugDescription)"); continue }
+        }
+    }
+
+    func framing(_ fields: String, version: String = "HTTP/1.1") throws(WireError) -> HTTPHead.BodyFraming {
+        guard case .head(let head) = HTTPHead.parse(Array("POST / \(version)\r\nHost: h\r\n\(fields)\r\n".utf8)[...], expectRequest: true) else {
+            throw .malformed("no head")
+        }
+        return try head.requestFraming()
+    }
+
+    /// Bodies framed exactly one way (RFC 9112 6): anything two parsers could frame two ways —
+    /// the stuff of request smuggling — is refused.
+    @Test func requestBodyFraming() throws {
+        #expect(try framing("") == .none)
+        #expect(try framing("Content-Length: 0\r\n") == .none)
+        #expect(try framing("Content-Length: 12\r\n") == .length(12))
+        #expect(try framing("Content-Length: 12\r\nContent-Length: 12\r\n") == .length(12), "repeated, equal")
+        #expect(try framing("Content-Length: 12, 12\r\n") == .length(12))
+        #expect(try framing("Transfer-Encoding: chunked\r\n") == .chunked)
+        #expect(try framing("Transfer-Encoding: gzip, Chunked\r\n") == .chunked)
+        #expect(try framing("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n") == .chunked)
+        let smuggling = [
+            "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n",     // CL.TE
+            "Transfer-Encoding: chunked\r\nContent-Length: 4\r\n",     // TE.CL
+            "Transfer-Encoding: chunked, gzip\r\n",                      // chunked not last
+            "Transfer-Encoding: xchunked\r\n",
+            "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+            "Transfer-Encoding: identity\r\n",
+            "Content-Length: 4\r\nContent-Length: 40\r\n",             // conflicting lengths
+            "Content-Length: 4, 5\r\n",
+            "Content-Length: +4\r\n", "Content-Length: -1\r\n", "Content-Length: 0x10\r\n", "Content-Length: 1e3\r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+        ]
+        for fields in smuggling {
+            #expect(throws: WireError.self, "\(fields.debugDescription)") { try framing(fields) }
+        }
+        #expect(throws: WireError.self, "chunked in HTTP/1.0") { try framing("Transfer-Encoding: chunked\r\n", version: "HTTP/1.0") }
     }
 }
 
