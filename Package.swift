@@ -32,7 +32,7 @@ let package = Package(
         .target(name: "Store", dependencies: ["TLS", "Platform"]),
         .target(name: "CA", dependencies: ["TLS", "Store", "TOML", "Wire"]),
         .target(name: "Proxy", dependencies: [
-            "CA", "Policy", "TLS", "Wire",
+            "CA", "Policy", "TLS", "Wire", "Platform",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),

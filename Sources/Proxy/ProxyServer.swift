@@ -2,6 +2,7 @@ import CA
 import Foundation
 import NIOCore
 import NIOPosix
+import Platform
 import Policy
 import TLS
 import Synchronization
@@ -64,6 +65,24 @@ public final class ProxyServer: Sendable {
         let count = Atomic<Int>(0)
     }
 
+    /// Returns the heap's free pages to the kernel a moment after connections went quiet or
+    /// ended — at most once per `interval`, whatever the number of connections asking.
+    final class HeapTrimmer: Sendable {
+        let interval: TimeAmount
+        private let pending = Atomic<Bool>(false)
+
+        init(interval: TimeAmount = .seconds(1)) { self.interval = interval }
+
+        func request(on loop: EventLoop) {
+            guard MemoryTrim.isAvailable, pending.compareExchange(expected: false, desired: true, ordering: .relaxed).exchanged else { return }
+            loop.scheduleTask(in: interval) { [self] in
+                pending.store(false, ordering: .relaxed)
+                MemoryTrim.releaseFreePages()
+            }
+        }
+    }
+    let trimmer = HeapTrimmer()
+
     public var openConnections: Int { open.count.load(ordering: .relaxed) }
 
     public init(configuration: Configuration, threads: Int = System.coreCount) {
@@ -80,6 +99,7 @@ public final class ProxyServer: Sendable {
     public func start(host: String, port: Int) async throws -> Channel {
         let configuration = self.configuration
         let open = self.open
+        let trimmer = self.trimmer
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -90,9 +110,12 @@ public final class ProxyServer: Sendable {
                     // Reads and writes on the client socket both count: every byte either way
                     // passes through it. Two quiet seconds of reads: buffers are given back.
                     try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(2), allTimeout: configuration.idleTimeout))
-                    try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration))
+                    try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration, trimmer: trimmer))
                     open.count.add(1, ordering: .relaxed)
-                    channel.closeFuture.whenComplete { _ in open.count.subtract(1, ordering: .relaxed) }
+                    channel.closeFuture.whenComplete { _ in
+                        open.count.subtract(1, ordering: .relaxed)
+                        trimmer.request(on: channel.eventLoop)
+                    }
                 }
             }
             .bind(host: host, port: port).get()
@@ -140,6 +163,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     typealias OutboundOut = ByteBuffer
 
     let configuration: ProxyServer.Configuration
+    let trimmer: ProxyServer.HeapTrimmer
     var machine: ConnectionMachine?
     var cache: LeafCache?
     var context: ChannelHandlerContext?
@@ -150,7 +174,10 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var bytesFromClient = 0
     var bytesFromUpstream = 0
 
-    init(configuration: ProxyServer.Configuration) { self.configuration = configuration }
+    init(configuration: ProxyServer.Configuration, trimmer: ProxyServer.HeapTrimmer) {
+        self.configuration = configuration
+        self.trimmer = trimmer
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
@@ -200,7 +227,11 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed { handle(.clientClosed) }
-        if let idle = event as? IdleStateHandler.IdleStateEvent { handle(idle == .all ? .idle : .quiet) }
+        if let idle = event as? IdleStateHandler.IdleStateEvent {
+            handle(idle == .all ? .idle : .quiet)
+            // The quiet connection gave its buffers back; the pages follow once others did too.
+            if idle != .all { trimmer.request(on: context.eventLoop) }
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -215,6 +246,18 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         if machine?.phase != .closed { handle(.clientClosed) }
         upstream?.close(promise: nil)
         deadline?.cancel()
+    }
+
+    /// The channel is gone: drop what points back at it. The context (which holds this handler)
+    /// and the upstream channel (whose handler holds this one) would otherwise keep every
+    /// ended connection — its sessions, machine and both channels — alive for good.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        deadline = nil
+        upstream?.close(promise: nil)
+        upstream = nil
+        self.context = nil
+        pending = []
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -333,6 +376,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         bootstrap.connect(to: address).whenComplete { result in
             switch result {
             case .success(let channel):
+                // The client left while this connect was under way: nobody will use it.
+                guard this.value.context != nil, this.value.machine?.phase != .closed else { return channel.close(promise: nil) }
                 this.value.upstream = channel
                 this.value.handle(.upstreamConnected)
             case .failure(let error):
