@@ -15,12 +15,30 @@ public final class NameProbe: Sendable {
     let context: TLSContext
     let bypassMark: UInt32?
     let timeout: TimeAmount
+    /// Answers kept at most: every name a client puts in its SNI can make one.
+    let capacity: Int
 
-    public init(context: TLSContext, bypassMark: UInt32?, timeout: TimeAmount = .seconds(5)) {
+    public init(context: TLSContext, bypassMark: UInt32?, timeout: TimeAmount = .seconds(5), capacity: Int = 10_000) {
         self.context = context
         self.bypassMark = bypassMark
         self.timeout = timeout
+        self.capacity = max(1, capacity)
     }
+
+    /// Files an answer; when full, expired answers go first, then the one expiring soonest.
+    func remember(_ destination: FlowFacts.Endpoint, _ name: String, verified: Bool, reason: String, now: Date = Date()) {
+        let ttl: TimeInterval = verified ? 600 : 60
+        cache.withLock { cache in
+            let key = "\(destination)|\(name)"
+            if cache[key] == nil, cache.count >= capacity {
+                cache = cache.filter { $0.value.expires > now }
+                if cache.count >= capacity, let soonest = cache.min(by: { $0.value.expires < $1.value.expires })?.key { cache[soonest] = nil }
+            }
+            cache[key] = Result(verified: verified, reason: reason, expires: now.addingTimeInterval(ttl))
+        }
+    }
+
+    var cachedCount: Int { cache.withLock { $0.count } }
 
     func cached(_ destination: FlowFacts.Endpoint, _ name: String, now: Date = Date()) -> (Bool, String)? {
         cache.withLock { cache in
@@ -33,8 +51,7 @@ public final class NameProbe: Sendable {
     func probe(_ destination: FlowFacts.Endpoint, _ name: String, on loop: EventLoop, _ done: @escaping @Sendable (Bool, String) -> Void) {
         if let (verified, reason) = cached(destination, name) { return done(verified, reason) }
         let finish: @Sendable (Bool, String) -> Void = { verified, reason in
-            let ttl: TimeInterval = verified ? 600 : 60
-            self.cache.withLock { $0["\(destination)|\(name)"] = Result(verified: verified, reason: reason, expires: Date().addingTimeInterval(ttl)) }
+            self.remember(destination, name, verified: verified, reason: reason)
             done(verified, reason)
         }
         let session: TLSSession

@@ -473,6 +473,19 @@ final class Playbook {
         #expect(learnt.lookup("d.test", now: t0) != nil && learnt.lookup("b.test", now: t0) == nil, "bounded: the soonest to expire goes first")
     }
 
+    /// Every SNI a client sends can make a probe answer: they are bounded like learnt hosts.
+    @Test func probeAnswersAreBounded() throws {
+        let probe = NameProbe(context: try TLSContext.client(), bypassMark: nil, capacity: 3)
+        let dst = try #require(FlowFacts.Endpoint("192.0.2.10:443"))
+        let t0 = Date()
+        probe.remember(dst, "good.test", verified: true, reason: "verified", now: t0)      // 600 s
+        for i in 0..<5 { probe.remember(dst, "spoof\(i).test", verified: false, reason: "no", now: t0) }  // 60 s each
+        #expect(probe.cachedCount == 3)
+        #expect(probe.cached(dst, "good.test", now: t0)?.0 == true, "the soonest to expire went first, not the proof that lasts")
+        probe.remember(dst, "later.test", verified: false, reason: "no", now: t0.addingTimeInterval(61))
+        #expect(probe.cachedCount == 2, "expired answers are dropped when full")
+    }
+
     @Test func blockAtHelloSendsAnAlert() throws {
         let p = try Playbook()
         let m = try p.machine()
