@@ -69,9 +69,13 @@ public enum CaptureReplay {
                 switch state.reader.result {
                 case .hello(let hello):
                     flows[i].sawHello = true
+                    flows[i].facts.tls = true
                     flows[i].facts.sni = hello.serverName
                     flows[i].facts.alpn = hello.alpn
-                case .notTLS: flows[i].helloProblem = "the first bytes are not TLS"
+                case .notTLS:  // decided at hello like the proxy does, by rules on `tls`
+                    flows[i].sawHello = true
+                    flows[i].facts.tls = false
+                    flows[i].helloProblem = "the first bytes are not TLS"
                 case .malformed(let error): flows[i].helloProblem = "\(error)"
                 case .needMore: break
                 }
@@ -104,6 +108,7 @@ public enum CaptureReplay {
             if let src = f.src { out += "src    = \(quoted(src.description))\n" }
             if let dst = f.dst { out += "dst    = \(quoted(dst.description))\n" }
             if !f.names.isEmpty { out += "names  = [\(f.names.map(quoted).joined(separator: ", "))]\n" }
+            if f.tls == false { out += "tls    = false\n" }
             if let sni = f.sni { out += "sni    = \(quoted(sni))\n" }
             if !f.alpn.isEmpty { out += "alpn   = [\(f.alpn.map(quoted).joined(separator: ", "))]\n" }
             out += "expect = { \(decisions.map { "\($0.stage.rawValue) = \(quoted($0.verdict.rawValue))" }.joined(separator: ", ")) }\n"

@@ -11,7 +11,7 @@ public struct CorpusFlow: Sendable {
 }
 
 public enum Corpus {
-    static let keys: Set<String> = ["name", "proto", "src", "dst", "uid", "user", "gid", "group", "exe", "names", "sni", "alpn", "method", "url", "expect"]
+    static let keys: Set<String> = ["name", "proto", "src", "dst", "uid", "user", "gid", "group", "exe", "names", "tls", "sni", "alpn", "method", "url", "expect"]
 
     public static func parse(_ text: String, file: String) throws(ConfigError) -> [CorpusFlow] {
         let doc = try TOMLReader.parse(text, file: file)
@@ -47,6 +47,8 @@ public enum Corpus {
         f.group = try r.string("group")
         f.exe = try r.string("exe")
         f.names = try r.strings("names") ?? []
+        // A flow that reaches hello is TLS unless it says otherwise.
+        f.tls = try r.bool("tls") ?? true
         f.sni = try r.string("sni")
         f.alpn = try r.strings("alpn") ?? []
         f.method = try r.string("method")

@@ -45,6 +45,9 @@ public struct FlowFacts: Sendable, Equatable {
     /// DNS-derived names of the destination (normalised on match).
     public var names: [String] = []
     // Stage hello:
+    /// Whether the first bytes were a TLS ClientHello (false: something else, relayed opaquely
+    /// unless a rule blocks it).
+    public var tls: Bool?
     public var sni: String?
     public var alpn: [String] = []
     // Stage request:

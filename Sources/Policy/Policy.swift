@@ -40,10 +40,19 @@ public struct Policy: Sendable {
         let staged = rulesByStage[stage] ?? []
         for i in indexByStage[stage]!.candidates(facts.dst?.port) where !excluding.contains(staged[i].name) && staged[i].matches(facts) {
             let rule = staged[i]
-            return Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
-                            blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil)
+            return Self.opaqueIfNotTLS(Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
+                                                blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil), facts)
         }
-        return defaultDecision(stage)
+        return Self.opaqueIfNotTLS(defaultDecision(stage), facts)
+    }
+
+    /// What is not TLS cannot be bumped: a bump at hello relays it as opaque bytes (a splice).
+    static func opaqueIfNotTLS(_ decision: Decision, _ facts: FlowFacts) -> Decision {
+        guard decision.stage == .hello, decision.verdict == .bump, facts.tls == false else { return decision }
+        var spliced = decision
+        spliced.verdict = .splice
+        spliced.reason += " (not TLS: relayed as opaque TCP)"
+        return spliced
     }
 
     /// Looked up per connection (hello decisions, client identities): a dictionary, not a scan.
@@ -57,7 +66,7 @@ public struct Policy: Sendable {
             considered.append((rule, why))
             if why == nil { return (decide(stage, facts), considered) }
         }
-        return (defaultDecision(stage), considered)
+        return (Self.opaqueIfNotTLS(defaultDecision(stage), facts), considered)
     }
 
     private func defaultDecision(_ stage: Stage) -> Decision {
@@ -336,6 +345,9 @@ extension Policy {
             if inline.count > 0 { sets.append(inline) }
             let matcher = HostMatcher(sets: sets, text: text)
             return key == "names" ? .names(matcher) : .sni(matcher)
+        case "tls":
+            guard let b = value.bool else { throw r.error("'tls' is true or false, found \(value.typeName)", at: value) }
+            return .tls(b)
         case "alpn":
             return .alpn(Set(try strings(key, value, r).map { $0.0.lowercased() }))
         case "method":

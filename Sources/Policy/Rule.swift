@@ -60,6 +60,7 @@ public enum Condition: Sendable, CustomStringConvertible {
     case group(Set<String>)
     case exe([String])
     case names(HostMatcher)
+    case tls(Bool)
     case sni(HostMatcher)
     case alpn(Set<String>)
     case method(Set<String>)
@@ -71,7 +72,7 @@ public enum Condition: Sendable, CustomStringConvertible {
         ("proto", .connect), ("family", .connect), ("dst_net", .connect), ("src_net", .connect),
         ("dst_port", .connect), ("src_port", .connect), ("uid", .connect), ("user", .connect),
         ("gid", .connect), ("group", .connect), ("exe", .connect), ("names", .connect),
-        ("sni", .hello), ("alpn", .hello), ("method", .request), ("path", .request), ("url", .request),
+        ("tls", .hello), ("sni", .hello), ("alpn", .hello), ("method", .request), ("path", .request), ("url", .request),
     ]
 
     public var description: String {
@@ -88,6 +89,7 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .group(let s): "group \(s.sorted().joined(separator: "|"))"
         case .exe(let g): "exe \(g.joined(separator: "|"))"
         case .names(let m): "names \(m.text.joined(separator: "|"))"
+        case .tls(let b): "tls \(b)"
         case .sni(let m): "sni \(m.text.joined(separator: "|"))"
         case .alpn(let s): "alpn \(s.sorted().joined(separator: "|"))"
         case .method(let s): "method \(s.sorted().joined(separator: "|"))"
@@ -115,6 +117,7 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .group(let s): return f.group.map(s.contains) ?? false
         case .exe(let globs): return f.exe.map { exe in globs.contains { fnmatch($0, exe, FNM_PATHNAME) == 0 } } ?? false
         case .names(let m): return f.names.contains(where: m.matches)
+        case .tls(let b): return f.tls == b
         case .sni(let m): return f.sni.map(m.matches) ?? false
         case .alpn(let s): return f.alpn.contains { s.contains($0.lowercased()) }
         case .method(let s): return f.method.map { s.contains($0.uppercased()) } ?? false
@@ -139,6 +142,7 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .group: f.group.map { "group \($0)" }
         case .exe: f.exe
         case .names: f.names.isEmpty ? nil : "names \(f.names.joined(separator: ","))"
+        case .tls: f.tls.map { "tls \($0)" }
         case .sni: f.sni.map { "sni \($0)" }
         case .alpn: f.alpn.isEmpty ? nil : "alpn \(f.alpn.joined(separator: ","))"
         case .method: f.method

@@ -155,7 +155,7 @@ public final class ConnectionMachine {
             switch hello.feed(bytes) {
             case .needMore: return []
             case .hello(let h): return decide(h)
-            case .notTLS: return startSplice(reason: "not TLS: relayed as opaque TCP")
+            case .notTLS: return decideNotTLS()
             case .malformed(let error): return finish("malformed ClientHello: \(error)", alert: 50)  // decode_error
             }
         case (.peeking, .timeout):
@@ -250,7 +250,21 @@ public final class ConnectionMachine {
 
     // MARK: stages
 
+    /// Not TLS on an inspected flow: hello rules on `tls = false` may block it; anything else
+    /// is relayed opaquely (the policy turns a bump into a splice), the decision logged either way.
+    private func decideNotTLS() -> [Command] {
+        facts.tls = false
+        let decision = policy.decide(.hello, facts)
+        mode = decision.verdict
+        helloDecision = decision
+        if decision.verdict == .block {
+            return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule): not TLS")  // no alert: the client speaks no TLS
+        }
+        return [.decided(decision)] + startSplice(reason: nil)
+    }
+
     private func decide(_ h: ClientHello) -> [Command] {
+        facts.tls = true
         facts.sni = h.serverName
         facts.alpn = h.alpn
         acceptsECDSA = (h.acceptsP256ECDSA(at: 0x0304), h.acceptsP256ECDSA(at: 0x0303))

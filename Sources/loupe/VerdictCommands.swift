@@ -80,6 +80,7 @@ struct VerdictCommand: ParsableCommand {
         @Option var group: String?
         @Option var exe: String?
         @Option(help: "DNS names of the destination (repeatable).") var name: [String] = []
+        @Option(help: "Whether the first bytes were TLS (false: plain HTTP, SSH, ... on the port).") var tls: Bool?
         @Option var sni: String?
         @Option(help: "ALPN offered (repeatable).") var alpn: [String] = []
         @Option var method: String?
@@ -98,7 +99,9 @@ struct VerdictCommand: ParsableCommand {
             }
             (f.uid, f.user, f.gid, f.group, f.exe) = (uid, user, gid, group, exe)
             (f.names, f.sni, f.alpn, f.method, f.url) = (name, sni, alpn, method, url)
-            let last: Stage = (method != nil || url != nil) ? .request : (sni != nil || !alpn.isEmpty) ? .hello : .connect
+            let last: Stage = (method != nil || url != nil) ? .request : (tls != nil || sni != nil || !alpn.isEmpty) ? .hello : .connect
+            // Past connect the flow is TLS unless --tls false says it is not.
+            f.tls = last > .connect ? (tls ?? true) : nil
             for stage in Stage.allCases where stage <= last {
                 let (decision, considered) = policy.explain(stage, f)
                 print("stage \(stage.rawValue): \(decision.verdict.rawValue)\(decision.blockMode.map { " (\($0.rawValue))" } ?? "") — rule \"\(decision.rule)\": \(decision.reason)")

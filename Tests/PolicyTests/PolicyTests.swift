@@ -98,6 +98,24 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(f.host == "files.example.com" && f.path == "/Private/report.pdf")
     }
 
+    /// `tls = false` names what is not TLS on an inspected port (plain HTTP, SSH on :443).
+    @Test func helloRulesOnWhetherItIsTLS() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "no-plaintext"
+            stage = "hello"
+            tls = false
+            action = "block"
+            """)
+        #expect(p.decide(.hello, facts { $0.tls = false }).rule == "no-plaintext")
+        #expect(p.decide(.hello, facts { $0.tls = true; $0.sni = "a.test" }).verdict == .bump)
+        let opaque = try policy("")  // hello default: bump, which cannot apply to what is not TLS
+        #expect(opaque.decide(.hello, facts { $0.tls = false }).verdict == .splice)
+        #expect(opaque.explain(.hello, facts { $0.tls = false }).decision.verdict == .splice, "explain says what decide does")
+        let unknown = facts { _ in }
+        #expect(p.rules[0].mismatch(unknown)?.contains("tls false: flow's tls is unknown") == true, "\(p.rules[0].mismatch(unknown) ?? "-")")
+    }
+
     @Test func firstMatchWinsThenDefault() throws {
         let p = try policy("""
             [[rule]]
@@ -215,6 +233,8 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         ("[[rule]]\nstage = \"connect\"\naction = \"allow\"", 1, "needs a name"),
         ("[[rule]]\nname = \"r\"\nstage = \"request\"\npath = [\"admin\"]\naction = \"allow\"", 4, "start with '/'"),
         ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ndst_port = []\naction = \"allow\"", 4, "never match"),
+        ("[[rule]]\nname = \"r\"\nstage = \"hello\"\ntls = \"no\"\naction = \"block\"", 4, "true or false"),
+        ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ntls = false\naction = \"block\"", 4, "not known at stage connect"),
     ])
     func validationErrorsNameFileAndLine(text: String, line: Int, message: String) {
         let full = text.hasPrefix("[defaults]") ? text : "[defaults]\nconnect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"\n" + text

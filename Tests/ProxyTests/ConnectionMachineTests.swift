@@ -540,12 +540,36 @@ final class Playbook {
         let p = try Playbook()
         let m = try p.machine()
         let commands = m.handle(.clientData(Array("GET / HTTP/1.1\r\n".utf8)))
-        #expect(commands == [.connectUpstream(FlowFacts.Endpoint("192.0.2.10:443")!)])
+        #expect(commands.count == 2 && commands.last == .connectUpstream(FlowFacts.Endpoint("192.0.2.10:443")!), "\(commands)")
+        guard case .decided(let decision) = commands.first else { Issue.record("no hello decision: \(commands)"); return }
+        #expect(decision.verdict == .splice && decision.reason.contains("not TLS"), "the default bump cannot apply: \(decision)")
         #expect(m.handle(.upstreamConnected) == [.sendUpstream(Array("GET / HTTP/1.1\r\n".utf8))])
         #expect(m.handle(.upstreamData([1, 2])) == [.sendClient([1, 2])])
         #expect(m.handle(.clientClosed) == [.closeUpstream])
         #expect(m.handle(.upstreamClosed) == [.closeClient, .closeUpstream, .finished(reason: "both sides closed")])
         #expect(m.phase == .closed && m.handle(.clientData([9])) == [])
+    }
+
+    /// A hello rule on `tls = false` refuses what is not TLS: closed, nothing connected, no
+    /// TLS alert (the client speaks no TLS).
+    @Test func notTLSCanBeBlockedByPolicy() throws {
+        let p = try Playbook()
+        let m = try p.machine(policy: """
+            [defaults]
+            connect = "inspect"
+            hello = "bump"
+            request = "allow"
+            [[rule]]
+            name = "no-plaintext"
+            stage = "hello"
+            tls = false
+            action = "block"
+            """)
+        let commands = m.handle(.clientData(Array("SSH-2.0-OpenSSH_9.2\r\n".utf8)))
+        #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
+        #expect(!commands.contains { if case .sendClient = $0 { true } else { false } }, "no alert to a client that speaks no TLS: \(commands)")
+        #expect(commands.contains { if case .decided(let d) = $0 { d.rule == "no-plaintext" && d.verdict == .block } else { false } }, "\(commands)")
+        #expect(m.phase == .closed)
     }
 
     @Test func deadlinesAndEarlyCloses() throws {
