@@ -2,16 +2,19 @@ import Wire
 
 /// Splits the client's plaintext on a bumped HTTP/1.1 flow into request heads and everything
 /// else, so each request can be decided (stage "request") before a byte of it goes upstream.
-/// Bodies are skipped by Content-Length or chunked framing; an upgrade (WebSocket) or anything
-/// unparseable turns the rest of the stream into opaque bytes.
+/// Bodies are skipped by Content-Length or chunked framing; an upgrade (WebSocket) turns the rest
+/// of the stream into opaque bytes, and so does a stream that never looked like HTTP. Once it
+/// did, whatever cannot be framed is refused: relayed unread, the requests after it would reach
+/// the origin without a decision.
 public struct HTTPRequestTracker: Sendable {
     public enum Piece: Equatable, Sendable {
         case head(HTTPHead, raw: [UInt8])
         /// Body bytes, or bytes after an upgrade: forwarded as they are.
         case bytes([UInt8])
-        /// The stream is not HTTP/1.1 as expected; the reason, then opaque relaying.
+        /// The stream never looked like HTTP/1.1; the reason, then opaque relaying.
         case gaveUp(String)
-        /// A request head whose body framing is ambiguous (see `HTTPHead.requestFraming`): it
+        /// HTTP that cannot be framed exactly — a malformed head or chunk line after HTTP was
+        /// seen, a body framing two parsers could read two ways (`HTTPHead.requestFraming`): it
         /// must not be forwarded, and nothing after it can be framed; the tracker stops.
         case refused(String)
     }
@@ -28,6 +31,8 @@ public struct HTTPRequestTracker: Sendable {
 
     private var state = State.head
     private var buffer: [UInt8] = []
+    /// A request head was parsed, or the first line had a request line's shape.
+    private var sawHTTP = false
 
     public init() {}
 
@@ -53,9 +58,18 @@ public struct HTTPRequestTracker: Sendable {
                 pieces.append(.bytes(buffer))
                 buffer.removeAll()
             case .head:
+                // RFC 9112 2.2: a server ignores empty lines before a request line. Framed here
+                // the same way, or "\r\nGET /admin" would pass as not HTTP at all.
+                let blank = buffer.prefix { $0 == 0x0D || $0 == 0x0A }.count
+                if blank > 0 {
+                    pieces.append(.bytes(Array(buffer.prefix(blank))))
+                    buffer.removeFirst(blank)
+                    continue
+                }
                 switch HTTPHead.parse(buffer[...], expectRequest: true) {
                 case .needMore: return pieces
                 case .malformed(let error):
+                    if sawHTTP || Self.looksLikeRequestLine(buffer) { return pieces + refuse("malformed request: \(error)") }
                     state = .opaque
                     pieces.append(.gaveUp("\(error)"))
                 case .head(let head):
@@ -63,14 +77,12 @@ public struct HTTPRequestTracker: Sendable {
                     do {
                         next = try Self.bodyState(after: head)
                     } catch {
-                        state = .refused
-                        buffer.removeAll()
-                        pieces.append(.refused("\(error)"))
-                        return pieces
+                        return pieces + refuse("\(error)")
                     }
                     let raw = Array(buffer.prefix(head.length))
                     buffer.removeFirst(head.length)
                     pieces.append(.head(head, raw: raw))
+                    sawHTTP = true
                     state = next
                 }
             case .body(let remaining):
@@ -80,22 +92,19 @@ public struct HTTPRequestTracker: Sendable {
                 state = remaining - n == 0 ? .head : .body(remaining: remaining - n)
             case .chunkSize, .trailers:
                 guard let lineEnd = buffer.firstIndex(of: 0x0A) else {
-                    if buffer.count > 8192 { state = .opaque; pieces.append(.gaveUp("chunk line too long")) }
-                    return pieces
+                    return buffer.count > 8192 ? pieces + refuse("chunk line too long") : pieces
                 }
                 let line = Array(buffer.prefix(lineEnd + 1))
-                buffer.removeFirst(lineEnd + 1)
-                pieces.append(.bytes(line))
                 if case .trailers = state {
                     if HTTPHead.chunkLine(line[...]).isEmpty { state = .head }
-                    continue
+                } else {
+                    guard let size = HTTPHead.chunkSize(line[...]) else {
+                        return pieces + refuse("bad chunk size '\(String(decoding: HTTPHead.chunkLine(line[...]), as: UTF8.self).prefix(40))'")
+                    }
+                    state = size == 0 ? .trailers : .chunkData(remaining: size + 2)  // data + CRLF
                 }
-                guard let size = HTTPHead.chunkSize(line[...]) else {
-                    state = .opaque
-                    pieces.append(.gaveUp("bad chunk size '\(String(decoding: HTTPHead.chunkLine(line[...]), as: UTF8.self))'"))
-                    continue
-                }
-                state = size == 0 ? .trailers : .chunkData(remaining: size + 2)  // data + CRLF
+                buffer.removeFirst(lineEnd + 1)
+                pieces.append(.bytes(line))
             case .chunkData(let remaining):
                 let n = min(remaining, buffer.count)
                 pieces.append(.bytes(Array(buffer.prefix(n))))
@@ -104,6 +113,20 @@ public struct HTTPRequestTracker: Sendable {
             }
         }
         return pieces
+    }
+
+    /// Stops the tracker: what is buffered and all that follows is dropped.
+    private mutating func refuse(_ why: String) -> [Piece] {
+        state = .refused
+        buffer.removeAll()
+        return [.refused(why)]
+    }
+
+    /// Whether the first line is shaped like a request line (it names an HTTP/1 version): a
+    /// stream starting so is HTTP to an origin, however malformed the rest.
+    static func looksLikeRequestLine(_ bytes: [UInt8]) -> Bool {
+        let line = bytes.prefix(8192).prefix { $0 != 0x0A }
+        return line.contains(0x20) && String(decoding: line, as: UTF8.self).contains(" HTTP/1.")
     }
 
     private static func bodyState(after head: HTTPHead) throws(WireError) -> State {

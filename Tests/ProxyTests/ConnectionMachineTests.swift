@@ -231,23 +231,28 @@ final class Playbook {
         }
     }
 
-    /// Garbage where http/1.1 was agreed ends the connection (its later requests would escape the
-    /// request stage); without ALPN nothing was promised and the bytes are relayed as they are.
-    @Test func notHTTPAfterAgreeingOnHTTPEndsTheConnection() throws {
-        for alpn in [["http/1.1"], []] {
+    /// A malformed request — with ALPN http/1.1 or without ALPN, once the stream looks like HTTP —
+    /// gets a 400 and ends the connection: relayed unread, the request after it would escape the
+    /// request stage. A stream that never looked like HTTP is relayed as it is without ALPN, and
+    /// ends the connection where http/1.1 was agreed.
+    @Test func malformedHTTPIsRefusedWhateverTheALPN() throws {
+        let cases: [(alpn: [String], bytes: String, relayed: Bool, reason: String?)] = [
+            (["http/1.1"], "G(T / HTTP/1.1\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
+            ([], "G(T / HTTP/1.1\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
+            ([], "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nNOT HTTP\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
+            ([], "\u{1}\u{2}binary protocol\r\n\r\n", true, nil),
+            (["http/1.1"], "\u{1}\u{2}binary protocol\r\n\r\n", false, "not HTTP/1.1"),
+        ]
+        for c in cases {
             let p = try Playbook()
-            let m = try p.machine()
-            let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.1"])
-            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: alpn)
-            client.advanceHandshake()
+            let (m, client, origin) = try p.bumped(alpn: c.alpn)
+            try client.write(Array(c.bytes.utf8))
             p.run(m, client: client, origin: origin)
-            let garbage = Array("G(T / HTTP/1.1\r\n\r\nGET /admin HTTP/1.1\r\n\r\n".utf8)
-            try client.write(garbage)
-            p.run(m, client: client, origin: origin)
-            if alpn.isEmpty {
-                #expect(origin.read() == garbage && p.finishedReason == nil, "no ALPN: opaque relay")
+            let got = String(decoding: origin.read(), as: UTF8.self)
+            if c.relayed {
+                #expect(got == c.bytes && p.finishedReason == nil, "\(c): opaque relay")
             } else {
-                #expect(p.finishedReason?.contains("not HTTP/1.1") == true && origin.read().isEmpty, "\(p.finishedReason ?? "-")")
+                #expect(!got.contains("/admin") && p.finishedReason?.contains(c.reason!) == true, "\(c): \(p.finishedReason ?? "-"), origin got \(got.debugDescription)")
             }
         }
     }

@@ -53,6 +53,28 @@ import Wire
         #expect(tracker.feed(Array("GET /later HTTP/1.1\r\n\r\n".utf8)).isEmpty)
     }
 
+    /// Servers ignore empty lines before a request line (RFC 9112 2.2): so does the framing, or
+    /// "\r\nGET /admin" would pass as not HTTP and go unread.
+    @Test func emptyLinesBeforeARequestAreSkipped() {
+        var tracker = HTTPRequestTracker()
+        let stream = Array("\r\n\nGET /admin HTTP/1.1\r\nHost: h\r\n\r\n".utf8)
+        let pieces = tracker.feed(stream)
+        #expect(heads(pieces) == ["GET /admin"] && bytes(pieces) == stream)
+    }
+
+    /// Once the stream is HTTP, what cannot be framed is refused, not relayed unread: a bad
+    /// chunk size (its line not forwarded either), a malformed second request.
+    @Test func malformedHTTPAfterHTTPIsRefused() {
+        for bad in ["POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET /admin HTTP/1.1\r\n\r\n",
+                    "GET /ok HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\nBad Header: 1\r\n\r\n",
+                    "G(T /x HTTP/1.1\r\n\r\n"] {
+            var tracker = HTTPRequestTracker()
+            let pieces = tracker.feed(Array(bad.utf8))
+            guard case .refused? = pieces.last else { Issue.record("\(bad.debugDescription): \(pieces)"); continue }
+            #expect(!String(decoding: bytes(pieces), as: UTF8.self).contains("zz") && !heads(pieces).contains("GET /admin"))
+        }
+    }
+
     @Test func upgradesAndGarbageBecomeOpaque() {
         var ws = HTTPRequestTracker()
         let upgrade = ws.feed(Array("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{81}\u{05}GET / HTTP/1.1\r\n\r\n".utf8))
