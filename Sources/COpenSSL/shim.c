@@ -36,6 +36,7 @@ int loupe_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) { return (int
 int loupe_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_max_proto_version(ctx, version); }
 int loupe_SSL_set_max_proto_version(SSL *ssl, int version) { return (int)SSL_set_max_proto_version(ssl, version); }
 int loupe_SSL_set_min_proto_version(SSL *ssl, int version) { return (int)SSL_set_min_proto_version(ssl, version); }
+long loupe_SSL_set_mode(SSL *ssl, long mode) { return SSL_set_mode(ssl, mode); }
 int loupe_SSL_set1_sigalgs_list(SSL *ssl, const char *list) { return (int)SSL_set1_sigalgs_list(ssl, list); }
 int loupe_SSL_set1_groups_list(SSL *ssl, const char *list) { return (int)SSL_set1_groups_list(ssl, list); }
 int loupe_sk_SSL_CIPHER_num(const STACK_OF(SSL_CIPHER) *ciphers) { return sk_SSL_CIPHER_num(ciphers); }

@@ -247,6 +247,7 @@ public final class TLSSession: @unchecked Sendable {
         if let suites = offer.ciphersuites { try check("TLS 1.3 cipher suites \(suites)", SSL_set_ciphersuites(ssl, suites) == 1) }
         if let schemes = offer.signatureSchemes { try check("signature schemes \(schemes)", loupe_SSL_set1_sigalgs_list(ssl, schemes) == 1) }
         if let groups = offer.groups { try check("groups \(groups)", loupe_SSL_set1_groups_list(ssl, groups) == 1) }
+        if offer.fallback { _ = loupe_SSL_set_mode(ssl, Int(SSL_MODE_SEND_FALLBACK_SCSV)) }
     }
 
     /// A server session presenting `chain[0]` (with the rest as its chain) and `key`; ALPN is
@@ -431,6 +432,8 @@ public final class TLSSession: @unchecked Sendable {
         switch failureReasonCode {
         case SSL_R_UNSUPPORTED_PROTOCOL, SSL_R_TLSV1_ALERT_PROTOCOL_VERSION, SSL_R_NO_PROTOCOLS_AVAILABLE:
             return 70                                                    // protocol_version
+        case SSL_R_TLSV1_ALERT_INAPPROPRIATE_FALLBACK:
+            return 86                                                    // inappropriate_fallback
         default: return 40                                               // handshake_failure
         }
     }

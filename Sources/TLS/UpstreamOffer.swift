@@ -65,6 +65,9 @@ public struct OfferCatalog: Sendable, Equatable {
         // context's own groups stay (a TLS 1.3 handshake would fail on the client's leg).
         let groups = Self.names(hello.supportedGroups, in: Self.groups)
         if !groups.isEmpty { offer.groups = groups.joined(separator: ":") }
+        // TLS_FALLBACK_SCSV (RFC 7507): a client retrying with an older version says so, and an
+        // origin that speaks newer refuses the downgrade — it must hear it from Loupe too.
+        offer.fallback = suites.contains(0x5600)
         return offer
     }
 
@@ -96,6 +99,8 @@ public struct UpstreamOffer: Sendable, Equatable, Hashable {
     public var minimum: TLSVersion?
     /// TLS 1.2 at most: the client shares no TLS 1.3 suite with Loupe.
     public var maximum: TLSVersion?
+    /// Send TLS_FALLBACK_SCSV: the client's hello carried it.
+    public var fallback = false
 
     public init() {}
 

@@ -32,6 +32,12 @@ import TLS
           -tls1_3 -sigalgs ecdsa_secp256r1_sha256 </dev/null >/dev/null 2>&1
         """
 
+    /// A client retrying at TLS 1.2 after a failed attempt, announcing it (RFC 7507).
+    static let fallbackClient = """
+        openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
+          -tls1_2 -fallback_scsv </dev/null >/dev/null 2>&1
+        """
+
     static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false, subject: String? = nil,
                      notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400)) throws -> Certificate {
         var extensions = [try CertificateExtension.make("basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE")]
@@ -146,6 +152,8 @@ import TLS
                               serverFlags: "-tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256", clientFlags: "--tls13-ciphers TLS_AES_128_GCM_SHA256"))
         origins.append(Origin(name: "P-384-only origin, client offering only X25519", chain: [good], key: goodKey, directShouldWork: false,
                               serverFlags: "-groups P-384", clientFlags: "--curves X25519"))
+        origins.append(Origin(name: "TLS 1.3 origin, client falling back to TLS 1.2 with TLS_FALLBACK_SCSV", chain: [good], key: goodKey,
+                              directShouldWork: false, client: Self.fallbackClient))
         let p384Key = try PrivateKey.generate(.ecP384)
         origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.3 client verifying only P-256 ECDSA",
                               chain: [try Self.sign(name, key: p384Key, issuer: (root, rootKey))], key: p384Key, directShouldWork: false,

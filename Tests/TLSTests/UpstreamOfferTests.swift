@@ -104,6 +104,25 @@ import Wire
         }
     }
 
+    /// RFC 7507: a client retrying at TLS 1.2 with TLS_FALLBACK_SCSV is refused by an origin that
+    /// speaks 1.3 — Loupe's upstream leg must say the same, or the downgrade goes through.
+    @Test func aFallbackRetryIsAnnouncedUpstream() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let context = try TLSContext.client(trustBundle: pki.bundle)
+        for (suites, works) in [([0xC02B, 0x5600], false), ([0xC02B], true)] as [([UInt16], Bool)] {
+            let offer = try context.offers.offer(mirroring: Self.hello(versions: [0x0303], suites: suites, schemes: [0x0403]))
+            #expect(offer.fallback == !works)
+            let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+            let client = try TLSSession.client(context, serverName: "origin.test", maximum: .tls12, offer: offer)
+            client.advanceHandshake()
+            pump(client, server)
+            #expect((client.state == .established) == works, "\(suites): \(client.state)")
+            if !works { #expect(client.failureAlert == 86, "the client hears inappropriate_fallback") }
+        }
+    }
+
     @Test func theResumptionCacheIsBounded() {
         var cache = SessionCache(capacity: 3)
         let session = { ResumableSession(SSL_SESSION_new()!) }

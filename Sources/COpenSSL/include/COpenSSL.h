@@ -55,6 +55,9 @@ int loupe_SSL_set_max_proto_version(SSL *ssl, int version);
 /// SSL_set_min_proto_version (a macro over SSL_ctrl): one session's floor.
 int loupe_SSL_set_min_proto_version(SSL *ssl, int version);
 
+/// SSL_set_mode (a macro over SSL_ctrl): one session's modes.
+long loupe_SSL_set_mode(SSL *ssl, long mode);
+
 /// SSL_set1_sigalgs_list / SSL_set1_groups_list (macros over SSL_ctrl): what one client
 /// session offers, as colon-separated names.
 int loupe_SSL_set1_sigalgs_list(SSL *ssl, const char *list);
