@@ -96,6 +96,8 @@ public final class ConnectionMachine {
     private var http2: HTTP2RequestFilter?
     private var clientClosed = false
     private var upstreamClosed = false
+    /// Whether any application data came from the upstream.
+    private var upstreamSentPlaintext = false
     private var leaf: Certificate?
     /// Whether the client's hello can verify a P-256 ECDSA leaf under TLS 1.3 and under 1.2
     /// (the version depends on the upstream); if not, it gets an RSA leaf.
@@ -180,6 +182,7 @@ public final class ConnectionMachine {
             case .failed(let why):
                 // Never launder: the client's handshake fails too — with an alert, or (quarantine)
                 // under a certificate nobody trusts, so a browser shows its own error page.
+                if let demand = failedForWantOfACertificate("upstream TLS failed: \(why)") { return out + demand }
                 guard settings.quarantineFailures else { return out + finish("upstream TLS failed: \(why)", alert: upstream.failureAlert) }
                 quarantined = "upstream TLS failed: \(why)"
                 phase = .minting
@@ -242,7 +245,8 @@ public final class ConnectionMachine {
         case (_, .upstreamClosed) where quarantined != nil:
             return []   // the failed upstream is gone on purpose; the client still gets its page
         case (_, .upstreamClosed):
-            return finish("upstream closed during \(phase)", alert: 40)
+            // TLS 1.3: a server refusing the empty client certificate says so after the handshake.
+            return failedForWantOfACertificate("upstream closed during \(phase)") ?? finish("upstream closed during \(phase)", alert: 40)
         default:
             return []
         }
@@ -381,12 +385,23 @@ public final class ConnectionMachine {
     /// The client refused our masquerade (pinning, mTLS, a root it does not trust): with
     /// `[auto_splice]`, the host is learnt so its next connections are spliced.
     private func clientAborted(_ why: String) -> [Command] {
-        var out: [Command] = []
-        if let ttl = policy.autoSpliceTTL, let key = autoSpliceKey, let learning = settings.autoSplice {
-            learning.learn(key, reason: why, ttl: ttl)
-            out.append(.learntSplice(host: key, reason: "spliced for \(Int(ttl)) s: the client aborted Loupe's handshake (\(why))"))
-        }
-        return out + finish("client aborted our handshake: \(why)")
+        learnSplice(because: "the client aborted Loupe's handshake (\(why))") + finish("client aborted our handshake: \(why)")
+    }
+
+    /// With `[auto_splice]`: the host goes into the learnt set, its next connections spliced.
+    private func learnSplice(because why: String) -> [Command] {
+        guard let ttl = policy.autoSpliceTTL, let key = autoSpliceKey, let learning = settings.autoSplice else { return [] }
+        learning.learn(key, reason: why, ttl: ttl)
+        return [.learntSplice(host: key, reason: "spliced for \(Int(ttl)) s: \(why)")]
+    }
+
+    /// An upstream that asked for a client certificate Loupe had none for, and then ended the
+    /// connection before sending anything: it demands one. Only a splice lets the client's own
+    /// certificate through, so the host is learnt (with `[auto_splice]`) and the reason says so.
+    private func failedForWantOfACertificate(_ why: String) -> [Command]? {
+        guard upstreamTLS?.certificateRequested == true, !upstreamSentPlaintext else { return nil }
+        let reason = "the upstream demands a client certificate and no hello rule names an identity for it"
+        return learnSplice(because: reason) + finish("\(why): \(reason)", alert: phase == .relaying ? nil : 40)
     }
 
     private func pumpClientHandshake(_ bytes: [UInt8]) -> [Command] {
@@ -440,7 +455,7 @@ public final class ConnectionMachine {
             return finish("client closed without close_notify")
         case (_, .upstreamClosed):
             if upstreamClosed { return clientClosed ? finish("both sides closed") : [] }
-            return finish("upstream closed without close_notify: the cut is passed on to the client")
+            return failedForWantOfACertificate("upstream closed") ?? finish("upstream closed without close_notify: the cut is passed on to the client")
         default:
             return []
         }
@@ -503,6 +518,7 @@ public final class ConnectionMachine {
         }
         let down = upstream.read()
         if !down.isEmpty {
+            upstreamSentPlaintext = true
             out += (responses?.feed(down) ?? []).map(Command.answered)
             if http2 != nil {
                 let seen = http2!.fromUpstream(down)

@@ -98,7 +98,11 @@ final class ProbeHandler: ChannelInboundHandler, @unchecked Sendable {
         flush(context.channel)
         switch session.state {
         case .established, .closed: settle(true, "verified", context.channel)
-        case .failed(let why): settle(false, why, context.channel)
+        case .failed(let why):
+            // A server that demands a client certificate ends the handshake after proving its
+            // own (verified chain, signed key exchange): proof enough of the name.
+            let proved = session.certificateRequested && session.verifyError == nil && session.peerCertificate != nil
+            settle(proved, proved ? "verified (then the server demanded a client certificate)" : why, context.channel)
         case .handshaking: break
         }
     }

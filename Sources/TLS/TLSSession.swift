@@ -63,6 +63,7 @@ public final class TLSContext: @unchecked Sendable {
         // handshake) to `newSession`, which files a copy under the session's upstream key.
         _ = SSL_CTX_ctrl(context.ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
         SSL_CTX_sess_set_new_cb(context.ctx, newSession)
+        SSL_CTX_set_client_cert_cb(context.ctx, certificateRequested)
         context.offers = try context.catalog()
         return context
     }
@@ -138,6 +139,14 @@ private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
     return 0
 }
 
+/// Client side: the server asked for a certificate and none is set on the session. Noted, then
+/// the handshake goes on without one (the server decides whether that is fatal).
+private let certificateRequested: @convention(c) (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?, UnsafeMutablePointer<OpaquePointer?>?) -> Int32 = { ssl, _, _ in
+    guard let ssl, let raw = SSL_get_ex_data(ssl, 0) else { return 0 }
+    Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue().certificateRequested = true
+    return 0
+}
+
 /// Server-side ALPN: pick the first protocol the client offered that this session allows
 /// (on a bumped flow: exactly what the upstream chose). No overlap → no ALPN, not a guess.
 private let alpnSelect: @convention(c) (OpaquePointer?, UnsafeMutablePointer<UnsafePointer<UInt8>?>?, UnsafeMutablePointer<UInt8>?, UnsafePointer<UInt8>?, UInt32, UnsafeMutableRawPointer?) -> Int32 = { ssl, out, outLength, input, inputLength, _ in
@@ -180,6 +189,8 @@ public final class TLSSession: @unchecked Sendable {
     var allowedALPN: [[UInt8]]?
     /// Client side: where new sessions are filed for resumption.
     let resumptionKey: String?
+    /// Client side: the server asked for a client certificate this session had none to give.
+    public internal(set) var certificateRequested = false
     public let context: TLSContext
 
     deinit { SSL_free(ssl) }

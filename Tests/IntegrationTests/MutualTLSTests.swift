@@ -26,12 +26,7 @@ import Testing
             """
         try policy.write(toFile: "\(dir)/policy.toml", atomically: true, encoding: .utf8)
         // The client PKI exists before the origin starts: the origin trusts only it.
-        let clientPKI = """
-            D=\(dir)
-            openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $D/client-ca.key -out $D/client-ca.pem -days 2 -subj "/CN=Corp Client CA" 2>/dev/null
-            openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $D/client.key -out $D/client.csr -subj "/CN=endpoint-42" 2>/dev/null
-            printf 'extendedKeyUsage=clientAuth\\n' > $D/client.ext
-            openssl x509 -req -in $D/client.csr -CA $D/client-ca.pem -CAkey $D/client-ca.key -CAcreateserial -days 2 -extfile $D/client.ext -out $D/client.pem 2>/dev/null
+        let clientPKI = ClientPKI.script(dir: dir, commonName: "endpoint-42") + """
             echo secret > $D/pw
             openssl pkcs12 -export -in $D/client.pem -inkey $D/client.key -certfile $D/client-ca.pem -passout file:$D/pw -out $D/client.p12
             """

@@ -171,8 +171,23 @@ public enum LoopbackProxy {
         (cd $D/www && exec openssl s_server -accept 127.0.0.1:\(origin) -cert $D/origin.pem -key $D/origin.pem -WWW -quiet \(originFlags)) >/dev/null 2>&1 & echo $! > $D/origin.pid
         $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) \(proxyFlags) 2>$D/proxy.err & echo $! > $D/proxy.pid
         for i in $(seq 300); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
-        for i in $(seq 150); do curl -sk -o /dev/null https://127.0.0.1:\(origin)/ && break; sleep 0.1; done
+        for i in $(seq 150); do ss -ltnH "sport = :\(origin)" | grep -q . && break; sleep 0.1; done  # listening (an mTLS origin answers no plain curl)
         echo "PROXYUP $(grep -c listening $D/proxy.err)"
+
+        """
+    }
+}
+
+/// A client CA and a client certificate (clientAuth) signed by it, for origins that demand one:
+/// `$D/client-ca.pem`, `$D/client.pem`, `$D/client.key`.
+public enum ClientPKI {
+    public static func script(dir: String, commonName: String) -> String {
+        """
+        D=\(dir)
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $D/client-ca.key -out $D/client-ca.pem -days 2 -subj "/CN=Corp Client CA" 2>/dev/null
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout $D/client.key -out $D/client.csr -subj "/CN=\(commonName)" 2>/dev/null
+        printf 'extendedKeyUsage=clientAuth\\n' > $D/client.ext
+        openssl x509 -req -in $D/client.csr -CA $D/client-ca.pem -CAkey $D/client-ca.key -CAcreateserial -days 2 -extfile $D/client.ext -out $D/client.pem 2>/dev/null
 
         """
     }
