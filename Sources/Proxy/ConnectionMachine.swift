@@ -479,47 +479,24 @@ public final class ConnectionMachine {
         } else if !up.isEmpty {
             if requests == nil {
                 try? upstream.write(up)
-            } else {
-                for piece in requests!.feed(up) {
-                    switch piece {
-                    case .bytes(let bytes): try? upstream.write(bytes)
-                    case .gaveUp(let why):
-                        // A client that agreed on http/1.1 and then stops speaking it would slip
-                        // its later requests past the request stage: the connection ends. Without
-                        // ALPN the protocol was never promised: relayed as opaque bytes.
-                        if client.alpn == "http/1.1" {
-                            return out + finish("not HTTP/1.1 after agreeing on http/1.1 (\(why)): the request stage cannot see it")
-                        }
-                        requests = nil
-                        responses = nil
-                    case .refused(let why):
-                        // Framed one way here and perhaps another by the origin: a request could
-                        // ride in its body past the request stage. Nothing of it goes upstream.
-                        try? client.write(Self.badRequest(why))
-                        client.close()
-                        return out + send(client: client.takeOutput()) + finish("request refused: \(why)")
-                    case .head(let head, let raw):
-                        guard case .request(let method, let target) = head.kind else { continue }
-                        facts.method = method
-                        facts.url = Self.url(target: target, host: head.header("host") ?? facts.sni ?? "")
-                        let decision = policy.decide(.request, facts)
-                        out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
-                        if decision.verdict == .block {
-                            try? client.write(Self.forbidden(decision))
-                            client.close()
-                            return out + send(upstream: upstream.takeOutput()) + send(client: client.takeOutput())
-                                + finish("request blocked by rule \(decision.rule)")
-                        }
-                        try? upstream.write(raw)
-                        responses?.requestSent(method: method, url: facts.url ?? "")
-                    }
-                }
+            } else if let end = relayRequests(requests!.feed(up), client, upstream, into: &out) {
+                return out + end
             }
         }
         let down = upstream.read()
         if !down.isEmpty {
             upstreamSentPlaintext = true
-            out += (responses?.feed(down) ?? []).map(Command.answered)
+            let answered = responses?.feed(down) ?? []
+            out += answered.map(Command.answered)
+            // The answer to an upgrade or CONNECT (the last request sent) decides what the held
+            // client bytes are; answers that cannot be read count as a refusal (fail closed).
+            if requests?.awaitingSwitch == true, let responses, responses.unanswered == 0 || responses.lost {
+                let switched = answered.last.map(Self.switchedProtocols) ?? false
+                if !answered.isEmpty || responses.lost,
+                   let end = relayRequests(requests!.upstreamAnswered(switched: switched && !responses.lost), client, upstream, into: &out) {
+                    return out + end
+                }
+            }
             if http2 != nil {
                 let seen = http2!.fromUpstream(down)
                 out += seen.answered.map(Command.answered)
@@ -547,6 +524,50 @@ public final class ConnectionMachine {
         out += send(client: client.takeOutput())
         if clientClosed && upstreamClosed { return out + finish("both sides closed") }
         return out + halfClose
+    }
+
+    /// Carries the client's HTTP/1.1 pieces upstream, deciding each request head; returns the
+    /// commands that end the connection when a piece must end it (a refusal, a block).
+    private func relayRequests(_ pieces: [HTTPRequestTracker.Piece], _ client: TLSSession, _ upstream: TLSSession, into out: inout [Command]) -> [Command]? {
+        for piece in pieces {
+            switch piece {
+            case .bytes(let bytes): try? upstream.write(bytes)
+            case .gaveUp(let why):
+                // A client that agreed on http/1.1 and then stops speaking it would slip its
+                // later requests past the request stage: the connection ends. Without ALPN the
+                // protocol was never promised: relayed as opaque bytes.
+                if client.alpn == "http/1.1" {
+                    return finish("not HTTP/1.1 after agreeing on http/1.1 (\(why)): the request stage cannot see it")
+                }
+                requests = nil
+                responses = nil
+            case .refused(let why):
+                // Framed one way here and perhaps another by the origin: a request could ride in
+                // its body past the request stage. Nothing of it goes upstream.
+                try? client.write(Self.badRequest(why))
+                client.close()
+                return send(client: client.takeOutput()) + finish("request refused: \(why)")
+            case .head(let head, let raw):
+                guard case .request(let method, let target) = head.kind else { continue }
+                facts.method = method
+                facts.url = Self.url(target: target, host: head.header("host") ?? facts.sni ?? "")
+                let decision = policy.decide(.request, facts)
+                out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
+                if decision.verdict == .block {
+                    try? client.write(Self.forbidden(decision))
+                    client.close()
+                    return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish("request blocked by rule \(decision.rule)")
+                }
+                try? upstream.write(raw)
+                responses?.requestSent(method: method, url: facts.url ?? "")
+            }
+        }
+        return nil
+    }
+
+    /// 101 Switching Protocols, or a 2xx answer to CONNECT.
+    static func switchedProtocols(_ exchange: HTTPExchange) -> Bool {
+        exchange.status == 101 || (exchange.method == "CONNECT" && (200..<300).contains(exchange.status))
     }
 
     /// The absolute URL of a request: origin-form targets get the Host header's authority.

@@ -2,8 +2,10 @@ import Wire
 
 /// Splits the client's plaintext on a bumped HTTP/1.1 flow into request heads and everything
 /// else, so each request can be decided (stage "request") before a byte of it goes upstream.
-/// Bodies are skipped by Content-Length or chunked framing; an upgrade (WebSocket) turns the rest
-/// of the stream into opaque bytes, and so does a stream that never looked like HTTP. Once it
+/// Bodies are skipped by Content-Length or chunked framing; an upgrade (WebSocket) or CONNECT
+/// that the upstream accepts (`upstreamAnswered`) turns the rest of the stream into opaque
+/// bytes — until the answer, what follows is held, as a server refusing the upgrade goes on
+/// reading HTTP — and so does a stream that never looked like HTTP. Once it
 /// did, whatever cannot be framed is refused: relayed unread, the requests after it would reach
 /// the origin without a decision.
 public struct HTTPRequestTracker: Sendable {
@@ -25,6 +27,8 @@ public struct HTTPRequestTracker: Sendable {
         case chunkSize
         case chunkData(remaining: Int)
         case trailers
+        /// An upgrade or CONNECT went upstream: the rest is held until the upstream answers.
+        case awaitingSwitch
         case opaque
         case refused
     }
@@ -33,6 +37,28 @@ public struct HTTPRequestTracker: Sendable {
     private var buffer: [UInt8] = []
     /// A request head was parsed, or the first line had a request line's shape.
     private var sawHTTP = false
+    /// The last request asked to switch protocols; its body (if any) comes first.
+    private var switchAfterBody = false
+    /// What may be held while an upgrade waits for its answer (a client waits for the 101).
+    static let maximumHeld = 64 * 1024
+
+    /// Whether client bytes are held until the upstream answers an upgrade or CONNECT.
+    public var awaitingSwitch: Bool {
+        switch state {
+        case .awaitingSwitch: true
+        case .head: switchAfterBody  // the upgrade's body is through; nothing came after it yet
+        default: false
+        }
+    }
+
+    /// The upstream answered the upgrade or CONNECT: switched (101, or 2xx to CONNECT), the rest
+    /// of the stream is opaque; refused, it is HTTP again. Returns what was held, framed so.
+    public mutating func upstreamAnswered(switched: Bool) -> [Piece] {
+        guard awaitingSwitch else { return [] }
+        switchAfterBody = false
+        state = switched ? .opaque : .head
+        return feed([])
+    }
 
     public init() {}
 
@@ -54,9 +80,14 @@ public struct HTTPRequestTracker: Sendable {
             switch state {
             case .refused:
                 buffer.removeAll()
+            case .awaitingSwitch:
+                return buffer.count > Self.maximumHeld ? pieces + refuse("more than \(Self.maximumHeld) bytes sent before the upgrade was answered") : pieces
             case .opaque:
                 pieces.append(.bytes(buffer))
                 buffer.removeAll()
+            case .head where switchAfterBody:
+                switchAfterBody = false
+                state = .awaitingSwitch
             case .head:
                 // RFC 9112 2.2: a server ignores empty lines before a request line. Framed here
                 // the same way, or "\r\nGET /admin" would pass as not HTTP at all.
@@ -79,11 +110,18 @@ public struct HTTPRequestTracker: Sendable {
                     } catch {
                         return pieces + refuse("\(error)")
                     }
+                    // h2c over TLS (deprecated by RFC 9113): once switched, its HTTP/2 requests
+                    // would pass as opaque bytes — the known h2c smuggling route.
+                    if head.header("upgrade")?.lowercased().split(separator: ",").contains(where: { $0.filter { $0 != " " && $0 != "\t" } == "h2c" }) == true {
+                        return pieces + refuse("an upgrade to h2c: its requests could not be decided")
+                    }
                     let raw = Array(buffer.prefix(head.length))
                     buffer.removeFirst(head.length)
                     pieces.append(.head(head, raw: raw))
                     sawHTTP = true
                     state = next
+                    switchAfterBody = Self.asksToSwitch(head)
+                    if switchAfterBody, case .head = state { switchAfterBody = false; state = .awaitingSwitch }
                 }
             case .body(let remaining):
                 let n = min(remaining, buffer.count)
@@ -129,10 +167,15 @@ public struct HTTPRequestTracker: Sendable {
         return line.contains(0x20) && String(decoding: line, as: UTF8.self).contains(" HTTP/1.")
     }
 
+    /// An upgrade (WebSocket) or a CONNECT: the stream may become something else.
+    static func asksToSwitch(_ head: HTTPHead) -> Bool {
+        if head.header("upgrade") != nil, head.header("connection")?.lowercased().contains("upgrade") == true { return true }
+        if case .request(let method, _) = head.kind, method == "CONNECT" { return true }
+        return false
+    }
+
     private static func bodyState(after head: HTTPHead) throws(WireError) -> State {
         let framing = try head.requestFraming()
-        if head.header("upgrade") != nil, head.header("connection")?.lowercased().contains("upgrade") == true { return .opaque }
-        if case .request(let method, _) = head.kind, method == "CONNECT" { return .opaque }
         switch framing {
         case .chunked: return .chunkSize
         case .length(let length): return .body(remaining: length)

@@ -25,6 +25,8 @@ struct HTTPResponseTracker {
 
     private var state = State.head
     private var pending: [UInt8] = []
+    /// The upstream's bytes stopped parsing as HTTP/1.1: no more answers will be known.
+    private(set) var lost = false
     /// Requests sent upstream and not answered yet, oldest first.
     private var waiting: [(method: String, url: String)] = []
     private var current: HTTPExchange?
@@ -56,7 +58,7 @@ struct HTTPResponseTracker {
                 state = n == remaining ? .chunkSize : .chunkData(remaining: remaining - n)
             case .chunkSize, .trailers:
                 guard let end = input.firstIndex(of: 0x0A) else {
-                    if input.count > 8192 { state = .opaque } else { pending = Array(input) }
+                    if input.count > 8192 { lose() } else { pending = Array(input) }
                     return done
                 }
                 let line = input[input.startIndex..<end]
@@ -65,15 +67,15 @@ struct HTTPResponseTracker {
                     if HTTPHead.chunkLine(line).isEmpty { finish(into: &done) }
                     continue
                 }
-                guard let size = HTTPHead.chunkSize(line) else { state = .opaque; return done }
+                guard let size = HTTPHead.chunkSize(line) else { lose(); return done }
                 state = size == 0 ? .trailers : .chunkData(remaining: size + 2)
             case .head:
                 switch HTTPHead.parse(input, expectRequest: false) {
                 case .needMore:
-                    if input.count <= HTTPHead.maximumLength { pending = Array(input) } else { state = .opaque }
+                    if input.count <= HTTPHead.maximumLength { pending = Array(input) } else { lose() }
                     return done
                 case .malformed:
-                    state = .opaque
+                    lose()
                     return done
                 case .head(let head):
                     input = input.dropFirst(head.length)
@@ -84,6 +86,14 @@ struct HTTPResponseTracker {
         return done
     }
 
+    /// Requests sent and not answered yet.
+    var unanswered: Int { waiting.count }
+
+    private mutating func lose() {
+        state = .opaque
+        lost = true
+    }
+
     /// The upstream closed: a body delimited by the close ends here.
     mutating func closed() -> [HTTPExchange] {
         var done: [HTTPExchange] = []
@@ -92,7 +102,7 @@ struct HTTPResponseTracker {
     }
 
     private mutating func startResponse(_ head: HTTPHead, into done: inout [HTTPExchange]) {
-        guard case .response(let status, _) = head.kind else { state = .opaque; return }
+        guard case .response(let status, _) = head.kind else { lose(); return }
         if status >= 100 && status < 200 && status != 101 { return }  // interim: the final one follows
         let request = waiting.isEmpty ? (method: "", url: "") : waiting.removeFirst()
         current = HTTPExchange(method: request.method, url: request.url, status: status, bytes: 0)

@@ -306,6 +306,21 @@ final class Playbook {
         #expect(m.phase == .closed)
     }
 
+    /// An upgrade the origin ignores (200, not 101) keeps the connection HTTP: a request sent
+    /// behind it is still decided — here refused — and never reaches the origin unread.
+    @Test func aRequestBehindAnIgnoredUpgradeIsStillDecided() throws {
+        let p = try Playbook()
+        let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+        try client.write(Array("GET /ws HTTP/1.1\r\nHost: www.origin.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nPOST /admin HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 0\r\n\r\n".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(String(decoding: origin.read(), as: UTF8.self).hasPrefix("GET /ws HTTP/1.1"), "only the upgrade request went up so far")
+        try origin.write(Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(!String(decoding: origin.read(), as: UTF8.self).contains("/admin"), "the POST was decided, not relayed opaquely")
+        #expect(p.decisions.contains { $0.rule == "no-admin-post" }, "\(p.decisions)")
+        #expect(String(decoding: client.read(), as: UTF8.self).contains("403 Forbidden"))
+    }
+
     /// A request framed two ways (Content-Length and chunked) gets a 400 from Loupe and the
     /// connection ends: the origin never sees it, nor what its body would have smuggled.
     @Test func anAmbiguouslyFramedRequestIsAnswered400AndNeverForwarded() throws {

@@ -75,10 +75,34 @@ import Wire
         }
     }
 
-    @Test func upgradesAndGarbageBecomeOpaque() {
+    /// After an upgrade request nothing passes until the upstream answers: a 101 makes the rest
+    /// opaque (WebSocket frames are never parsed as requests); a refusal keeps it HTTP, so a
+    /// request sent behind an upgrade the server ignored is still decided.
+    @Test func upgradesWaitForTheUpstreamsAnswer() {
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        let after = "\u{81}\u{05}GET / HTTP/1.1\r\n\r\n"
         var ws = HTTPRequestTracker()
-        let upgrade = ws.feed(Array("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{81}\u{05}GET / HTTP/1.1\r\n\r\n".utf8))
-        #expect(heads(upgrade) == ["GET /ws"])  // frames after the upgrade are never parsed as requests
+        let first = ws.feed(Array((upgrade + after).utf8))
+        #expect(heads(first) == ["GET /ws"] && bytes(first) == Array(upgrade.utf8), "the rest is held")
+        #expect(ws.awaitingSwitch && ws.feed([7]).isEmpty)
+        #expect(ws.upstreamAnswered(switched: true) == [.bytes(Array(after.utf8) + [7])])
+        #expect(ws.feed([8]) == [.bytes([8])])
+
+        var ignored = HTTPRequestTracker()
+        _ = ignored.feed(Array((upgrade + "POST /admin HTTP/1.1\r\nHost: h\r\n\r\n").utf8))
+        #expect(heads(ignored.upstreamAnswered(switched: false)) == ["POST /admin"])
+
+        var connect = HTTPRequestTracker()
+        _ = connect.feed(Array("CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n".utf8))
+        #expect(connect.awaitingSwitch)
+
+        var h2c = HTTPRequestTracker()
+        let smuggle = h2c.feed(Array("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n".utf8))
+        guard case .refused(let why)? = smuggle.last else { Issue.record("h2c upgrade accepted: \(smuggle)"); return }
+        #expect(why.contains("h2c") && heads(smuggle).isEmpty)
+    }
+
+    @Test func garbageBecomesOpaque() {
         var junk = HTTPRequestTracker()
         let pieces = junk.feed(Array("NOT HTTP AT ALL\r\n\r\n".utf8))
         guard case .gaveUp? = pieces.first else { Issue.record("\(pieces)"); return }
