@@ -59,12 +59,12 @@ public struct FlowFacts: Sendable, Equatable {
 
     public var family: Family? { dst.map { $0.address.count == 16 ? .ipv6 : .ipv4 } ?? src.map { $0.address.count == 16 ? .ipv6 : .ipv4 } }
 
-    /// The request's path (with query), from `url`.
+    /// The request's path (with query), from `url`, as an origin resolves it (`URLPath.canonical`).
     public var path: String? {
         guard let url, let scheme = url.range(of: "://") else { return nil }
         let rest = url[scheme.upperBound...]
         guard let slash = rest.firstIndex(of: "/") else { return "/" }
-        return String(rest[slash...])
+        return URLPath.canonical(rest[slash...])
     }
 
     /// The request's host, from `url`.
@@ -74,5 +74,64 @@ public struct FlowFacts: Sendable, Equatable {
         if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
         if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") { return String(authority[authority.index(after: authority.startIndex)..<close]) }
         return String(authority.split(separator: ":").first ?? "")
+    }
+}
+
+/// Request paths in the form servers resolve them to before routing: percent-escapes decoded
+/// once, repeated slashes merged, dot segments removed (RFC 3986 5.2.4); the query is kept as
+/// it came. Rules and requests are both compared in this form, so "/%61dmin", "//admin",
+/// "/x/../admin" and "/public/..%2fadmin" all meet a rule on "/admin" — as the origin would
+/// serve them. Case is kept: paths are case-sensitive (RFC 3986 6.2.2.1).
+public enum URLPath {
+    public static func canonical(_ pathAndQuery: Substring) -> String {
+        let end = pathAndQuery.firstIndex { $0 == "?" || $0 == "#" } ?? pathAndQuery.endIndex
+        let path = pathAndQuery[..<end]
+        // The common case costs one scan: nothing to decode, merge or resolve.
+        if !path.utf8.contains(where: { $0 == 0x25 || $0 == 0x2E }), !path.contains("//") { return String(pathAndQuery) }
+        var segments: [Substring] = []
+        let decoded = percentDecoded(path)
+        let parts = decoded.split(separator: "/", omittingEmptySubsequences: true)
+        for part in parts {
+            switch part {
+            case ".": continue
+            case "..": if !segments.isEmpty { segments.removeLast() }
+            default: segments.append(part)
+            }
+        }
+        var out = "/" + segments.joined(separator: "/")
+        // A trailing slash (or a trailing dot segment, which names a directory) stays.
+        if !segments.isEmpty, decoded.hasSuffix("/") || decoded.hasSuffix("/.") || decoded.hasSuffix("/..") { out += "/" }
+        return out + pathAndQuery[end...]
+    }
+
+    /// %XX escapes turned into their bytes (invalid UTF-8 becomes U+FFFD); a stray % stays.
+    static func percentDecoded(_ s: Substring) -> String {
+        guard s.utf8.contains(0x25) else { return String(s) }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(s.utf8.count)
+        var i = s.utf8.startIndex
+        let utf8 = s.utf8
+        while i < utf8.endIndex {
+            let c = utf8[i]
+            if c == 0x25, let h = utf8.index(i, offsetBy: 1, limitedBy: utf8.endIndex), h < utf8.endIndex,
+               let l = utf8.index(h, offsetBy: 1, limitedBy: utf8.endIndex), l < utf8.endIndex,
+               let hi = hex(utf8[h]), let lo = hex(utf8[l]) {
+                bytes.append(hi << 4 | lo)
+                i = utf8.index(after: l)
+            } else {
+                bytes.append(c)
+                i = utf8.index(after: i)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    static func hex(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x41...0x46: c - 0x41 + 10
+        case 0x61...0x66: c - 0x61 + 10
+        default: nil
+        }
     }
 }

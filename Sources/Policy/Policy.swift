@@ -355,12 +355,13 @@ extension Policy {
         case "path":
             return .path(try strings(key, value, r).map { (s, v) throws(ConfigError) -> String in
                 guard s.hasPrefix("/") else { throw r.error("'path' prefixes start with '/', found '\(s)'", at: v) }
-                return s
+                return URLPath.canonical(s[...])  // compared as requests are
             })
         case "url":
             return .url(try strings(key, value, r).map { (s, v) throws(ConfigError) -> String in
                 guard s.lowercased().hasPrefix("http://") || s.lowercased().hasPrefix("https://") else { throw r.error("'url' prefixes start with http:// or https://, found '\(s)'", at: v) }
-                return s
+                let (authority, rest) = Condition.splitURL(s)
+                return rest.isEmpty ? s : s.prefix(authority.count) + URLPath.canonical(rest[...])  // compared as requests are
             })
         default:
             throw r.error("unknown match field '\(key)'", at: value)

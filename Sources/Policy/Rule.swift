@@ -153,15 +153,19 @@ public enum Condition: Sendable, CustomStringConvertible {
         return had.map { "\(description): flow has \($0)" } ?? "\(description): flow's \(field) is unknown"
     }
 
-    /// URL prefixes compare scheme and host case-insensitively, the rest exactly.
+    /// URL prefixes compare scheme and host case-insensitively, the rest exactly — paths in
+    /// their canonical form (`URLPath`; rules are stored so).
     static func urlMatches(_ url: String, prefix: String) -> Bool {
-        func split(_ s: String) -> (String, String) {
-            guard let scheme = s.range(of: "://") else { return (s.lowercased(), "") }
-            let rest = s[scheme.upperBound...]
-            let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
-            return (String(s[..<authorityEnd]).lowercased(), String(rest[authorityEnd...]))
-        }
-        let (u1, u2) = split(url), (p1, p2) = split(prefix)
-        return p2.isEmpty ? u1.hasPrefix(p1) : (u1 == p1 && u2.hasPrefix(p2))
+        let (u1, rawRest) = splitURL(url), (p1, p2) = splitURL(prefix)
+        let u2 = rawRest.isEmpty ? rawRest : URLPath.canonical(rawRest[...])
+        return p2.isEmpty ? u1.lowercased().hasPrefix(p1.lowercased()) : (u1.lowercased() == p1.lowercased() && u2.hasPrefix(p2))
+    }
+
+    /// "scheme://authority" and the rest (path, query, fragment).
+    static func splitURL(_ s: String) -> (String, String) {
+        guard let scheme = s.range(of: "://") else { return (s, "") }
+        let rest = s[scheme.upperBound...]
+        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+        return (String(s[..<authorityEnd]), String(rest[authorityEnd...]))
     }
 }

@@ -98,6 +98,32 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(f.host == "files.example.com" && f.path == "/Private/report.pdf")
     }
 
+    /// Paths are compared as the origin resolves them: an escaped, doubled or dotted spelling
+    /// of a blocked path is blocked too (the classic way past a path rule).
+    @Test func pathRulesSeeThePathTheOriginServes() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "admin"
+            stage = "request"
+            path = ["/admin/"]
+            action = "block"
+            [[rule]]
+            name = "by-url"
+            stage = "request"
+            url = ["https://files.example.com/private//"]
+            action = "block"
+            """)
+        for blocked in ["/admin/", "/%61dmin/x", "//admin/x", "/x/../admin/", "/./admin/x", "/public/..%2fadmin/x", "/admin/?q=1", "/admin%2F", "/a/b/../../admin/"] {
+            #expect(p.decide(.request, facts { $0.url = "https://h.example\(blocked)" }).rule == "admin", "\(blocked)")
+        }
+        for allowed in ["/Admin/", "/administrator", "/admin", "/x/admin/", "/%2561dmin/", "/?p=/admin/"] {
+            #expect(p.decide(.request, facts { $0.url = "https://h.example\(allowed)" }).rule == "default", "\(allowed)")
+        }
+        #expect(p.decide(.request, facts { $0.url = "https://FILES.example.com/./private/%72eport.pdf" }).rule == "by-url")
+        #expect(URLPath.canonical("/a//b/./c/../d?x=/../y") == "/a/b/d?x=/../y")
+        #expect(URLPath.canonical("/a/b/..") == "/a/" && URLPath.canonical("/..") == "/" && URLPath.canonical("/%zz%4") == "/%zz%4")
+    }
+
     /// `tls = false` names what is not TLS on an inspected port (plain HTTP, SSH on :443).
     @Test func helloRulesOnWhetherItIsTLS() throws {
         let p = try policy("""
