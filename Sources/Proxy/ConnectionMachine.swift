@@ -111,6 +111,8 @@ public final class ConnectionMachine {
     /// client could not have negotiated with refuses it through Loupe too.
     private var upstreamOffer: UpstreamOffer?
     private var helloDecision: Decision?
+    /// The upstream's verified certificate: every request must name a host it covers.
+    private var upstreamCertificate: Certificate?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
 
@@ -196,6 +198,7 @@ public final class ConnectionMachine {
                 return out + [.mintQuarantineLeaf(request), .closeUpstream]
             case .established, .closed:
                 guard let leafCert = upstream.peerCertificate else { return out + finish("upstream sent no certificate", alert: 42) }
+                upstreamCertificate = leafCert
                 var extra: [SubjectAltName] = []
                 if facts.sni == nil, let dst = facts.dst { extra.append(.ip(dst.address)) }
                 phase = .minting
@@ -470,7 +473,7 @@ public final class ConnectionMachine {
             let filtered = http2!.fromClient(up) { method, url in
                 facts.method = method
                 facts.url = url
-                return policy.decide(.request, facts)
+                return decideRequest()
             }
             out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.url) }
             if let failure = filtered.failure { return out + finish(failure) }
@@ -551,7 +554,7 @@ public final class ConnectionMachine {
                 guard case .request(let method, let target) = head.kind else { continue }
                 facts.method = method
                 facts.url = Self.url(target: target, host: head.header("host") ?? facts.sni ?? "")
-                let decision = policy.decide(.request, facts)
+                let decision = decideRequest()
                 out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
                 if decision.verdict == .block {
                     try? client.write(Self.forbidden(decision))
@@ -563,6 +566,18 @@ public final class ConnectionMachine {
             }
         }
         return nil
+    }
+
+    /// The request stage for `facts`. First, the request must name a host the upstream's verified
+    /// certificate covers (as a browser reusing a connection requires): one that names another
+    /// — domain fronting, or a Host chosen to dodge a rule on the real one — is refused, since
+    /// rules would judge a site other than the one the bytes go to.
+    private func decideRequest() -> Decision {
+        if let host = facts.host, !host.isEmpty, let certificate = upstreamCertificate, !certificate.covers(host: host) {
+            return Decision(stage: .request, verdict: .block, rule: "misdirected",
+                            reason: "the request names \(host), which the server's verified certificate does not cover")
+        }
+        return policy.decide(.request, facts)
     }
 
     /// 101 Switching Protocols, or a 2xx answer to CONNECT.

@@ -122,6 +122,13 @@ public final class Certificate: @unchecked Sendable {
         return Array(UnsafeBufferPointer(start: out, count: Int(length)))
     }
 
+    /// Whether this certificate names `host` (a DNS name, or an IP address), by the rules its
+    /// verification applied: SAN first, the subject CN only without DNS SANs, wildcards.
+    public func covers(host: String) -> Bool {
+        if IPAddress.parse(host) != nil { return X509_check_ip_asc(x509, host, 0) == 1 }
+        return X509_check_host(x509, host, host.utf8.count, 0, nil) == 1
+    }
+
     public var subjectAltNames: [SubjectAltName] {
         guard let raw = X509_get_ext_d2i(x509, NID_subject_alt_name, nil, nil) else { return [] }
         let names = OpaquePointer(raw)

@@ -239,7 +239,7 @@ final class Playbook {
         let cases: [(alpn: [String], bytes: String, relayed: Bool, reason: String?)] = [
             (["http/1.1"], "G(T / HTTP/1.1\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
             ([], "G(T / HTTP/1.1\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
-            ([], "GET /ok HTTP/1.1\r\nHost: a\r\n\r\nNOT HTTP\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
+            ([], "GET /ok HTTP/1.1\r\nHost: www.origin.test\r\n\r\nNOT HTTP\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
             ([], "\u{1}\u{2}binary protocol\r\n\r\n", true, nil),
             (["http/1.1"], "\u{1}\u{2}binary protocol\r\n\r\n", false, "not HTTP/1.1"),
         ]
@@ -319,6 +319,25 @@ final class Playbook {
         #expect(!String(decoding: origin.read(), as: UTF8.self).contains("/admin"), "the POST was decided, not relayed opaquely")
         #expect(p.decisions.contains { $0.rule == "no-admin-post" }, "\(p.decisions)")
         #expect(String(decoding: client.read(), as: UTF8.self).contains("403 Forbidden"))
+    }
+
+    /// A request may only name a host the upstream's verified certificate covers: a Host of
+    /// another site (domain fronting, or one chosen to dodge a rule) is refused, never decided
+    /// as if it were that site; a port in the Host is not part of the name.
+    @Test func aRequestNamingAHostTheCertificateDoesNotCoverIsRefused() throws {
+        for (host, refused) in [("elsewhere.test", true), ("www.origin.test:443", false), ("WWW.Origin.Test", false)] {
+            let p = try Playbook()
+            let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+            try client.write(Array("GET /x HTTP/1.1\r\nHost: \(host)\r\n\r\n".utf8))
+            p.run(m, client: client, origin: origin)
+            let upstream = String(decoding: origin.read(), as: UTF8.self)
+            if refused {
+                #expect(upstream.isEmpty && p.decisions.last?.rule == "misdirected", "\(host): \(p.decisions)")
+                #expect(String(decoding: client.read(), as: UTF8.self).contains("403 Forbidden"))
+            } else {
+                #expect(upstream.hasPrefix("GET /x HTTP/1.1"), "\(host): \(p.decisions)")
+            }
+        }
     }
 
     /// A request framed two ways (Content-Length and chunked) gets a 400 from Loupe and the
