@@ -86,6 +86,7 @@ public final class ProxyServer: Sendable {
     public var openConnections: Int { open.count.load(ordering: .relaxed) }
 
     public init(configuration: Configuration, threads: Int = System.coreCount) {
+        OpenFileLimit.raiseToHardLimit()
         var configuration = configuration
         if configuration.nameProbe == nil {
             configuration.nameProbe = NameProbe(context: configuration.upstreamContext, bypassMark: configuration.bypassMark)
