@@ -165,7 +165,7 @@ import TLS
         for (i, origin) in origins.enumerated() {
             let port = 4431 + i
             try (origin.chain.map(\.pem).joined() + (try origin.key.pkcs8PEM())).write(toFile: "\(dir)/o\(i).pem", atomically: true, encoding: .utf8)
-            servers += "ip netns exec $B openssl s_server -accept \(port) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet \(origin.serverFlags) >/dev/null 2>$D/o\(i).err & echo $! > $D/o\(i).pid\n"
+            servers += RedirectedProxy.server(i, flags: origin.serverFlags)
             if let client = origin.client {
                 try client.write(toFile: "\(dir)/client\(i).sh", atomically: true, encoding: .utf8)
                 probes += """
@@ -185,28 +185,9 @@ import TLS
 
                 """
         }
-        let loupe = "LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca \(TestEnv.loupe)"
-        #expect(TestEnv.sh("\(loupe) ca init --state-dir \(dir)/loupe --provider host-key && \(loupe) ca export --state-dir \(dir)/loupe --out \(dir)/loupe-root.pem").status == 0)
         let n = "lm\(getpid() % 100_000)"
-        let script = """
-            set -u
-            \(TestEnv.namespacePair(n, directory: dir, subnet: "10.206.0"))
-            \(servers)
-            ip netns exec $A nft -f - <<'NFT' || exit 92
-            table ip loupe_test {
-              chain out {
-                type nat hook output priority -100;
-                meta mark 0x4c55 return
-                tcp dport 4431-4470 redirect to :18443
-              }
-            }
-            NFT
-            LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem --flow-log $D/flows.jsonl 2>$D/proxy.err & echo $! > $D/proxy.pid
-            for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
-            # Distinct ports: a server may listen on IPv4 and IPv6 both.
-            for i in $(seq 100); do [ "$(ip netns exec $B ss -ltnH | awk '{print $4}' | sed 's/.*://' | sort -u | grep -c '^44[3-7][0-9]$')" -ge \(origins.count) ] && break; sleep 0.1; done
-            echo "LISTENING $(ip netns exec $B ss -ltnH | awk '{print $4}' | sed 's/.*://' | sort -u | grep -c '^44[3-7][0-9]$')"
-            for f in $D/o*.err; do [ -s $f ] && echo "ORIGIN ERROR $f: $(head -c 300 $f)"; done
+        let script = RedirectedProxy.setup(n, directory: dir, subnet: "10.206.0", origins: origins.count, servers: servers,
+                                           proxyFlags: "--flow-log $D/flows.jsonl") + """
             \(probes)
             """
         try script.write(toFile: "\(dir)/matrix.sh", atomically: true, encoding: .utf8)

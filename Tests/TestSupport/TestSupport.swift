@@ -153,6 +153,46 @@ extension TestEnv {
     }
 }
 
+/// Origins in namespace B on ports 4431…(4430 + `origins`), `$D/loupe` initialised, and
+/// `loupe proxy` (with `proxyFlags`, upstream trust `$D/origin-root.pem`) in namespace A
+/// catching TCP to those ports through an nft redirect — its own upstream sockets carry the
+/// bypass mark and pass. `servers` starts the origins (in $B); the script waits for all of
+/// them, counted by distinct port (a server may listen on IPv4 and IPv6 both), and prints
+/// `LISTENING n` and each origin's stderr that is not empty (`$D/o<i>.err`).
+public enum RedirectedProxy {
+    /// Origin `i`: `openssl s_server` in $B on port 4431 + i with `$D/o<i>.pem` (chain and key).
+    public static func server(_ i: Int, flags: String = "") -> String {
+        "ip netns exec $B openssl s_server -accept \(4431 + i) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet \(flags) >/dev/null 2>$D/o\(i).err & echo $! > $D/o\(i).pid\n"
+    }
+
+    public static func setup(_ name: String, directory: String, subnet: String, origins: Int, servers: String, proxyFlags: String = "") -> String {
+        let loupe = "LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca \(TestEnv.loupe)"
+        return """
+            set -u
+            \(TestEnv.namespacePair(name, directory: directory, subnet: subnet))
+            \(loupe) ca init --state-dir $D/loupe --provider host-key >/dev/null && \(loupe) ca export --state-dir $D/loupe --out $D/loupe-root.pem
+            \(servers)
+            ip netns exec $A nft -f - <<'NFT' || exit 92
+            table ip loupe_test {
+              chain out {
+                type nat hook output priority -100;
+                meta mark 0x4c55 return
+                tcp dport 4431-\(4430 + origins) redirect to :18443
+              }
+            }
+            NFT
+            LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 0.0.0.0:18443 --upstream-ca $D/origin-root.pem \(proxyFlags) 2>$D/proxy.err &
+            echo $! > $D/proxy.pid
+            for i in $(seq 100); do grep -q listening $D/proxy.err 2>/dev/null && break; sleep 0.1; done
+            listening() { ip netns exec $B ss -ltnH | awk '{print $4}' | sed 's/.*://' | sort -u | awk '$1 >= 4431 && $1 <= \(4430 + origins)' | wc -l; }
+            for i in $(seq 100); do [ "$(listening)" -ge \(origins) ] && break; sleep 0.1; done
+            echo "LISTENING $(listening)"
+            for f in $D/o*.err; do [ -s $f ] && echo "ORIGIN ERROR $f: $(head -c 300 $f)"; done
+
+            """
+    }
+}
+
 /// A bash preamble for proxy tests on loopback: an origin (`openssl s_server -WWW` serving
 /// `$D/www/index.html` = "hi", under its own test root `$D/origin-root.pem`, for `name`) and
 /// `loupe proxy --to` it on `proxy` (Loupe's root in `$D/loupe-root.pem`, stderr in

@@ -1,0 +1,110 @@
+import Foundation
+import TestSupport
+import Testing
+import TLS
+
+/// badssl-style origins through `loupe proxy`, with clients built on different TLS stacks —
+/// curl and Python (OpenSSL), wget and gnutls-cli (GnuTLS), and Node and Java (JSSE) where
+/// they are installed: each must fail through Loupe exactly when it fails direct. Clients
+/// connect by IP (wget has no --resolve), so the hello carries no SNI and Loupe names the
+/// upstream by the original destination.
+@Suite struct ClientStacksTests {
+    static let canRun = TestEnv.isRoot && ["ip", "nft", "curl", "openssl", "wget", "gnutls-cli", "python3"].allSatisfy(TestEnv.has)
+
+    /// Each client: a command given the CA file ($1), address ($2) and port ($3); exit 0 = a
+    /// verified connection that answered.
+    static let clients: [(name: String, tool: String, command: String)] = [
+        ("curl", "curl", "curl -s --max-time 10 --cacert $1 https://$2:$3/ -o /dev/null"),
+        ("wget (GnuTLS)", "wget", "wget -q -T 10 -t 1 -O /dev/null --ca-certificate=$1 https://$2:$3/"),
+        ("gnutls-cli", "gnutls-cli", "timeout 10 gnutls-cli --x509cafile $1 -p $3 $2 </dev/null >/dev/null 2>&1"),
+        ("python ssl", "python3", """
+            python3 -c 'import ssl,socket,sys; c=ssl.create_default_context(cafile=sys.argv[1]); s=c.wrap_socket(socket.create_connection((sys.argv[2],int(sys.argv[3])),timeout=10),server_hostname=sys.argv[2]); s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n"); assert s.recv(8).startswith(b"HTTP")' $1 $2 $3 2>/dev/null
+            """),
+        ("node", "node", """
+            node -e 'const [ca,h,p]=process.argv.slice(1);require("https").get({host:h,port:+p,path:"/",ca:require("fs").readFileSync(ca),timeout:10000},r=>process.exit(r.statusCode==200?0:3)).on("error",()=>process.exit(1))' $1 $2 $3
+            """),
+        ("java (JSSE)", "java", """
+            t=$(mktemp -u).p12; keytool -importcert -noprompt -alias ca -file $1 -keystore $t -storetype PKCS12 -storepass changeit >/dev/null 2>&1
+            timeout 60 java -Djavax.net.ssl.trustStore=$t -Djavax.net.ssl.trustStorePassword=changeit $(dirname $1)/Get.java https://$2:$3/ >/dev/null 2>&1; rc=$?; rm -f $t; exit $rc
+            """),
+    ]
+
+    static let javaClient = """
+        import java.net.*; import javax.net.ssl.*;
+        public class Get { public static void main(String[] a) throws Exception {
+          HttpsURLConnection c = (HttpsURLConnection) new URL(a[0]).openConnection();
+          c.setConnectTimeout(10000); c.setReadTimeout(10000);
+          System.exit(c.getResponseCode() == 200 ? 0 : 3); } }
+        """
+
+    @Test(.enabled(if: canRun, "needs root, ip, nft, curl, openssl, wget, gnutls-cli and python3 (CI has them)"))
+    func everyStackFailsThroughTheProxyExactlyWhenItFailsDirect() throws {
+        let dir = TestEnv.scratch("stacks")
+        defer { TestEnv.remove(dir) }
+        let sign = UpstreamMatrixTests.sign
+        let rootKey = try PrivateKey.generate(.ecP256)
+        let root = try sign([], rootKey, nil, true, nil, Date().addingTimeInterval(-3600), Date().addingTimeInterval(30 * 86_400))
+        let intermediateKey = try PrivateKey.generate(.ecP256)
+        let intermediate = try sign([], intermediateKey, (root, rootKey), true, nil, Date().addingTimeInterval(-3600), Date().addingTimeInterval(30 * 86_400))
+        let strangerKey = try PrivateKey.generate(.ecP256)
+        let stranger = try sign([], strangerKey, nil, true, nil, Date().addingTimeInterval(-3600), Date().addingTimeInterval(30 * 86_400))
+        let ip: [SubjectAltName] = [.ip([10, 207, 0, 2])]
+        let now = Date()
+        func leaf(_ names: [SubjectAltName], _ issuer: (Certificate, PrivateKey)?, from: Date = now.addingTimeInterval(-3600), to: Date = now.addingTimeInterval(30 * 86_400)) throws -> (Certificate, PrivateKey) {
+            let key = try PrivateKey.generate(.ecP256)
+            return (try sign(names, key, issuer, false, nil, from, to), key)
+        }
+        var origins: [(name: String, chain: [Certificate], key: PrivateKey, works: Bool)] = []
+        var l = try leaf(ip, (intermediate, intermediateKey))
+        origins.append(("valid chain", [l.0, intermediate], l.1, true))
+        l = try leaf(ip, (intermediate, intermediateKey))
+        origins.append(("missing intermediate", [l.0], l.1, false))
+        l = try leaf(ip, (root, rootKey), from: now.addingTimeInterval(-90 * 86_400), to: now.addingTimeInterval(-86_400))
+        origins.append(("expired", [l.0], l.1, false))
+        l = try leaf([.dns("other.test")], (root, rootKey))
+        origins.append(("wrong name", [l.0], l.1, false))
+        l = try leaf(ip, nil)
+        origins.append(("self-signed", [l.0], l.1, false))
+        l = try leaf(ip, (stranger, strangerKey))
+        origins.append(("untrusted root", [l.0], l.1, false))
+
+        let clients = Self.clients.filter { TestEnv.has($0.tool) }
+        for skipped in Self.clients where !TestEnv.has(skipped.tool) {
+            print("ClientStacksTests: \(skipped.tool) is not installed here; \(skipped.name) is not compared")
+        }
+        try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
+        try Self.javaClient.write(toFile: "\(dir)/Get.java", atomically: true, encoding: .utf8)
+        var servers = "", probes = ""
+        for (i, origin) in origins.enumerated() {
+            let port = 4431 + i
+            try (origin.chain.map(\.pem).joined() + (try origin.key.pkcs8PEM())).write(toFile: "\(dir)/o\(i).pem", atomically: true, encoding: .utf8)
+            servers += RedirectedProxy.server(i)
+            for (c, client) in clients.enumerated() {
+                try client.command.write(toFile: "\(dir)/client\(c).sh", atomically: true, encoding: .utf8)
+                probes += """
+                    ip netns exec $B bash $D/client\(c).sh $D/origin-root.pem 10.207.0.2 \(port); d=$?
+                    ip netns exec $A bash $D/client\(c).sh $D/loupe-root.pem 10.207.0.2 \(port); p=$?
+                    echo "CASE \(i) \(c) direct=$d proxied=$p"
+
+                    """
+            }
+        }
+        let n = "ls\(getpid() % 100_000)"
+        let script = RedirectedProxy.setup(n, directory: dir, subnet: "10.207.0", origins: origins.count, servers: servers) + """
+            \(probes)
+            """
+        try script.write(toFile: "\(dir)/stacks.sh", atomically: true, encoding: .utf8)
+        let run = TestEnv.sh("bash \(dir)/stacks.sh 2>&1", timeout: 600)
+        let lines = run.out.split(separator: "\n").map(String.init)
+        let listening = lines.filter { $0.hasPrefix("LISTENING") || $0.hasPrefix("ORIGIN ERROR") }
+        #expect(listening.first == "LISTENING \(origins.count)", "every origin must be listening: \(listening)")
+        for (i, origin) in origins.enumerated() {
+            for (c, client) in clients.enumerated() {
+                guard let line = lines.first(where: { $0.hasPrefix("CASE \(i) \(c) ") }) else { Issue.record("\(origin.name), \(client.name): no result\n\(run.out.suffix(2000))"); continue }
+                let direct = line.contains("direct=0"), proxied = line.contains("proxied=0")
+                #expect(direct == origin.works, "\(origin.name), \(client.name): the direct baseline is not what the case means (\(line))")
+                #expect(proxied == direct, "\(origin.name), \(client.name): through the proxy \(proxied ? "succeeded" : "failed") but direct \(direct ? "succeeded" : "failed") (\(line))")
+            }
+        }
+    }
+}
