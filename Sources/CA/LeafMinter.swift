@@ -26,6 +26,9 @@ public struct LeafRequest: Sendable, Hashable {
     public var notAfterCap: Date?
     public var notBeforeFloor: Date?
     public var keyType: LeafKeyType = .ecdsaP256
+    /// Also an OCSP response for the leaf, signed by the root, to staple (the upstream
+    /// stapled a good one to a client that asked for status). Costs a second signature.
+    public var stapled = false
     /// The upstream certificate when mirroring (not part of the identity: its hash is).
     public var upstream: Certificate? { _upstream?.value }
     private var _upstream: Box?
@@ -78,6 +81,8 @@ public struct Leaf: Sendable {
     /// the leaf alone, since clients hold the root as their anchor.
     public var chain: [Certificate]
     public var key: PrivateKey
+    /// "good" from the root, for the leaf's whole life (Loupe never revokes a leaf); when asked.
+    public var staple: [UInt8]?
 
     public var pem: String { ([certificate] + chain).map(\.pem).joined() }
 }
@@ -172,6 +177,10 @@ public final class LeafMinter: Sendable {
         let spec = CertificateSpec(subject: subject, serial: try CertificateSpec.randomSerial(),
                                    notBefore: notBefore, notAfter: notAfter, publicKey: shared.key, extensions: extensions)
         let certificate = try CertificateBuilder.sign(spec, issuer: rootCert, issuerKey: signingKey)
-        return Leaf(certificate: certificate, chain: [rootCert], key: shared.key)
+        var leaf = Leaf(certificate: certificate, chain: [rootCert], key: shared.key)
+        if request.stapled {
+            leaf.staple = try OCSP.response(for: certificate, issuer: rootCert, issuerKey: signingKey, thisUpdate: notBefore, nextUpdate: notAfter)
+        }
+        return leaf
     }
 }

@@ -36,6 +36,11 @@ int loupe_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) { return (int
 int loupe_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_max_proto_version(ctx, version); }
 int loupe_SSL_set_max_proto_version(SSL *ssl, int version) { return (int)SSL_set_max_proto_version(ssl, version); }
 int loupe_SSL_set_min_proto_version(SSL *ssl, int version) { return (int)SSL_set_min_proto_version(ssl, version); }
+long loupe_SSL_set_tlsext_status_type(SSL *ssl, int type) { return SSL_set_tlsext_status_type(ssl, type); }
+long loupe_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response) { return SSL_get_tlsext_status_ocsp_resp(ssl, response); }
+long loupe_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length) { return SSL_set_tlsext_status_ocsp_resp(ssl, response, length); }
+long loupe_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, int (*callback)(SSL *, void *)) { return SSL_CTX_set_tlsext_status_cb(ctx, callback); }
+void *loupe_OPENSSL_malloc(size_t length) { return OPENSSL_malloc(length); }
 long loupe_SSL_set_mode(SSL *ssl, long mode) { return SSL_set_mode(ssl, mode); }
 int loupe_SSL_set1_sigalgs_list(SSL *ssl, const char *list) { return (int)SSL_set1_sigalgs_list(ssl, list); }
 int loupe_SSL_set1_groups_list(SSL *ssl, const char *list) { return (int)SSL_set1_groups_list(ssl, list); }

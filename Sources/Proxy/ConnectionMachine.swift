@@ -139,6 +139,7 @@ public final class ConnectionMachine {
                 out["upstream_sha256"] = cert.sha256Fingerprint
             }
             if u.state != .handshaking { out["upstream_verify"] = u.verifyError ?? "ok" }
+            if let staple = u.stapledStatus { out["upstream_ocsp"] = staple.description }
         }
         out["leaf_sha256"] = leaf?.sha256Fingerprint
         return out
@@ -202,7 +203,10 @@ public final class ConnectionMachine {
                 var extra: [SubjectAltName] = []
                 if facts.sni == nil, let dst = facts.dst { extra.append(.ip(dst.address)) }
                 phase = .minting
-                out.append(.mintLeaf(.mirroring(leafCert, extraNames: extra, keyType: leafKeyType(upstream))))
+                var request = LeafRequest.mirroring(leafCert, extraNames: extra, keyType: leafKeyType(upstream))
+                // The real server stapled a good response to a client that asked: so does Loupe.
+                request.stapled = upstream.stapledStatus == .good
+                out.append(.mintLeaf(request))
                 return out
             }
         case (.probing, .probed(let verified, let reason)):
@@ -363,8 +367,11 @@ public final class ConnectionMachine {
             // certificate costs the client a parse (hundreds of µs with OpenSSL 3).
             // …and no newer TLS than the upstream spoke: a client that would refuse the real
             // server's TLS 1.2 must refuse Loupe's too.
-            let client = try TLSSession.server(settings.clientContext, chain: [leaf.certificate], key: leaf.key, alpn: alpn,
-                                               maximum: upstreamTLS?.protocolVersion)
+            // With a staple the root goes along: a client checking the OCSP response looks for its
+            // issuer among the certificates the server sent (curl --cert-status does).
+            let chain = leaf.staple == nil ? [leaf.certificate] : [leaf.certificate] + leaf.chain
+            let client = try TLSSession.server(settings.clientContext, chain: chain, key: leaf.key, alpn: alpn,
+                                               maximum: upstreamTLS?.protocolVersion, staple: leaf.staple)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake

@@ -38,6 +38,11 @@ public final class TLSContext: @unchecked Sendable {
             // One TLS 1.3 ticket, not OpenSSL's two: a client resumes with one, and each ticket
             // costs both sides a sealed session on every handshake.
             SSL_CTX_set_num_tickets(ctx, 1)
+            // Called when a client asks for certificate status: the session's staple, if any.
+            _ = loupe_SSL_CTX_set_tlsext_status_cb(ctx, stapleForClient)
+        } else {
+            // Called with the server's staple when this session asked for one.
+            _ = loupe_SSL_CTX_set_tlsext_status_cb(ctx, readServerStaple)
         }
     }
 
@@ -139,6 +144,30 @@ private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
     return 0
 }
 
+/// Client side: what the server stapled. A staple that verifies and says revoked fails the
+/// handshake; an unusable one counts as none (as browsers treat it).
+private let readServerStaple: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Int32 = { ssl, _ in
+    guard let ssl, let raw = SSL_get_ex_data(ssl, 0) else { return 1 }
+    let session = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue()
+    var response: UnsafePointer<UInt8>?
+    let length = loupe_SSL_get_tlsext_status_ocsp_resp(ssl, &response)
+    guard length > 0, let response, let chain = SSL_get0_verified_chain(ssl), let store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)) else { return 1 }
+    let status = OCSP.evaluate(UnsafeBufferPointer(start: response, count: Int(length)), chain: chain, store: store)
+    session.stapledStatus = status
+    if case .revoked = status { return 0 }
+    return 1
+}
+
+/// Server side: staple the session's OCSP response (the client asked for status).
+private let stapleForClient: @convention(c) (OpaquePointer?, UnsafeMutableRawPointer?) -> Int32 = { ssl, _ in
+    guard let ssl, let raw = SSL_get_ex_data(ssl, 0) else { return SSL_TLSEXT_ERR_NOACK }
+    let session = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue()
+    guard let staple = session.staple, !staple.isEmpty, let copy = loupe_OPENSSL_malloc(staple.count) else { return SSL_TLSEXT_ERR_NOACK }
+    staple.withUnsafeBytes { copy.copyMemory(from: $0.baseAddress!, byteCount: staple.count) }
+    _ = loupe_SSL_set_tlsext_status_ocsp_resp(ssl, copy.assumingMemoryBound(to: UInt8.self), staple.count)  // OpenSSL frees it
+    return SSL_TLSEXT_ERR_OK
+}
+
 /// Client side: the server asked for a certificate and none is set on the session. Noted, then
 /// the handshake goes on without one (the server decides whether that is fatal).
 private let certificateRequested: @convention(c) (OpaquePointer?, UnsafeMutablePointer<OpaquePointer?>?, UnsafeMutablePointer<OpaquePointer?>?) -> Int32 = { ssl, _, _ in
@@ -191,6 +220,10 @@ public final class TLSSession: @unchecked Sendable {
     let resumptionKey: String?
     /// Client side: the server asked for a client certificate this session had none to give.
     public internal(set) var certificateRequested = false
+    /// Client side: what the server's stapled OCSP response said (nil: none was asked or sent).
+    public internal(set) var stapledStatus: StapledStatus?
+    /// Server side: the OCSP response to staple when the client asks for status.
+    var staple: [UInt8]?
     public let context: TLSContext
 
     deinit { SSL_free(ssl) }
@@ -259,12 +292,16 @@ public final class TLSSession: @unchecked Sendable {
         if let schemes = offer.signatureSchemes { try check("signature schemes \(schemes)", loupe_SSL_set1_sigalgs_list(ssl, schemes) == 1) }
         if let groups = offer.groups { try check("groups \(groups)", loupe_SSL_set1_groups_list(ssl, groups) == 1) }
         if offer.fallback { _ = loupe_SSL_set_mode(ssl, Int(SSL_MODE_SEND_FALLBACK_SCSV)) }
+        if offer.statusRequest { _ = loupe_SSL_set_tlsext_status_type(ssl, TLSEXT_STATUSTYPE_ocsp) }
     }
 
     /// A server session presenting `chain[0]` (with the rest as its chain) and `key`; ALPN is
-    /// selected only from `alpn`; no protocol version above `maximum`.
-    public static func server(_ context: TLSContext, chain: [Certificate], key: PrivateKey, alpn: [String] = [], maximum: TLSVersion? = nil) throws(OpenSSLError) -> TLSSession {
+    /// selected only from `alpn`; no protocol version above `maximum`; `staple` (an OCSP
+    /// response) goes to a client that asks for certificate status.
+    public static func server(_ context: TLSContext, chain: [Certificate], key: PrivateKey, alpn: [String] = [], maximum: TLSVersion? = nil,
+                              staple: [UInt8]? = nil) throws(OpenSSLError) -> TLSSession {
         let session = try TLSSession(context: context)
+        session.staple = staple
         ERR_clear_error()
         if let maximum { try check("maximum TLS version", loupe_SSL_set_max_proto_version(session.ssl, maximum.rawValue) == 1) }
         guard let leaf = chain.first else { throw OpenSSLError(operation: "a server session needs a certificate", details: []) }
@@ -431,6 +468,7 @@ public final class TLSSession: @unchecked Sendable {
     /// The TLS alert description that tells a client what this (client) session's failure was,
     /// as a direct connection would have told it: from the verify result and OpenSSL's reason.
     public var failureAlert: UInt8 {
+        if case .revoked = stapledStatus { return 44 }                   // certificate_revoked
         switch Int32(SSL_get_verify_result(ssl)) {
         case X509_V_OK: break
         case X509_V_ERR_CERT_HAS_EXPIRED: return 45                      // certificate_expired
@@ -455,6 +493,10 @@ public final class TLSSession: @unchecked Sendable {
     private func failureReason() -> String {
         failureReasonCode = ERR_GET_REASON(ERR_peek_error())
         if let verifyError, !context.isServer { return "certificate verify failed: \(verifyError)" }
+        if case .revoked(let reason)? = stapledStatus {
+            ERR_clear_error()
+            return "the server's stapled OCSP response says its certificate is revoked (\(reason))"
+        }
         let error = OpenSSLError.drain("TLS handshake")
         return error.details.isEmpty ? "TLS handshake failed" : error.details.joined(separator: "; ")
     }

@@ -68,6 +68,9 @@ public struct OfferCatalog: Sendable, Equatable {
         // TLS_FALLBACK_SCSV (RFC 7507): a client retrying with an older version says so, and an
         // origin that speaks newer refuses the downgrade — it must hear it from Loupe too.
         offer.fallback = suites.contains(0x5600)
+        // status_request (RFC 6066): a client that asks for the server's OCSP staple gets the
+        // real server's verdict — and Loupe's own staple when the real one was good.
+        offer.statusRequest = hello.extensionTypes.contains(5)
         return offer
     }
 
@@ -101,6 +104,8 @@ public struct UpstreamOffer: Sendable, Equatable, Hashable {
     public var maximum: TLSVersion?
     /// Send TLS_FALLBACK_SCSV: the client's hello carried it.
     public var fallback = false
+    /// Ask for the server's OCSP staple: the client's hello did.
+    public var statusRequest = false
 
     public init() {}
 

@@ -154,6 +154,22 @@ import TLS
                               serverFlags: "-groups P-384", clientFlags: "--curves X25519"))
         origins.append(Origin(name: "TLS 1.3 origin, client falling back to TLS 1.2 with TLS_FALLBACK_SCSV", chain: [good], key: goodKey,
                               directShouldWork: false, client: Self.fallbackClient))
+        // OCSP staples (status_request): a client that asks gets the real server's verdict —
+        // a revoked staple fails through Loupe too — and Loupe's own staple when it was good.
+        // (The root goes along: curl looks for the staple's issuer among what the server sent.)
+        for (file, revoked) in [("staple-good", false), ("staple-revoked", true)] {
+            let der = try OCSP.response(for: good, issuer: root, issuerKey: rootKey, revoked: revoked,
+                                        thisUpdate: Date().addingTimeInterval(-60), nextUpdate: Date().addingTimeInterval(86_400))
+            try Data(der).write(to: URL(fileURLWithPath: "\(dir)/\(file).der"))
+        }
+        origins.append(Origin(name: "good OCSP staple, client requires status", chain: [good, root], key: goodKey, directShouldWork: true,
+                              serverFlags: "-status_file $D/staple-good.der", clientFlags: "--cert-status"))
+        origins.append(Origin(name: "revoked OCSP staple, client requires status", chain: [good, root], key: goodKey, directShouldWork: false,
+                              serverFlags: "-status_file $D/staple-revoked.der", clientFlags: "--cert-status"))
+        origins.append(Origin(name: "revoked OCSP staple, client does not ask", chain: [good, root], key: goodKey, directShouldWork: true,
+                              serverFlags: "-status_file $D/staple-revoked.der"))
+        origins.append(Origin(name: "no staple, client requires status", chain: [good, root], key: goodKey, directShouldWork: false,
+                              clientFlags: "--cert-status"))
         let p384Key = try PrivateKey.generate(.ecP384)
         origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.3 client verifying only P-256 ECDSA",
                               chain: [try Self.sign(name, key: p384Key, issuer: (root, rootKey))], key: p384Key, directShouldWork: false,
@@ -204,5 +220,7 @@ import TLS
         }
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
         #expect(flows.contains("certificate has expired"), "the flow log names the reason: \(flows.prefix(2000))")
+        #expect(flows.contains("stapled OCSP response says its certificate is revoked"), "a revoked staple is the reason, not a missing one")
+        #expect(flows.contains("\"upstream_ocsp\":\"good\""), "the staple's verdict is logged")
     }
 }

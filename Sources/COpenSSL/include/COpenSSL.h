@@ -13,6 +13,7 @@
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
 #include <openssl/rand.h>
@@ -57,6 +58,15 @@ int loupe_SSL_set_min_proto_version(SSL *ssl, int version);
 
 /// SSL_set_mode (a macro over SSL_ctrl): one session's modes.
 long loupe_SSL_set_mode(SSL *ssl, long mode);
+
+/// OCSP stapling (status_request; macros over SSL_ctrl / SSL_CTX_callback_ctrl).
+long loupe_SSL_set_tlsext_status_type(SSL *ssl, int type);
+long loupe_SSL_get_tlsext_status_ocsp_resp(SSL *ssl, const unsigned char **response);
+/// Takes ownership of `response` (OPENSSL_malloc'd).
+long loupe_SSL_set_tlsext_status_ocsp_resp(SSL *ssl, unsigned char *response, long length);
+long loupe_SSL_CTX_set_tlsext_status_cb(SSL_CTX *ctx, int (*callback)(SSL *, void *));
+/// OPENSSL_malloc (a macro): a buffer OpenSSL may free.
+void *loupe_OPENSSL_malloc(size_t length);
 
 /// SSL_set1_sigalgs_list / SSL_set1_groups_list (macros over SSL_ctrl): what one client
 /// session offers, as colon-separated names.
