@@ -29,6 +29,10 @@ public struct LeafRequest: Sendable, Hashable {
     /// Also an OCSP response for the leaf, signed by the root, to staple (the upstream
     /// stapled a good one to a client that asked for status). Costs a second signature.
     public var stapled = false
+    /// The upstream's keyUsage, when it forbids signatures (no digitalSignature): the leaf
+    /// carries it instead of Loupe's, so a client that checks key usage (GnuTLS does, OpenSSL
+    /// does not) refuses the masquerade as it refuses the real server. nil: Loupe's own.
+    public var keyUsage: String?
     /// The upstream certificate when mirroring (not part of the identity: its hash is).
     public var upstream: Certificate? { _upstream?.value }
     private var _upstream: Box?
@@ -55,6 +59,7 @@ public struct LeafRequest: Sendable, Hashable {
         request.keyType = keyType
         request.notAfterCap = upstream.notAfter
         request.notBeforeFloor = upstream.notBefore
+        if let usage = upstream.keyUsage, !usage.contains("digitalSignature") { request.keyUsage = usage }
         request._upstream = Box(upstream)
         return request
     }
@@ -107,6 +112,8 @@ public final class LeafMinter: Sendable {
     private struct SharedKey: Sendable {
         let key: PrivateKey
         let fixedExtensions: [CertificateExtension]
+        /// Where keyUsage sits in `fixedExtensions` (a mirrored one may replace it).
+        static let keyUsageIndex = 1
 
         init(_ key: PrivateKey, root: Certificate) throws {
             self.key = key
@@ -166,6 +173,9 @@ public final class LeafMinter: Sendable {
         }
         let shared = try sharedKey(request.keyType)
         var extensions = shared.fixedExtensions
+        if let usage = request.keyUsage {
+            extensions[SharedKey.keyUsageIndex] = try CertificateExtension.make("keyUsage", usage)
+        }
         if !request.names.isEmpty {
             // RFC 5280: the SAN must be critical when the subject is empty.
             let emptySubject = switch subject {

@@ -198,6 +198,29 @@ func writeFile(_ path: String, _ text: String) throws { try text.write(toFile: p
         }
     }
 
+    /// An upstream whose keyUsage forbids signatures hands the prohibition on: a client that
+    /// checks key usage (GnuTLS) refuses the masquerade as it refuses the real server. Other
+    /// upstreams get Loupe's own keyUsage.
+    @Test func aKeyUsageWithoutSignaturesIsMirrored() throws {
+        try root { root, minter in
+            let upstreamKey = try PrivateKey.generate(.ecP256)
+            func upstream(_ usage: String?) throws -> Certificate {
+                var extensions = [try CertificateExtension.subjectAltNames([.dns("origin.test")])]
+                if let usage { extensions.append(try CertificateExtension.make("keyUsage", usage)) }
+                let spec = CertificateSpec(subject: .attributes([("CN", "origin.test")]), serial: try CertificateSpec.randomSerial(),
+                                           notBefore: Date().addingTimeInterval(-100), notAfter: Date().addingTimeInterval(7 * 86_400),
+                                           publicKey: upstreamKey, extensions: extensions)
+                return try CertificateBuilder.sign(spec, issuer: nil, issuerKey: upstreamKey)
+            }
+            #expect(try upstream("critical,keyEncipherment").keyUsage == "critical,keyEncipherment")
+            let noSignatures = try minter.mint(.mirroring(try upstream("critical,keyEncipherment"))).certificate
+            #expect(noSignatures.keyUsage == "critical,keyEncipherment")
+            for usage in ["critical,digitalSignature,keyEncipherment", "digitalSignature", nil] {
+                #expect(try minter.mint(.mirroring(try upstream(usage))).certificate.keyUsage == "critical,digitalSignature", "\(usage ?? "none")")
+            }
+        }
+    }
+
     /// Clients whose hello cannot verify ECDSA get the same leaf on the shared RSA key (a
     /// separate cache entry). A mirrored empty subject keeps its SAN critical (RFC 5280).
     @Test func rsaLeavesAndEmptySubjects() throws {
