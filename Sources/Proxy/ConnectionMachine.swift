@@ -113,6 +113,8 @@ public final class ConnectionMachine {
     private var helloDecision: Decision?
     /// The upstream's verified certificate: every request must name a host it covers.
     private var upstreamCertificate: Certificate?
+    /// The last host found covered (keep-alive requests name the same one again and again).
+    private var coveredHost: String?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
 
@@ -271,7 +273,7 @@ public final class ConnectionMachine {
         if decision.verdict == .block {
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule): not TLS")  // no alert: the client speaks no TLS
         }
-        return [.decided(decision)] + startSplice(reason: nil)
+        return [.decided(decision)] + startSplice()
     }
 
     private func decide(_ h: ClientHello) -> [Command] {
@@ -304,7 +306,7 @@ public final class ConnectionMachine {
         case .block:
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule)", alert: 49)  // access_denied
         case .splice:
-            return [.decided(decision)] + startSplice(reason: nil)
+            return [.decided(decision)] + startSplice()
         default:
             if let maximum = clientMaximum, maximum < .tls12 {  // refused before any upstream work
                 return [.decided(decision)] + finish("the client offers nothing newer than \(maximum) (Loupe speaks TLS 1.2 and 1.3)", alert: 70)  // protocol_version
@@ -321,7 +323,7 @@ public final class ConnectionMachine {
         }
     }
 
-    private func startSplice(reason: String?) -> [Command] {
+    private func startSplice() -> [Command] {
         mode = .splice
         phase = .connecting
         guard let dst = facts.dst else { return finish("no original destination") }
@@ -580,9 +582,12 @@ public final class ConnectionMachine {
     /// — domain fronting, or a Host chosen to dodge a rule on the real one — is refused, since
     /// rules would judge a site other than the one the bytes go to.
     private func decideRequest() -> Decision {
-        if let host = facts.host, !host.isEmpty, let certificate = upstreamCertificate, !certificate.covers(host: host) {
-            return Decision(stage: .request, verdict: .block, rule: "misdirected",
-                            reason: "the request names \(host), which the server's verified certificate does not cover")
+        if let host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {
+            guard certificate.covers(host: host) else {
+                return Decision(stage: .request, verdict: .block, rule: "misdirected",
+                                reason: "the request names \(host), which the server's verified certificate does not cover")
+            }
+            coveredHost = host
         }
         return policy.decide(.request, facts)
     }
