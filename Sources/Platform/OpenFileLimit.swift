@@ -10,6 +10,7 @@ public enum OpenFileLimit {
     /// Raises the soft limit to the hard one; returns the soft limit now in force.
     @discardableResult
     public static func raiseToHardLimit() -> UInt64 {
+        #if canImport(Glibc)
         var limit = rlimit()
         guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 0 }
         if limit.rlim_cur < limit.rlim_max {
@@ -18,5 +19,8 @@ public enum OpenFileLimit {
             if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { return UInt64(raised.rlim_cur) }
         }
         return UInt64(limit.rlim_cur)
+        #else
+        return 0
+        #endif
     }
 }
