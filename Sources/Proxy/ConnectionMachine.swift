@@ -582,12 +582,14 @@ public final class ConnectionMachine {
     /// — domain fronting, or a Host chosen to dodge a rule on the real one — is refused, since
     /// rules would judge a site other than the one the bytes go to.
     private func decideRequest() -> Decision {
-        if let host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {
+        // A fully qualified "example.com." names the same host (the upstream was verified without the dot).
+        if var host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {
+            if host.hasSuffix(".") { host.removeLast() }
             guard certificate.covers(host: host) else {
                 return Decision(stage: .request, verdict: .block, rule: "misdirected",
                                 reason: "the request names \(host), which the server's verified certificate does not cover")
             }
-            coveredHost = host
+            coveredHost = facts.host
         }
         return policy.decide(.request, facts)
     }

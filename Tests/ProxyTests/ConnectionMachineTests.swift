@@ -325,7 +325,7 @@ final class Playbook {
     /// another site (domain fronting, or one chosen to dodge a rule) is refused, never decided
     /// as if it were that site; a port in the Host is not part of the name.
     @Test func aRequestNamingAHostTheCertificateDoesNotCoverIsRefused() throws {
-        for (host, refused) in [("elsewhere.test", true), ("www.origin.test:443", false), ("WWW.Origin.Test", false)] {
+        for (host, refused) in [("elsewhere.test", true), ("www.origin.test:443", false), ("WWW.Origin.Test", false), ("www.origin.test.", false)] {
             let p = try Playbook()
             let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
             try client.write(Array("GET /x HTTP/1.1\r\nHost: \(host)\r\n\r\n".utf8))
