@@ -5,7 +5,8 @@ import TLS
 
 /// badssl-style origins through `loupe proxy`, with clients built on different TLS stacks —
 /// curl and Python (OpenSSL), wget and gnutls-cli (GnuTLS), and Node and Java (JSSE) where
-/// they are installed: each must fail through Loupe exactly when it fails direct. Clients
+/// they are installed: each must fail through Loupe exactly when it fails direct — except
+/// weak upstreams (TLS 1.1, 1024-bit keys and groups), which Loupe refuses for every client. Clients
 /// connect by IP (wget has no --resolve), so the hello carries no SNI and Loupe names the
 /// upstream by the original destination.
 @Suite struct ClientStacksTests {
@@ -55,19 +56,20 @@ import TLS
             return (try sign(names, key, issuer, false, nil, from, to), key)
         }
         /// `works`: what every client does direct; nil where clients differ (only the match is asserted).
-        var origins: [(name: String, chain: [Certificate], key: PrivateKey, works: Bool?)] = []
+        /// `strictlyRefused` (below): weak upstreams Loupe refuses on purpose, whatever a lax client does.
+        var origins: [(name: String, chain: [Certificate], key: PrivateKey, works: Bool?, flags: String)] = []
         var l = try leaf(ip, (intermediate, intermediateKey))
-        origins.append(("valid chain", [l.0, intermediate], l.1, true))
+        origins.append(("valid chain", [l.0, intermediate], l.1, true, ""))
         l = try leaf(ip, (intermediate, intermediateKey))
-        origins.append(("missing intermediate", [l.0], l.1, false))
+        origins.append(("missing intermediate", [l.0], l.1, false, ""))
         l = try leaf(ip, (root, rootKey), from: now.addingTimeInterval(-90 * 86_400), to: now.addingTimeInterval(-86_400))
-        origins.append(("expired", [l.0], l.1, false))
+        origins.append(("expired", [l.0], l.1, false, ""))
         l = try leaf([.dns("other.test")], (root, rootKey))
-        origins.append(("wrong name", [l.0], l.1, false))
+        origins.append(("wrong name", [l.0], l.1, false, ""))
         l = try leaf(ip, nil)
-        origins.append(("self-signed", [l.0], l.1, false))
+        origins.append(("self-signed", [l.0], l.1, false, ""))
         l = try leaf(ip, (stranger, strangerKey))
-        origins.append(("untrusted root", [l.0], l.1, false))
+        origins.append(("untrusted root", [l.0], l.1, false, ""))
         // An RSA leaf whose keyUsage forbids signatures: GnuTLS and Java refuse it, OpenSSL does
         // not look — each must decide the same through Loupe.
         #expect(TestEnv.sh("openssl genrsa -out \(dir)/rsa.key 2048 2>&1").status == 0)
@@ -75,7 +77,31 @@ import TLS
         let usageOnly = CertificateSpec(subject: .attributes([("CN", "origin")]), serial: try CertificateSpec.randomSerial(),
                                         notBefore: now.addingTimeInterval(-3600), notAfter: now.addingTimeInterval(30 * 86_400), publicKey: rsaKey,
                                         extensions: [try CertificateExtension.subjectAltNames(ip), try CertificateExtension.make("keyUsage", "critical,keyEncipherment")])
-        origins.append(("RSA leaf without digitalSignature in keyUsage", [try CertificateBuilder.sign(usageOnly, issuer: root, issuerKey: rootKey)], rsaKey, nil))
+        let rsaLeaf = CertificateSpec(subject: .attributes([("CN", "origin")]), serial: try CertificateSpec.randomSerial(),
+                                      notBefore: now.addingTimeInterval(-3600), notAfter: now.addingTimeInterval(30 * 86_400), publicKey: rsaKey,
+                                      extensions: [try CertificateExtension.subjectAltNames(ip)])
+        let rsaGood = try CertificateBuilder.sign(rsaLeaf, issuer: root, issuerKey: rootKey)
+        #expect(TestEnv.sh("openssl genrsa -out \(dir)/weak.key 1024 2>&1").status == 0)
+        let weakKey = try PrivateKey(pem: try String(contentsOfFile: "\(dir)/weak.key", encoding: .utf8))
+        var weakSpec = rsaLeaf
+        weakSpec.publicKey = weakKey
+        #expect(TestEnv.sh("openssl genpkey -genparam -algorithm DH -pkeyopt dh_rfc5114:1 -out \(dir)/dh1024.pem 2>&1").status == 0)
+        l = try leaf(ip, (root, rootKey))
+        origins.append(("TLS 1.2-only origin", [l.0], l.1, true, "-tls1_2"))
+        origins.append(("TLS 1.3-only origin", [l.0], l.1, true, "-tls1_3"))
+        // Weak upstreams: GnuTLS takes TLS 1.1 and 1024-bit RSA and DH, Node and Java 1024-bit
+        // RSA and DH; Loupe verifies strictly (DESIGN.md) and refuses them for every client.
+        let strictlyRefused: Set<String> = ["TLS 1.1-only origin", "RSA 1024 key", "DHE with a 1024-bit group only"]
+        origins.append(("TLS 1.1-only origin", [l.0], l.1, nil, "-tls1_1 -cipher DEFAULT@SECLEVEL=0"))
+        origins.append(("RSA 1024 key", [try CertificateBuilder.sign(weakSpec, issuer: root, issuerKey: rootKey)], weakKey, nil, "-cipher DEFAULT@SECLEVEL=0"))
+        origins.append(("static RSA key exchange only", [rsaGood], rsaKey, nil, "-tls1_2 -cipher AES128-GCM-SHA256"))
+        origins.append(("DHE with a 1024-bit group only", [rsaGood], rsaKey, nil, "-tls1_2 -cipher DHE-RSA-AES128-GCM-SHA256:@SECLEVEL=0 -dhparam $D/dh1024.pem"))
+        l = try leaf(ip + (1..<300).map { .dns("n\($0).origin.test") }, (root, rootKey))
+        origins.append(("300 SANs", [l.0], l.1, true, ""))
+        l = try leaf(ip, (root, rootKey))
+        let noSubject = try sign(ip, l.1, (root, rootKey), false, "", now.addingTimeInterval(-3600), now.addingTimeInterval(30 * 86_400))
+        origins.append(("no subject, names in a critical SAN", [noSubject], l.1, nil, ""))
+        origins.append(("RSA leaf without digitalSignature in keyUsage", [try CertificateBuilder.sign(usageOnly, issuer: root, issuerKey: rootKey)], rsaKey, nil, ""))
 
         let clients = Self.clients.filter { TestEnv.has($0.tool) }
         for skipped in Self.clients where !TestEnv.has(skipped.tool) {
@@ -87,7 +113,7 @@ import TLS
         for (i, origin) in origins.enumerated() {
             let port = 4431 + i
             try (origin.chain.map(\.pem).joined() + (try origin.key.pkcs8PEM())).write(toFile: "\(dir)/o\(i).pem", atomically: true, encoding: .utf8)
-            servers += RedirectedProxy.server(i)
+            servers += RedirectedProxy.server(i, flags: origin.flags)
             for (c, client) in clients.enumerated() {
                 try client.command.write(toFile: "\(dir)/client\(c).sh", atomically: true, encoding: .utf8)
                 probes += """
@@ -113,6 +139,10 @@ import TLS
                 let direct = line.contains("direct=0"), proxied = line.contains("proxied=0")
                 if let works = origin.works {
                     #expect(direct == works, "\(origin.name), \(client.name): the direct baseline is not what the case means (\(line))")
+                }
+                if strictlyRefused.contains(origin.name) {
+                    #expect(!proxied, "\(origin.name), \(client.name): Loupe must refuse a weak upstream (\(line))")
+                    continue
                 }
                 #expect(proxied == direct, "\(origin.name), \(client.name): through the proxy \(proxied ? "succeeded" : "failed") but direct \(direct ? "succeeded" : "failed") (\(line))")
             }
