@@ -498,16 +498,12 @@ public final class ConnectionMachine {
         let down = upstream.read()
         if !down.isEmpty {
             upstreamSentPlaintext = true
-            let answered = responses?.feed(down) ?? []
-            out += answered.map(Command.answered)
+            out += (responses?.feed(down) ?? []).map(Command.answered)
             // The answer to an upgrade or CONNECT (the last request sent) decides what the held
-            // client bytes are; answers that cannot be read count as a refusal (fail closed).
-            if requests?.awaitingSwitch == true, let responses, responses.unanswered == 0 || responses.lost {
-                let switched = answered.last.map(Self.switchedProtocols) ?? false
-                if !answered.isEmpty || responses.lost,
-                   let end = relayRequests(requests!.upstreamAnswered(switched: switched && !responses.lost), client, upstream, into: &out) {
-                    return out + end
-                }
+            // client bytes are.
+            if requests?.awaitingSwitch == true, let switched = responses?.switchedProtocols,
+               let end = relayRequests(requests!.upstreamAnswered(switched: switched), client, upstream, into: &out) {
+                return out + end
             }
             if http2 != nil {
                 let seen = http2!.fromUpstream(down)
@@ -592,11 +588,6 @@ public final class ConnectionMachine {
             coveredHost = facts.host
         }
         return policy.decide(.request, facts)
-    }
-
-    /// 101 Switching Protocols, or a 2xx answer to CONNECT.
-    static func switchedProtocols(_ exchange: HTTPExchange) -> Bool {
-        exchange.status == 101 || (exchange.method == "CONNECT" && (200..<300).contains(exchange.status))
     }
 
     /// The absolute URL of a request: origin-form targets get the Host header's authority.

@@ -37,25 +37,19 @@ public struct HTTPRequestTracker: Sendable {
     private var buffer: [UInt8] = []
     /// A request head was parsed, or the first line had a request line's shape.
     private var sawHTTP = false
-    /// The last request asked to switch protocols; its body (if any) comes first.
-    private var switchAfterBody = false
+    /// Where the stream goes when the current request's body ends: `.awaitingSwitch` after an
+    /// upgrade or CONNECT, else the next head.
+    private var afterBody = State.head
     /// What may be held while an upgrade waits for its answer (a client waits for the 101).
     static let maximumHeld = 64 * 1024
 
     /// Whether client bytes are held until the upstream answers an upgrade or CONNECT.
-    public var awaitingSwitch: Bool {
-        switch state {
-        case .awaitingSwitch: true
-        case .head: switchAfterBody  // the upgrade's body is through; nothing came after it yet
-        default: false
-        }
-    }
+    public var awaitingSwitch: Bool { if case .awaitingSwitch = state { true } else { false } }
 
     /// The upstream answered the upgrade or CONNECT: switched (101, or 2xx to CONNECT), the rest
     /// of the stream is opaque; refused, it is HTTP again. Returns what was held, framed so.
     public mutating func upstreamAnswered(switched: Bool) -> [Piece] {
         guard awaitingSwitch else { return [] }
-        switchAfterBody = false
         state = switched ? .opaque : .head
         return feed([])
     }
@@ -68,7 +62,7 @@ public struct HTTPRequestTracker: Sendable {
             switch state {
             case .opaque: return [.bytes(bytes)]
             case .body(let remaining) where bytes.count <= remaining:
-                state = remaining == bytes.count ? .head : .body(remaining: remaining - bytes.count)
+                state = remaining == bytes.count ? afterBody : .body(remaining: remaining - bytes.count)
                 return [.bytes(bytes)]
             default: break
             }
@@ -85,9 +79,6 @@ public struct HTTPRequestTracker: Sendable {
             case .opaque:
                 pieces.append(.bytes(buffer))
                 buffer.removeAll()
-            case .head where switchAfterBody:
-                switchAfterBody = false
-                state = .awaitingSwitch
             case .head:
                 // RFC 9112 2.2: a server ignores empty lines before a request line. Framed here
                 // the same way, or "\r\nGET /admin" would pass as not HTTP at all.
@@ -112,29 +103,28 @@ public struct HTTPRequestTracker: Sendable {
                     }
                     // h2c over TLS (deprecated by RFC 9113): once switched, its HTTP/2 requests
                     // would pass as opaque bytes — the known h2c smuggling route.
-                    if head.header("upgrade")?.lowercased().split(separator: ",").contains(where: { $0.filter { $0 != " " && $0 != "\t" } == "h2c" }) == true {
+                    if head.fieldValues("upgrade").contains(where: { $0.lowercased() == "h2c" }) {
                         return pieces + refuse("an upgrade to h2c: its requests could not be decided")
                     }
                     let raw = Array(buffer.prefix(head.length))
                     buffer.removeFirst(head.length)
                     pieces.append(.head(head, raw: raw))
                     sawHTTP = true
-                    state = next
-                    switchAfterBody = Self.asksToSwitch(head)
-                    if switchAfterBody, case .head = state { switchAfterBody = false; state = .awaitingSwitch }
+                    afterBody = Self.asksToSwitch(head) ? .awaitingSwitch : .head
+                    if case .head = next { state = afterBody } else { state = next }
                 }
             case .body(let remaining):
                 let n = min(remaining, buffer.count)
                 pieces.append(.bytes(Array(buffer.prefix(n))))
                 buffer.removeFirst(n)
-                state = remaining - n == 0 ? .head : .body(remaining: remaining - n)
+                state = remaining - n == 0 ? afterBody : .body(remaining: remaining - n)
             case .chunkSize, .trailers:
                 guard let lineEnd = buffer.firstIndex(of: 0x0A) else {
                     return buffer.count > 8192 ? pieces + refuse("chunk line too long") : pieces
                 }
                 let line = Array(buffer.prefix(lineEnd + 1))
                 if case .trailers = state {
-                    if HTTPHead.chunkLine(line[...]).isEmpty { state = .head }
+                    if HTTPHead.chunkLine(line[...]).isEmpty { state = afterBody }
                 } else {
                     guard let size = HTTPHead.chunkSize(line[...]) else {
                         return pieces + refuse("bad chunk size '\(String(decoding: HTTPHead.chunkLine(line[...]), as: UTF8.self).prefix(40))'")
@@ -163,8 +153,7 @@ public struct HTTPRequestTracker: Sendable {
     /// Whether the first line is shaped like a request line (it names an HTTP/1 version): a
     /// stream starting so is HTTP to an origin, however malformed the rest.
     static func looksLikeRequestLine(_ bytes: [UInt8]) -> Bool {
-        let line = bytes.prefix(8192).prefix { $0 != 0x0A }
-        return line.contains(0x20) && String(decoding: line, as: UTF8.self).contains(" HTTP/1.")
+        String(decoding: bytes.prefix(8192).prefix { $0 != 0x0A }, as: UTF8.self).contains(" HTTP/1.")
     }
 
     /// An upgrade (WebSocket) or a CONNECT: the stream may become something else.

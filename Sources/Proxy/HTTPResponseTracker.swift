@@ -26,7 +26,9 @@ struct HTTPResponseTracker {
     private var state = State.head
     private var pending: [UInt8] = []
     /// The upstream's bytes stopped parsing as HTTP/1.1: no more answers will be known.
-    private(set) var lost = false
+    private var lost = false
+    /// The last answer switched protocols (101, or 2xx to CONNECT).
+    private var switched = false
     /// Requests sent upstream and not answered yet, oldest first.
     private var waiting: [(method: String, url: String)] = []
     private var current: HTTPExchange?
@@ -86,8 +88,14 @@ struct HTTPResponseTracker {
         return done
     }
 
-    /// Requests sent and not answered yet.
-    var unanswered: Int { waiting.count }
+    /// Once every request sent has been answered: whether the last answer switched protocols —
+    /// what an upgrade or CONNECT waits for. nil while an answer is outstanding; false when the
+    /// answers can no longer be read (fail closed).
+    var switchedProtocols: Bool? {
+        if lost { return false }
+        if switched { return true }
+        return waiting.isEmpty && current == nil ? false : nil
+    }
 
     private mutating func lose() {
         state = .opaque
@@ -109,6 +117,7 @@ struct HTTPResponseTracker {
         if status == 101 || (request.method == "CONNECT" && status < 300) {
             finish(into: &done)
             state = .opaque
+            switched = true
         } else if request.method == "HEAD" || status == 204 || status == 304 {
             finish(into: &done)
         } else if head.isChunked {

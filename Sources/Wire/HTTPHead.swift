@@ -66,7 +66,7 @@ public struct HTTPHead: Sendable, Equatable {
 
     /// Every comma-separated element of every field named `name`, trimmed (RFC 9110 5.6.1;
     /// empty elements dropped).
-    func fieldValues(_ name: String) -> [String] {
+    public func fieldValues(_ name: String) -> [String] {
         headers.filter { Self.sameName($0.name, name) }.flatMap { field in
             field.value.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
         }
