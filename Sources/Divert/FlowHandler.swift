@@ -178,21 +178,12 @@ struct FlowKey: Hashable {
 
 /// Recent flows by endpoints, bounded (oldest dropped first).
 struct RecentFlows<Value> {
-    let capacity: Int
-    var byKey: [FlowKey: Value] = [:]
-    var order: [FlowKey] = []
-    var start = 0
+    private var byKey: BoundedMap<FlowKey, Value>
 
-    init(capacity: Int) { self.capacity = capacity }
+    init(capacity: Int) { byKey = BoundedMap(capacity: capacity) }
 
     mutating func insert(_ value: Value, src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) {
-        let key = FlowKey(src: src, dst: dst)
-        if byKey.updateValue(value, forKey: key) == nil { order.append(key) }
-        while byKey.count > capacity, start < order.count {
-            byKey[order[start]] = nil
-            start += 1
-        }
-        if start > 4096 && start * 2 > order.count { order.removeFirst(start); start = 0 }
+        byKey.insert(value, for: FlowKey(src: src, dst: dst))
     }
 
     func find(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> Value? {

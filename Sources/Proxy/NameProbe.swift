@@ -10,41 +10,30 @@ import Wire
 /// rule may splice (a client choosing its SNI must not choose its way out of inspection).
 /// Results are cached per address and name: successes for 10 minutes, failures for 1.
 public final class NameProbe: Sendable {
-    struct Result { var verified: Bool; var reason: String; var expires: Date }
-    private let cache = Mutex<[String: Result]>([:])
+    struct Result: Expiring { var verified: Bool; var reason: String; var expires: Date }
+    /// Every name a client puts in its SNI can make an answer: bounded.
+    private let cache: Mutex<ExpiringEntries<Result>>
     let context: TLSContext
     let bypassMark: UInt32?
     let timeout: TimeAmount
-    /// Answers kept at most: every name a client puts in its SNI can make one.
-    let capacity: Int
 
     public init(context: TLSContext, bypassMark: UInt32?, timeout: TimeAmount = .seconds(5), capacity: Int = 10_000) {
         self.context = context
         self.bypassMark = bypassMark
         self.timeout = timeout
-        self.capacity = max(1, capacity)
+        cache = Mutex(ExpiringEntries(capacity: capacity))
     }
 
-    /// Files an answer; when full, expired answers go first, then the one expiring soonest.
+    /// Files an answer: successes for 10 minutes, failures for 1.
     func remember(_ destination: FlowFacts.Endpoint, _ name: String, verified: Bool, reason: String, now: Date = Date()) {
-        let ttl: TimeInterval = verified ? 600 : 60
-        cache.withLock { cache in
-            let key = "\(destination)|\(name)"
-            if cache[key] == nil, cache.count >= capacity {
-                cache = cache.filter { $0.value.expires > now }
-                if cache.count >= capacity, let soonest = cache.min(by: { $0.value.expires < $1.value.expires })?.key { cache[soonest] = nil }
-            }
-            cache[key] = Result(verified: verified, reason: reason, expires: now.addingTimeInterval(ttl))
-        }
+        let answer = Result(verified: verified, reason: reason, expires: now.addingTimeInterval(verified ? 600 : 60))
+        cache.withLock { $0.insert(answer, for: "\(destination)|\(name)", now: now) }
     }
 
     var cachedCount: Int { cache.withLock { $0.count } }
 
     func cached(_ destination: FlowFacts.Endpoint, _ name: String, now: Date = Date()) -> (Bool, String)? {
-        cache.withLock { cache in
-            guard let hit = cache["\(destination)|\(name)"], hit.expires > now else { return nil }
-            return (hit.verified, hit.reason)
-        }
+        cache.withLock { $0.live("\(destination)|\(name)", now: now).map { ($0.verified, $0.reason) } }
     }
 
     /// Runs the probe handshake on `loop` and reports the (cached) answer there.

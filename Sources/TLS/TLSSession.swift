@@ -1,5 +1,6 @@
 import COpenSSL
 import Synchronization
+import Wire
 
 /// TLS protocol versions as OpenSSL numbers them.
 public enum TLSVersion: Int32, Sendable, Comparable, CustomStringConvertible {
@@ -92,33 +93,9 @@ public final class TLSContext: @unchecked Sendable {
     }
 }
 
-/// Sessions to resume, by upstream key; the oldest entry goes first once `capacity` are held
-/// (an agent meets an unbounded number of upstreams; each session holds the peer's certificate).
-struct SessionCache {
-    let capacity: Int
-    private var entries: [String: ResumableSession] = [:]
-    private var order: [String] = []
-    private var head = 0
-
-    init(capacity: Int) { self.capacity = capacity }
-
-    var count: Int { entries.count }
-
-    subscript(key: String) -> ResumableSession? { entries[key] }
-
-    mutating func insert(_ session: ResumableSession, for key: String) {
-        if entries.updateValue(session, forKey: key) == nil { order.append(key) }
-        while entries.count > capacity {
-            entries[order[head]] = nil
-            head += 1
-        }
-        // Compact the key ring once half of it is spent.
-        if head > capacity / 2, head * 2 > order.count {
-            order.removeFirst(head)
-            head = 0
-        }
-    }
-}
+/// Sessions to resume, by upstream key, oldest out first (an agent meets an unbounded number of
+/// upstreams; each session holds the peer's certificate).
+typealias SessionCache = BoundedMap<String, ResumableSession>
 
 /// A client certificate (with its chain) and key, for upstreams that demand mutual TLS.
 public struct ClientIdentity: Sendable {
