@@ -53,7 +53,10 @@ public struct FlowFacts: Sendable, Equatable {
     // Stage request:
     public var method: String?
     /// Absolute URL of the request, e.g. "https://host/path?q".
-    public var url: String?
+    public var url: String? { didSet { canonicalURL = url.map(URLPath.canonicalURL) } }
+    /// `url` with its path as an origin resolves it (`URLPath`), made once when `url` is set:
+    /// every path and url rule compares against it.
+    public private(set) var canonicalURL: String?
 
     public init() {}
 
@@ -61,10 +64,10 @@ public struct FlowFacts: Sendable, Equatable {
 
     /// The request's path (with query), from `url`, as an origin resolves it (`URLPath.canonical`).
     public var path: String? {
-        guard let url, let scheme = url.range(of: "://") else { return nil }
+        guard let url = canonicalURL, let scheme = url.range(of: "://") else { return nil }
         let rest = url[scheme.upperBound...]
         guard let slash = rest.firstIndex(of: "/") else { return "/" }
-        return URLPath.canonical(rest[slash...])
+        return String(rest[slash...])
     }
 
     /// The request's host, from `url`.
@@ -83,6 +86,20 @@ public struct FlowFacts: Sendable, Equatable {
 /// "/x/../admin" and "/public/..%2fadmin" all meet a rule on "/admin" — as the origin would
 /// serve them. Case is kept: paths are case-sensitive (RFC 3986 6.2.2.1).
 public enum URLPath {
+    /// `url` with the part after its authority in canonical form.
+    public static func canonicalURL(_ url: String) -> String {
+        let (authority, rest) = split(url)
+        return rest.isEmpty ? url : authority + canonical(rest[...])
+    }
+
+    /// "scheme://authority" and the rest (path, query, fragment).
+    public static func split(_ url: String) -> (authority: String, rest: String) {
+        guard let scheme = url.range(of: "://") else { return (url, "") }
+        let rest = url[scheme.upperBound...]
+        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
+        return (String(url[..<authorityEnd]), String(url[authorityEnd...]))
+    }
+
     public static func canonical(_ pathAndQuery: Substring) -> String {
         let end = pathAndQuery.firstIndex { $0 == "?" || $0 == "#" } ?? pathAndQuery.endIndex
         let path = pathAndQuery[..<end]

@@ -360,8 +360,7 @@ extension Policy {
         case "url":
             return .url(try strings(key, value, r).map { (s, v) throws(ConfigError) -> String in
                 guard s.lowercased().hasPrefix("http://") || s.lowercased().hasPrefix("https://") else { throw r.error("'url' prefixes start with http:// or https://, found '\(s)'", at: v) }
-                let (authority, rest) = Condition.splitURL(s)
-                return rest.isEmpty ? s : s.prefix(authority.count) + URLPath.canonical(rest[...])  // compared as requests are
+                return URLPath.canonicalURL(s)  // compared as requests are
             })
         default:
             throw r.error("unknown match field '\(key)'", at: value)

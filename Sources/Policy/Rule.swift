@@ -122,7 +122,7 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .alpn(let s): return f.alpn.contains { s.contains($0.lowercased()) }
         case .method(let s): return f.method.map { s.contains($0.uppercased()) } ?? false
         case .path(let p): return f.path.map { path in p.contains { path.hasPrefix($0) } } ?? false
-        case .url(let u): return f.url.map { url in u.contains { Self.urlMatches(url, prefix: $0) } } ?? false
+        case .url(let u): return f.canonicalURL.map { url in u.contains { Self.urlMatches(url, prefix: $0) } } ?? false
         }
     }
 
@@ -153,19 +153,10 @@ public enum Condition: Sendable, CustomStringConvertible {
         return had.map { "\(description): flow has \($0)" } ?? "\(description): flow's \(field) is unknown"
     }
 
-    /// URL prefixes compare scheme and host case-insensitively, the rest exactly — paths in
-    /// their canonical form (`URLPath`; rules are stored so).
+    /// URL prefixes compare scheme and host case-insensitively, the rest exactly — both in
+    /// canonical form (`URLPath`: rules are stored so, requests are `FlowFacts.canonicalURL`).
     static func urlMatches(_ url: String, prefix: String) -> Bool {
-        let (u1, rawRest) = splitURL(url), (p1, p2) = splitURL(prefix)
-        let u2 = rawRest.isEmpty ? rawRest : URLPath.canonical(rawRest[...])
+        let (u1, u2) = URLPath.split(url), (p1, p2) = URLPath.split(prefix)
         return p2.isEmpty ? u1.lowercased().hasPrefix(p1.lowercased()) : (u1.lowercased() == p1.lowercased() && u2.hasPrefix(p2))
-    }
-
-    /// "scheme://authority" and the rest (path, query, fragment).
-    static func splitURL(_ s: String) -> (String, String) {
-        guard let scheme = s.range(of: "://") else { return (s, "") }
-        let rest = s[scheme.upperBound...]
-        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
-        return (String(s[..<authorityEnd]), String(rest[authorityEnd...]))
     }
 }
