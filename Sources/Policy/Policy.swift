@@ -37,13 +37,17 @@ public struct Policy: Sendable {
     /// First matching rule of `stage`, in file order; otherwise the stage's default. Rules named
     /// in `excluding` are passed over (a name-based splice whose name did not prove true).
     public func decide(_ stage: Stage, _ facts: FlowFacts, excluding: Set<String> = []) -> Decision {
+        Self.opaqueIfNotTLS(firstMatch(stage, facts, excluding: excluding) ?? defaultDecision(stage), facts)
+    }
+
+    private func firstMatch(_ stage: Stage, _ facts: FlowFacts, excluding: Set<String>) -> Decision? {
         let staged = rulesByStage[stage] ?? []
         for i in indexByStage[stage]!.candidates(facts.dst?.port) where !excluding.contains(staged[i].name) && staged[i].matches(facts) {
             let rule = staged[i]
-            return Self.opaqueIfNotTLS(Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
-                                                blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil), facts)
+            return Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
+                            blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil)
         }
-        return Self.opaqueIfNotTLS(defaultDecision(stage), facts)
+        return nil
     }
 
     /// What is not TLS cannot be bumped: a bump at hello relays it as opaque bytes (a splice).
@@ -64,9 +68,9 @@ public struct Policy: Sendable {
         for rule in rulesByStage[stage] ?? [] {
             let why = rule.mismatch(facts)
             considered.append((rule, why))
-            if why == nil { return (decide(stage, facts), considered) }
+            if why == nil { break }
         }
-        return (Self.opaqueIfNotTLS(defaultDecision(stage), facts), considered)
+        return (decide(stage, facts), considered)
     }
 
     private func defaultDecision(_ stage: Stage) -> Decision {
