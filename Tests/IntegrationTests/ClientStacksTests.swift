@@ -124,15 +124,10 @@ import TLS
                     """
             }
         }
-        let n = "ls\(getpid() % 100_000)"
-        let script = RedirectedProxy.setup(n, directory: dir, subnet: "10.207.0", origins: origins.count, servers: servers) + """
-            \(probes)
-            """
-        try script.write(toFile: "\(dir)/stacks.sh", atomically: true, encoding: .utf8)
-        let run = TestEnv.sh("bash \(dir)/stacks.sh 2>&1", timeout: 600)
-        let lines = run.out.split(separator: "\n").map(String.init)
-        let listening = lines.filter { $0.hasPrefix("LISTENING") || $0.hasPrefix("ORIGIN ERROR") }
-        #expect(listening.first == "LISTENING \(origins.count)", "every origin must be listening: \(listening)")
+        let run = try RedirectedProxy.run("ls\(getpid() % 100_000)", directory: dir, subnet: "10.207.0", origins: origins.count,
+                                          servers: servers, probes: probes, timeout: 600)
+        let lines = run.lines
+        #expect(run.listening.first == "LISTENING \(origins.count)", "every origin must be listening: \(run.listening)")
         for (i, origin) in origins.enumerated() {
             for (c, client) in clients.enumerated() {
                 guard let line = lines.first(where: { $0.hasPrefix("CASE \(i) \(c) ") }) else { Issue.record("\(origin.name), \(client.name): no result\n\(run.out.suffix(2000))"); continue }

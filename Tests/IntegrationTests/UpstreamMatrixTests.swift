@@ -201,17 +201,11 @@ import TLS
 
                 """
         }
-        let n = "lm\(getpid() % 100_000)"
-        let script = RedirectedProxy.setup(n, directory: dir, subnet: "10.206.0", origins: origins.count, servers: servers,
-                                           proxyFlags: "--flow-log $D/flows.jsonl") + """
-            \(probes)
-            """
-        try script.write(toFile: "\(dir)/matrix.sh", atomically: true, encoding: .utf8)
-        let run = TestEnv.sh("bash \(dir)/matrix.sh 2>&1", timeout: 300)
-        let lines = run.out.split(separator: "\n").map(String.init)
+        let run = try RedirectedProxy.run("lm\(getpid() % 100_000)", directory: dir, subnet: "10.206.0", origins: origins.count,
+                                          servers: servers, probes: probes, proxyFlags: "--flow-log $D/flows.jsonl", timeout: 300)
+        let lines = run.lines
         // A case is only a case if its origin is up: a refused connection fails both ways.
-        let listening = lines.filter { $0.hasPrefix("LISTENING") || $0.hasPrefix("ORIGIN ERROR") }
-        #expect(listening.first == "LISTENING \(origins.count)", "every origin must be listening: \(listening)")
+        #expect(run.listening.first == "LISTENING \(origins.count)", "every origin must be listening: \(run.listening)")
         for (i, origin) in origins.enumerated() {
             guard let line = lines.first(where: { $0.hasPrefix("CASE \(i) ") }) else { Issue.record("\(origin.name): no result\n\(run.out)"); continue }
             let direct = line.contains("direct=0"), proxied = line.contains("proxied=0")

@@ -165,6 +165,17 @@ public enum RedirectedProxy {
         "ip netns exec $B openssl s_server -accept \(4431 + i) -cert $D/o\(i).pem -key $D/o\(i).pem -cert_chain $D/o\(i).pem -www -quiet \(flags) >/dev/null 2>$D/o\(i).err & echo $! > $D/o\(i).pid\n"
     }
 
+    /// `setup`, then `probes`, run as one script in `directory`: its output, its lines, and the
+    /// listening report (`LISTENING n`, then each origin's error) a test asserts before cases.
+    public static func run(_ name: String, directory: String, subnet: String, origins: Int, servers: String, probes: String,
+                           proxyFlags: String = "", timeout: TimeInterval) throws -> (out: String, lines: [String], listening: [String]) {
+        let script = setup(name, directory: directory, subnet: subnet, origins: origins, servers: servers, proxyFlags: proxyFlags) + probes
+        try script.write(toFile: "\(directory)/script.sh", atomically: true, encoding: .utf8)
+        let out = TestEnv.sh("bash \(directory)/script.sh 2>&1", timeout: timeout).out
+        let lines = out.split(separator: "\n").map(String.init)
+        return (out, lines, lines.filter { $0.hasPrefix("LISTENING") || $0.hasPrefix("ORIGIN ERROR") })
+    }
+
     public static func setup(_ name: String, directory: String, subnet: String, origins: Int, servers: String, proxyFlags: String = "") -> String {
         let loupe = "LOUPE_CA_DIR=\(TestEnv.packageRoot)/ca \(TestEnv.loupe)"
         return """
