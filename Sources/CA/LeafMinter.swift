@@ -59,7 +59,7 @@ public struct LeafRequest: Sendable, Hashable {
         request.keyType = keyType
         request.notAfterCap = upstream.notAfter
         request.notBeforeFloor = upstream.notBefore
-        if let usage = upstream.keyUsage, !usage.contains("digitalSignature") { request.keyUsage = usage }
+        if upstream.keyUsageForbidsSignatures { request.keyUsage = upstream.keyUsage }
         request._upstream = Box(upstream)
         return request
     }

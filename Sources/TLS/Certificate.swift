@@ -122,14 +122,20 @@ public final class Certificate: @unchecked Sendable {
         return Array(UnsafeBufferPointer(start: out, count: Int(length)))
     }
 
+    /// Whether a keyUsage extension is present and leaves out digitalSignature (read per
+    /// mirrored connection, so no strings are made).
+    public var keyUsageForbidsSignatures: Bool {
+        X509_get_ext_by_NID(x509, NID_key_usage, -1) >= 0 && X509_get_key_usage(x509) & UInt32(KU_DIGITAL_SIGNATURE) == 0
+    }
+
     /// The keyUsage extension as OpenSSL's config syntax ("critical,keyEncipherment"), nil
     /// when the certificate has none.
     public var keyUsage: String? {
+        let index = X509_get_ext_by_NID(x509, NID_key_usage, -1)
+        guard index >= 0 else { return nil }
         let bits = X509_get_key_usage(x509)
-        guard bits != UInt32.max, X509_get_ext_by_NID(x509, NID_key_usage, -1) >= 0 else { return nil }
         let names: [(UInt32, String)] = [(0x80, "digitalSignature"), (0x40, "nonRepudiation"), (0x20, "keyEncipherment"), (0x10, "dataEncipherment"),
                                          (0x08, "keyAgreement"), (0x04, "keyCertSign"), (0x02, "cRLSign"), (0x01, "encipherOnly"), (0x8000, "decipherOnly")]
-        let index = X509_get_ext_by_NID(x509, NID_key_usage, -1)
         let critical = X509_EXTENSION_get_critical(X509_get_ext(x509, index)) == 1
         return ((critical ? ["critical"] : []) + names.filter { bits & $0.0 != 0 }.map(\.1)).joined(separator: ",")
     }
