@@ -64,19 +64,20 @@ public struct FlowFacts: Sendable, Equatable {
 
     /// The request's path (with query), from `url`, as an origin resolves it (`URLPath.canonical`).
     public var path: String? {
-        guard let url = canonicalURL, let scheme = url.range(of: "://") else { return nil }
-        let rest = url[scheme.upperBound...]
-        guard let slash = rest.firstIndex(of: "/") else { return "/" }
-        return String(rest[slash...])
+        guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }
+        // From where the authority ends: a "/" inside a query is not where the path starts.
+        let tail = url[URLPath.authorityEnd(url[start...])...]
+        return tail.utf8.first == 0x2F ? String(tail) : "/" + tail
     }
 
     /// The request's host, from `url`.
     public var host: String? {
-        guard let url, let scheme = url.range(of: "://") else { return nil }
-        var authority = url[scheme.upperBound...].prefix { $0 != "/" && $0 != "?" && $0 != "#" }
-        if let at = authority.lastIndex(of: "@") { authority = authority[authority.index(after: at)...] }
-        if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") { return String(authority[authority.index(after: authority.startIndex)..<close]) }
-        return String(authority.split(separator: ":").first ?? "")
+        guard let url, let start = URLPath.authorityStart(url) else { return nil }
+        let rest = url[start...]
+        var authority = rest[..<URLPath.authorityEnd(rest)]
+        if let at = authority.utf8.lastIndex(of: 0x40) { authority = authority[authority.index(after: at)...] }
+        if authority.utf8.first == 0x5B, let close = authority.utf8.firstIndex(of: 0x5D) { return String(authority[authority.index(after: authority.startIndex)..<close]) }
+        return String(authority[..<(authority.utf8.firstIndex(of: 0x3A) ?? authority.endIndex)])
     }
 }
 
@@ -94,17 +95,38 @@ public enum URLPath {
 
     /// "scheme://authority" and the rest (path, query, fragment).
     public static func split(_ url: String) -> (authority: String, rest: String) {
-        guard let scheme = url.range(of: "://") else { return (url, "") }
-        let rest = url[scheme.upperBound...]
-        let authorityEnd = rest.firstIndex { $0 == "/" || $0 == "?" || $0 == "#" } ?? rest.endIndex
-        return (String(url[..<authorityEnd]), String(url[authorityEnd...]))
+        guard let start = authorityStart(url) else { return (url, "") }
+        let end = authorityEnd(url[start...])
+        return (String(url[..<end]), String(url[end...]))
+    }
+
+    // Every request's URL passes through these: byte scans, not Foundation's range(of:), which
+    // bridges each call to an NSString.
+
+    /// Where the authority begins: just after the first "://".
+    static func authorityStart(_ url: String) -> String.Index? {
+        let bytes = url.utf8
+        var i = bytes.startIndex
+        while let colon = bytes[i...].firstIndex(of: 0x3A) {
+            guard let start = bytes.index(colon, offsetBy: 3, limitedBy: bytes.endIndex) else { return nil }
+            if bytes[bytes.index(after: colon)] == 0x2F, bytes[bytes.index(colon, offsetBy: 2)] == 0x2F { return start }
+            i = bytes.index(after: colon)
+        }
+        return nil
+    }
+
+    /// Where an authority ends: at the first "/", "?" or "#".
+    static func authorityEnd(_ rest: Substring) -> String.Index {
+        rest.utf8.firstIndex { $0 == 0x2F || $0 == 0x3F || $0 == 0x23 } ?? rest.endIndex
     }
 
     public static func canonical(_ pathAndQuery: Substring) -> String {
-        let end = pathAndQuery.firstIndex { $0 == "?" || $0 == "#" } ?? pathAndQuery.endIndex
+        let end = pathAndQuery.utf8.firstIndex { $0 == 0x3F || $0 == 0x23 } ?? pathAndQuery.endIndex
         let path = pathAndQuery[..<end]
         // The common case costs one scan: nothing to decode, merge or resolve.
-        if !path.utf8.contains(where: { $0 == 0x25 || $0 == 0x2E }), !path.contains("//") { return String(pathAndQuery) }
+        if !path.utf8.contains(where: { $0 == 0x25 || $0 == 0x2E }), !zip(path.utf8, path.utf8.dropFirst()).contains(where: { $0 == 0x2F && $1 == 0x2F }) {
+            return String(pathAndQuery)
+        }
         var segments: [Substring] = []
         let decoded = percentDecoded(path)
         let parts = decoded.split(separator: "/", omittingEmptySubsequences: true)

@@ -124,6 +124,27 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(URLPath.canonical("/a/b/..") == "/a/" && URLPath.canonical("/..") == "/" && URLPath.canonical("/%zz%4") == "/%zz%4")
     }
 
+    /// A request URL's host and path, as rules see them: userinfo, ports, IPv6 literals, and an
+    /// authority ended by a query or fragment; no scheme, no host.
+    @Test func urlHostAndPath() {
+        func parts(_ url: String) -> (String?, String?) {
+            var f = FlowFacts()
+            f.url = url
+            return (f.host, f.path)
+        }
+        #expect(parts("https://user:pw@h.example:8443/a?b") == ("h.example", "/a?b"))
+        #expect(parts("https://[2001:db8::1]:443/x") == ("2001:db8::1", "/x"))
+        #expect(parts("https://h.example?q=/p") == ("h.example", "/?q=/p"), "a slash in the query is not the path")
+        #expect(parts("https://h.example#/frag") == ("h.example", "/#/frag"))
+        #expect(parts("https://h.example") == ("h.example", "/"))
+        #expect(parts("https://") == ("", "/"))
+        #expect(parts("h.example/a") == (nil, nil))
+        #expect(parts("https:/h.example/a") == (nil, nil))
+        #expect(parts("a:b://h.example//x/./y") == ("h.example", "/x/y"), "the first :// starts the authority")
+        #expect(URLPath.split("https://h.example:1/p?q") == ("https://h.example:1", "/p?q"))
+        #expect(URLPath.canonical("/a/b//") == "/a/b/" && URLPath.canonical("/ok/path?x//y") == "/ok/path?x//y")
+    }
+
     /// `tls = false` names what is not TLS on an inspected port (plain HTTP, SSH on :443).
     @Test func helloRulesOnWhetherItIsTLS() throws {
         let p = try policy("""
