@@ -49,3 +49,12 @@ const SSL_CIPHER *loupe_sk_SSL_CIPHER_value(const STACK_OF(SSL_CIPHER) *ciphers,
 void loupe_sk_SSL_CIPHER_free(STACK_OF(SSL_CIPHER) *ciphers) { sk_SSL_CIPHER_free(ciphers); }
 int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
 long loupe_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+
+int loupe_ticket_mac_init(EVP_MAC_CTX *mac, const unsigned char *key, size_t length) {
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)key, length),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, "SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    return EVP_MAC_CTX_set_params(mac, params);
+}

@@ -21,6 +21,12 @@ public final class TLSContext: @unchecked Sendable {
     public private(set) var offers = OfferCatalog(tls12: [], tls13: [])
     /// Where handshake secrets go, when a key log is configured (see KeyLog).
     let keyLogSink = Mutex<KeyLog?>(nil)
+    /// Server contexts: the keys sealing the tickets clients resume with (see TicketKeyRing).
+    let ticketKeys = Mutex(TicketKeyRing(rotation: TLSContext.ticketKeyRotation))
+    /// What time it is for ticket keys (tests move it).
+    var ticketClock: @Sendable () -> ContinuousClock.Instant = { .now }
+    /// A new ticket key every hour; sessions (and so tickets) last two.
+    static let ticketKeyRotation = Duration.seconds(3_600)
 
     deinit { SSL_CTX_free(ctx) }
 
@@ -39,6 +45,10 @@ public final class TLSContext: @unchecked Sendable {
             // One TLS 1.3 ticket, not OpenSSL's two: a client resumes with one, and each ticket
             // costs both sides a sealed session on every handshake.
             SSL_CTX_set_num_tickets(ctx, 1)
+            // Tickets sealed by keys that rotate (OpenSSL's own key would never change), valid as
+            // long as the two keys that may open them.
+            _ = SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback)
+            _ = SSL_CTX_set_timeout(ctx, Int(TLSContext.ticketKeyRotation.components.seconds * 2))
             // Called when a client asks for certificate status: the session's staple, if any.
             _ = loupe_SSL_CTX_set_tlsext_status_cb(ctx, stapleForClient)
         } else {
@@ -114,10 +124,7 @@ final class ResumableSession: @unchecked Sendable {
 private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32 = { ssl, session in
     guard let ssl, let session, let raw = SSL_get_ex_data(ssl, 0) else { return 0 }
     let owner = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue()
-    // A copy: OpenSSL marks the connection's own session unresumable when the connection is
-    // freed without a close_notify, which would spoil the cached entry.
-    guard let key = owner.resumptionKey, SSL_SESSION_is_resumable(session) == 1, let copy = SSL_SESSION_dup(session) else { return 0 }
-    owner.context.sessions.withLock { $0.insert(ResumableSession(copy), for: key) }
+    owner.fileForResumption(session)
     return 0
 }
 
@@ -254,11 +261,23 @@ public final class TLSSession: @unchecked Sendable {
                 try check("adding a client chain certificate", SSL_ctrl(session.ssl, SSL_CTRL_CHAIN_CERT, 1, UnsafeMutableRawPointer(extra.x509)) == 1)
             }
         }
-        if let resumptionKey, let saved = context.sessions.withLock({ $0[resumptionKey] }) {
-            _ = SSL_set_session(session.ssl, saved.session)
+        // A copy again: the connection marks the session it used unresumable when it ends
+        // without close_notify, and a TLS 1.2 server that resumes it sends no new one — the
+        // cached entry itself would be spoilt after one use.
+        if let resumptionKey, let saved = context.sessions.withLock({ $0[resumptionKey] }), let copy = SSL_SESSION_dup(saved.session) {
+            _ = SSL_set_session(session.ssl, copy)
+            SSL_SESSION_free(copy)  // the connection holds its own reference
         }
         SSL_set_connect_state(session.ssl)
         return session
+    }
+
+    /// Files a copy of `session` under this client session's resumption key. A copy: OpenSSL
+    /// marks the connection's own session unresumable when the connection is freed without a
+    /// close_notify, which would spoil the cached entry.
+    func fileForResumption(_ session: OpaquePointer) {
+        guard let key = resumptionKey, SSL_SESSION_is_resumable(session) == 1, let copy = SSL_SESSION_dup(session) else { return }
+        context.sessions.withLock { $0.insert(ResumableSession(copy), for: key) }
     }
 
     /// Offers no more than `offer` allows (each part left nil keeps the context's default).
@@ -315,6 +334,9 @@ public final class TLSSession: @unchecked Sendable {
         let rc = SSL_do_handshake(ssl)
         if rc == 1 {
             state = .established
+            // OpenSSL hands over no session after a resumed TLS 1.2 handshake, even when the
+            // server renewed the ticket: the session in use is filed again.
+            if resumed, protocolVersion == .tls12, let current = SSL_get_session(ssl) { fileForResumption(current) }
             return
         }
         switch SSL_get_error(ssl, rc) {

@@ -8,11 +8,13 @@
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ec.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/objects.h>
+#include <openssl/params.h>
 #include <openssl/ocsp.h>
 #include <openssl/pem.h>
 #include <openssl/pkcs12.h>
@@ -83,6 +85,9 @@ int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
 
 /// SSL_CTX_set_mode (macro): partial writes and moving buffers suit memory BIOs.
 long loupe_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);
+
+/// Keys a session-ticket HMAC (SHA-256) with `key`, through OSSL_PARAMs (for the ticket callback).
+int loupe_ticket_mac_init(EVP_MAC_CTX *mac, const unsigned char *key, size_t length);
 
 /// sk_X509_* helpers.
 int loupe_sk_X509_num(const STACK_OF(X509) *certs);
