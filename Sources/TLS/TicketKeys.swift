@@ -68,23 +68,24 @@ public final class TicketKey: @unchecked Sendable {
 
 /// OpenSSL's ticket callback for client-facing contexts: seal (encrypt = 1) with the ring's
 /// newest key, open (0) with the key the ticket names. Returns 1 (use it), 2 (use it and issue a
-/// fresh ticket), 0 (unknown or expired key: a full handshake) or -1 (failure).
+/// fresh ticket) or 0: when sealing, no ticket this time; when opening, a full handshake (unknown
+/// or expired key). Never -1, which would fail the client's handshake over a ticket.
 let ticketKeyCallback: @convention(c) (OpaquePointer?, UnsafeMutablePointer<UInt8>?, UnsafeMutablePointer<UInt8>?, OpaquePointer?, OpaquePointer?, Int32) -> Int32 = { ssl, name, iv, cipher, mac, encrypt in
-    guard let ssl, let name, let iv, let cipher, let mac, let raw = SSL_get_ex_data(ssl, 0) else { return -1 }
+    guard let ssl, let name, let iv, let cipher, let mac, let raw = SSL_get_ex_data(ssl, 0) else { return 0 }
     let context = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue().context
     let now = context.ticketClock()
     if encrypt == 1 {
         guard let key = try? context.ticketKeys.withLock({ ring throws(OpenSSLError) in try ring.sealingKey(at: now) }),
-              RAND_bytes(iv, 16) == 1 else { return -1 }
+              RAND_bytes(iv, 16) == 1 else { return 0 }
         name.update(from: key.name, count: 16)
         guard EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1,
-              loupe_ticket_mac_init(mac, key.macKey, 32) == 1 else { return -1 }
+              loupe_ticket_mac_init(mac, key.macKey, 32) == 1 else { return 0 }
         return 1
     }
     let named = Array(UnsafeBufferPointer(start: name, count: 16))
     guard let (key, renew) = context.ticketKeys.withLock({ $0.openingKey(named: named, at: now) }) else { return 0 }
     guard loupe_ticket_mac_init(mac, key.macKey, 32) == 1,
-          EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return -1 }
+          EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nil, key.cipherKey, iv) == 1 else { return 0 }
     // TLS 1.3 tickets are single-use (RFC 8446 C.4): every resumption gets a fresh one, as
     // OpenSSL's own ticket keys give. TLS 1.2 clients keep theirs until its key is old.
     return renew || SSL_version(ssl) == TLS1_3_VERSION ? 2 : 1
