@@ -202,6 +202,9 @@ public final class TLSSession: @unchecked Sendable {
     var allowedALPN: [[UInt8]]?
     /// Client side: where new sessions are filed for resumption.
     let resumptionKey: String?
+    /// Client side: the saved session offered for resumption (compared, never dereferenced:
+    /// OpenSSL replaces the connection's session when a TLS 1.2 server renews its ticket).
+    private var offeredSession: OpaquePointer?
     /// Client side: the server asked for a client certificate this session had none to give.
     public internal(set) var certificateRequested = false
     /// Client side: what the server's stapled OCSP response said (nil: none was asked or sent).
@@ -261,11 +264,11 @@ public final class TLSSession: @unchecked Sendable {
                 try check("adding a client chain certificate", SSL_ctrl(session.ssl, SSL_CTRL_CHAIN_CERT, 1, UnsafeMutableRawPointer(extra.x509)) == 1)
             }
         }
-        // A copy again: the connection marks the session it used unresumable when it ends
-        // without close_notify, and a TLS 1.2 server that resumes it sends no new one — the
-        // cached entry itself would be spoilt after one use.
+        // A copy, for the reason `fileForResumption` files one (a TLS 1.2 server that resumes
+        // without renewing sends nothing that would replace a spoilt entry).
         if let resumptionKey, let saved = context.sessions.withLock({ $0[resumptionKey] }), let copy = SSL_SESSION_dup(saved.session) {
             _ = SSL_set_session(session.ssl, copy)
+            session.offeredSession = copy
             SSL_SESSION_free(copy)  // the connection holds its own reference
         }
         SSL_set_connect_state(session.ssl)
@@ -334,9 +337,9 @@ public final class TLSSession: @unchecked Sendable {
         let rc = SSL_do_handshake(ssl)
         if rc == 1 {
             state = .established
-            // OpenSSL hands over no session after a resumed TLS 1.2 handshake, even when the
-            // server renewed the ticket: the session in use is filed again.
-            if resumed, protocolVersion == .tls12, let current = SSL_get_session(ssl) { fileForResumption(current) }
+            // OpenSSL hands over no session when a TLS 1.2 server renewed the ticket of a
+            // resumed one: the renewed session (a new one, not the one offered) is filed here.
+            if resumed, protocolVersion == .tls12, let current = SSL_get_session(ssl), current != offeredSession { fileForResumption(current) }
             return
         }
         switch SSL_get_error(ssl, rc) {

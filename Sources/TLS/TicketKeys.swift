@@ -7,17 +7,17 @@ import COpenSSL
 /// `rotation`, the one before it still opens tickets (which the client then gets renewed), and
 /// a key is forgotten and wiped once it is two rotations old — the sessions' own lifetime, so no
 /// ticket a client could still use is refused. Pure: time comes in as an argument.
-public struct TicketKeyRing: Sendable {
-    public typealias Instant = ContinuousClock.Instant
+struct TicketKeyRing: Sendable {
+    typealias Instant = ContinuousClock.Instant
 
-    public let rotation: Duration
+    let rotation: Duration
     /// Newest first; at most two.
     private var keys: [TicketKey] = []
 
-    public init(rotation: Duration) { self.rotation = rotation }
+    init(rotation: Duration) { self.rotation = rotation }
 
     /// The key to seal a new ticket with at `now` (a fresh one once the newest is a rotation old).
-    public mutating func sealingKey(at now: Instant) throws(OpenSSLError) -> TicketKey {
+    mutating func sealingKey(at now: Instant) throws(OpenSSLError) -> TicketKey {
         forgetExpired(at: now)
         if let newest = keys.first, now - newest.created < rotation { return newest }
         keys.insert(try TicketKey(created: now), at: 0)
@@ -27,7 +27,7 @@ public struct TicketKeyRing: Sendable {
 
     /// The key named `name`, if it may still open tickets at `now`; `renew` when the client
     /// should be given a ticket under the newest key.
-    public mutating func openingKey(named name: [UInt8], at now: Instant) -> (key: TicketKey, renew: Bool)? {
+    mutating func openingKey(named name: [UInt8], at now: Instant) -> (key: TicketKey, renew: Bool)? {
         forgetExpired(at: now)
         guard let index = keys.firstIndex(where: { $0.name == name }) else { return nil }
         let key = keys[index]
@@ -41,9 +41,9 @@ public struct TicketKeyRing: Sendable {
 
 /// One ticket key: a public 16-byte name (sent in each ticket) and 64 secret bytes, an AES-256
 /// key and an HMAC-SHA256 key, wiped when the key is dropped.
-public final class TicketKey: @unchecked Sendable {
-    public let name: [UInt8]
-    public let created: ContinuousClock.Instant
+final class TicketKey: @unchecked Sendable {
+    let name: [UInt8]
+    let created: ContinuousClock.Instant
     private let secret: UnsafeMutableRawBufferPointer
 
     init(created: ContinuousClock.Instant) throws(OpenSSLError) {
