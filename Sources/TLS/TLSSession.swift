@@ -42,6 +42,11 @@ public final class TLSContext: @unchecked Sendable {
         _ = loupe_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS))
         if server {
             SSL_CTX_set_alpn_select_cb(ctx, alpnSelect, nil)
+            // Finite-field DHE for TLS 1.2 clients that offer no ECDHE suite (the upstream leg
+            // mirrors their suites, so the origin speaks DHE too): a group as strong as the
+            // leaf's key, as OpenSSL's own servers choose it. Without one they failed through
+            // Loupe where they worked direct.
+            _ = SSL_CTX_ctrl(ctx, SSL_CTRL_SET_DH_AUTO, 1, nil)
             // One TLS 1.3 ticket, not OpenSSL's two: a client resumes with one, and each ticket
             // costs both sides a sealed session on every handshake.
             SSL_CTX_set_num_tickets(ctx, 1)

@@ -122,6 +122,11 @@ import TLS
                               client: Self.rsaPSSOnlyClient))
         origins.append(Origin(name: "RSA origin with only static-RSA key exchange", chain: [rsaOrigin], key: rsaKey, directShouldWork: true,
                               serverFlags: "-tls1_2 -cipher AES128-GCM-SHA256"))
+        // badssl.com's dh2048, with a client that offers only DHE: Loupe's client leg must speak
+        // DHE too.
+        origins.append(Origin(name: "DHE-only origin (2048-bit group), TLS 1.2 client offering only DHE-RSA", chain: [rsaOrigin], key: rsaKey,
+                              directShouldWork: true, serverFlags: "-tls1_2 -cipher DHE-RSA-AES128-GCM-SHA256",
+                              clientFlags: "--tls-max 1.2 --ciphers DHE-RSA-AES128-GCM-SHA256"))
         // A 1024-bit DH group (badssl.com's dh1024): OpenSSL's security level refuses it.
         #expect(TestEnv.sh("openssl genpkey -genparam -algorithm DH -pkeyopt dh_rfc5114:1 -out \(dir)/dh1024.pem 2>&1").status == 0)
         origins.append(Origin(name: "DHE with a 1024-bit group only", chain: [rsaOrigin], key: rsaKey, directShouldWork: false,
