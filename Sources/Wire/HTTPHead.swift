@@ -98,46 +98,70 @@ public struct HTTPHead: Sendable, Equatable {
     }
 
     /// Parses a head from the start of `bytes`; `.needMore` until the blank line arrives.
+    /// One pass over the lines by index (every request and response on a bumped connection
+    /// comes through here): Strings only for what the head keeps.
     public static func parse(_ bytes: ArraySlice<UInt8>, expectRequest: Bool) -> Result {
         guard let end = headEnd(bytes) else {
             return bytes.count > maximumLength ? .malformed(.malformed("head longer than \(maximumLength) bytes")) : .needMore
         }
         guard end - bytes.startIndex <= maximumLength else { return .malformed(.malformed("head longer than \(maximumLength) bytes")) }
-        var lines = bytes[bytes.startIndex..<end].split(separator: 0x0A, omittingEmptySubsequences: false).map { line in
-            line.last == 0x0D ? line.dropLast() : line
+        var cursor = bytes.startIndex
+        /// The next line without its LF (and CR before it); nil at the blank line that ends the head.
+        func nextLine() -> Range<Int>? {
+            guard cursor < end else { return nil }
+            var lineEnd = cursor
+            while bytes[lineEnd] != 0x0A { lineEnd += 1 }  // headEnd saw the LF that ends every line
+            let line = cursor..<(lineEnd > cursor && bytes[lineEnd - 1] == 0x0D ? lineEnd - 1 : lineEnd)
+            cursor = lineEnd + 1
+            return line.isEmpty ? nil : line
         }
-        while lines.last?.isEmpty == true { lines.removeLast() }
-        guard let start = lines.first else { return .malformed(.malformed("empty head")) }
-        let fields = start.split(separator: 0x20, maxSplits: 2, omittingEmptySubsequences: false)
-        let parts = fields.map { String(decoding: $0, as: UTF8.self) }
+        guard let start = nextLine() else { return .malformed(.malformed("empty head")) }
         let kind: Kind, version: String
+        let firstSpace = bytes[start].firstIndex(of: 0x20)
         if expectRequest {
-            guard parts.count == 3, isToken(parts[0]), !fields[1].isEmpty, !fields[1].contains(where: { $0 == 0x09 || $0 == 0x0B || $0 == 0x0C || $0 == 0x0D }),
-                  parts[2].hasPrefix("HTTP/1.") else { return .malformed(.malformed("request line")) }
-            kind = .request(method: parts[0], target: parts[1])
-            version = parts[2]
+            // method SP target SP HTTP/1.x, nothing else (RFC 9112 3).
+            guard let firstSpace, let secondSpace = bytes[(firstSpace + 1)..<start.upperBound].firstIndex(of: 0x20),
+                  isToken(bytes[start.lowerBound..<firstSpace]), secondSpace > firstSpace + 1,
+                  !bytes[(firstSpace + 1)..<secondSpace].contains(where: { $0 == 0x09 || $0 == 0x0B || $0 == 0x0C || $0 == 0x0D }),
+                  isVersion(bytes[(secondSpace + 1)..<start.upperBound]) else { return .malformed(.malformed("request line")) }
+            kind = .request(method: String(decoding: bytes[start.lowerBound..<firstSpace], as: UTF8.self),
+                            target: String(decoding: bytes[(firstSpace + 1)..<secondSpace], as: UTF8.self))
+            version = String(decoding: bytes[(secondSpace + 1)..<start.upperBound], as: UTF8.self)
         } else {
-            guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), parts[1].count == 3, let status = Int(parts[1]) else {
+            // HTTP/1.x SP 3DIGIT [SP reason] (RFC 9112 4).
+            guard let firstSpace, isVersion(bytes[start.lowerBound..<firstSpace]) else { return .malformed(.malformed("status line")) }
+            let codeEnd = min(firstSpace + 4, start.upperBound)
+            let code = bytes[(firstSpace + 1)..<codeEnd]
+            guard code.count == 3, code.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), codeEnd == start.upperBound || bytes[codeEnd] == 0x20 else {
                 return .malformed(.malformed("status line"))
             }
-            kind = .response(status: status, reason: parts.count == 3 ? parts[2] : "")
-            version = parts[0]
+            let status = code.reduce(0) { $0 * 10 + Int($1 - 0x30) }
+            let reason = codeEnd < start.upperBound ? String(decoding: bytes[(codeEnd + 1)..<start.upperBound], as: UTF8.self) : ""
+            kind = .response(status: status, reason: reason)
+            version = String(decoding: bytes[start.lowerBound..<firstSpace], as: UTF8.self)
         }
-        var headers: [(String, String)] = []
-        for line in lines.dropFirst() {
+        var headers: [(name: String, value: String)] = []
+        while let line = nextLine() {
             guard headers.count < maximumFields else { return .malformed(.malformed("more than \(maximumFields) header fields")) }
-            guard let colon = line.firstIndex(of: 0x3A) else { return .malformed(.malformed("header line without ':'")) }
-            let name = String(decoding: line[line.startIndex..<colon], as: UTF8.self)
+            guard let colon = bytes[line].firstIndex(of: 0x3A) else { return .malformed(.malformed("header line without ':'")) }
+            let name = bytes[line.lowerBound..<colon]
             // RFC 9112: no whitespace between the name and the colon; obsolete folding refused.
-            guard isToken(name) else { return .malformed(.malformed("header name '\(name.prefix(40))'")) }
-            var value = line[(colon + 1)...]
+            guard isToken(name) else { return .malformed(.malformed("header name '\(String(decoding: name.prefix(40), as: UTF8.self))'")) }
+            var value = (colon + 1)..<line.upperBound
             // A bare CR or a NUL is a line end to some parsers and not to others (RFC 9112 2.2).
-            guard !value.contains(where: { $0 == 0x0D || $0 == 0x00 }) else { return .malformed(.malformed("CR or NUL inside header '\(name.prefix(40))'")) }
-            while let f = value.first, f == 0x20 || f == 0x09 { value = value.dropFirst() }
-            while let l = value.last, l == 0x20 || l == 0x09 { value = value.dropLast() }
-            headers.append((name, String(decoding: value, as: UTF8.self)))
+            guard !bytes[value].contains(where: { $0 == 0x0D || $0 == 0x00 }) else {
+                return .malformed(.malformed("CR or NUL inside header '\(String(decoding: name.prefix(40), as: UTF8.self))'"))
+            }
+            while !value.isEmpty, bytes[value.lowerBound] == 0x20 || bytes[value.lowerBound] == 0x09 { value = (value.lowerBound + 1)..<value.upperBound }
+            while !value.isEmpty, bytes[value.upperBound - 1] == 0x20 || bytes[value.upperBound - 1] == 0x09 { value = value.lowerBound..<(value.upperBound - 1) }
+            headers.append((String(decoding: name, as: UTF8.self), String(decoding: bytes[value], as: UTF8.self)))
         }
         return .head(HTTPHead(kind: kind, version: version, headers: headers, length: end - bytes.startIndex))
+    }
+
+    /// "HTTP/1." and one digit, nothing after it (HTTP/1.x heads only).
+    static func isVersion(_ field: ArraySlice<UInt8>) -> Bool {
+        field.count == 8 && field.starts(with: "HTTP/1.".utf8) && field.last.map { $0 >= 0x30 && $0 <= 0x39 } == true
     }
 
     /// Index just past the blank line that ends the head (CRLFCRLF, or bare LFLF).
@@ -153,9 +177,16 @@ public struct HTTPHead: Sendable, Equatable {
         return nil
     }
 
-    static func isToken(_ s: String) -> Bool {
-        !s.isEmpty && s.utf8.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || "!#$%&'*+-.^_`|~".utf8.contains(c)
+    /// A token (RFC 9110 5.6.2): a method or a field name.
+    static func isToken(_ bytes: ArraySlice<UInt8>) -> Bool {
+        !bytes.isEmpty && bytes.allSatisfy { c in
+            switch c {
+            case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true
+            case UInt8(ascii: "!"), UInt8(ascii: "#"), UInt8(ascii: "$"), UInt8(ascii: "%"), UInt8(ascii: "&"), UInt8(ascii: "'"),
+                 UInt8(ascii: "*"), UInt8(ascii: "+"), UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "^"), UInt8(ascii: "_"),
+                 UInt8(ascii: "`"), UInt8(ascii: "|"), UInt8(ascii: "~"): true
+            default: false
+            }
         }
     }
 }

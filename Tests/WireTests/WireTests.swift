@@ -298,8 +298,18 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
     }
 
     @Test func malformedHeads() {
-        for bad in ["GET\r\n\r\n", "GET / HTTP/2\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "GET / HTTP/1.1\r\nNoColon\r\n\r\n", "G(T / HTTP/1.1\r\n\r\n"] {
+        for bad in ["GET\r\n\r\n", "GET / HTTP/2\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "GET / HTTP/1.1\r\nNoColon\r\n\r\n", "G(T / HTTP/1.1\r\n\r\n",
+                    "GET  / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1 x\r\n\r\n", "GET / HTTP/1.10\r\n\r\n", "GET /a b HTTP/1.1\r\n\r\n", "\r\n\r\n"] {
             guard case .malformed = HTTPHead.parse(Array(bad.utf8)[...], expectRequest: true) else { Issue.record("accepted \(bad)"); continue }
+        }
+        for bad in ["HTTP/1.1 +12 OK\r\n\r\n", "HTTP/1.1 2000\r\n\r\n", "HTTP/1.1 20\r\n\r\n", "HTTP/2 200\r\n\r\n", "HTTP/1.1x 200\r\n\r\n", "HTTP/1.1\r\n\r\n"] {
+            guard case .malformed = HTTPHead.parse(Array(bad.utf8)[...], expectRequest: false) else { Issue.record("accepted \(bad)"); continue }
+        }
+        for (text, reason) in [("HTTP/1.1 204\r\n\r\n", ""), ("HTTP/1.0 200 \r\n\n", ""), ("HTTP/1.1 404 Not  Found\n\n", "Not  Found")] {
+            guard case .head(let head) = HTTPHead.parse(Array(text.utf8)[...], expectRequest: false), case .response(_, let got) = head.kind else {
+                Issue.record("refused \(text.debugDescription)"); continue
+            }
+            #expect(got == reason && head.length == text.utf8.count)
         }
         let many = "GET / HTTP/1.1\r\n" + String(repeating: "A: b\r\n", count: 101) + "\r\n"
         guard case .malformed = HTTPHead.parse(Array(many.utf8)[...], expectRequest: true) else { Issue.record("101 fields accepted"); return }
