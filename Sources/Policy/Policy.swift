@@ -75,8 +75,13 @@ public struct Policy: Sendable {
 
     private func defaultDecision(_ stage: Stage) -> Decision {
         let verdict = defaults[stage]!
-        return Decision(stage: stage, verdict: verdict, rule: "default", reason: "no rule matched; the \(stage.rawValue) default",
-                        blockMode: verdict == .block ? defaultBlockMode : nil)
+        // Literal reasons: this runs for most packets and requests, and interpolation allocates.
+        let reason = switch stage {
+        case .connect: "no rule matched; the connect default"
+        case .hello: "no rule matched; the hello default"
+        case .request: "no rule matched; the request default"
+        }
+        return Decision(stage: stage, verdict: verdict, rule: "default", reason: reason, blockMode: verdict == .block ? defaultBlockMode : nil)
     }
 }
 

@@ -1,20 +1,22 @@
 /// A dictionary that keeps at most `capacity` keys, the oldest inserted going first (replacing
 /// a key's value keeps its place): for caches keyed by what the network brings, which would
-/// otherwise grow with every new peer. Not synchronised; callers lock.
+/// otherwise grow with every new peer. Not synchronised; callers lock. Inlinable: the queue
+/// consumer inserts per packet, and an unspecialised generic from another module looked its
+/// metadata up at run time on every call.
 public struct BoundedMap<Key: Hashable, Value> {
     public let capacity: Int
-    private var values: [Key: Value] = [:]
+    @usableFromInline var values: [Key: Value] = [:]
     /// Insertion order; the live keys are `order[start...]`.
-    private var order: [Key] = []
-    private var start = 0
+    @usableFromInline var order: [Key] = []
+    @usableFromInline var start = 0
 
-    public init(capacity: Int) { self.capacity = max(1, capacity) }
+    @inlinable public init(capacity: Int) { self.capacity = max(1, capacity) }
 
-    public var count: Int { values.count }
+    @inlinable public var count: Int { values.count }
 
-    public subscript(key: Key) -> Value? { values[key] }
+    @inlinable public subscript(key: Key) -> Value? { values[key] }
 
-    public mutating func insert(_ value: Value, for key: Key) {
+    @inlinable public mutating func insert(_ value: Value, for key: Key) {
         if values.updateValue(value, forKey: key) == nil { order.append(key) }
         while values.count > capacity {
             values[order[start]] = nil
