@@ -57,10 +57,7 @@ public final class FlowHandler: Sendable {
     let recent = Mutex(RecentFlows<ConnectRecord>(capacity: 16_384))
     /// First packets seen again shortly after their verdict (a resolver's parallel A/AAAA
     /// queries from one socket, SYN retransmits after a drop) get the same answer, logged once.
-    let repeats = Mutex(RecentFlows<Repeat>(capacity: 4096))
-
-    /// What a repeated first packet needs: the answer given and when.
-    struct Repeat { var proto: FlowFacts.Proto; var time: Date; var packet: PacketVerdict }
+    let repeats = Mutex(RepeatCache(slots: 8192))
     static let repeatWindow: Double = 5
     let userNames = Mutex([UInt32: String]())
     let groupNames = Mutex([UInt32: String]())
@@ -97,8 +94,8 @@ public final class FlowHandler: Sendable {
     }
 
     func decide(_ facts: inout FlowFacts, policy: Policy, resolveProcess: Bool, at now: Date) -> PacketVerdict {
-        if let src = facts.src, let dst = facts.dst, let seen = repeats.withLock({ $0.find(src: src, dst: dst) }),
-           seen.proto == facts.proto, now.timeIntervalSince(seen.time) < Self.repeatWindow {
+        if let src = facts.src, let dst = facts.dst, let seen = repeats.withLock({ $0.find(FlowKey(src: src, dst: dst)) }),
+           seen.proto == facts.proto, now.timeIntervalSince1970 - seen.time < Self.repeatWindow {
             return seen.packet
         }
         if let dst = facts.dst { facts.names = names.withLock { $0.names(for: dst.address, at: now.timeIntervalSince1970) } }
@@ -113,7 +110,8 @@ public final class FlowHandler: Sendable {
         let entry = ConnectRecord(flow: nextFlow.wrappingAdd(1, ordering: .relaxed).oldValue, time: now, facts: facts, pid: pid, outcome: outcome)
         if let src = facts.src, let dst = facts.dst {
             if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry, src: src, dst: dst) } }
-            repeats.withLock { $0.insert(Repeat(proto: facts.proto, time: now, packet: outcome.packet), src: src, dst: dst) }
+            let key = FlowKey(src: src, dst: dst)
+            repeats.withLock { $0.insert(RepeatCache.Entry(key: key, proto: facts.proto, time: now.timeIntervalSince1970, packet: outcome.packet)) }
         }
         counters.withLock { $0.byVerdict[outcome.decision.verdict.rawValue, default: 0] += 1 }
         record(entry)
@@ -188,5 +186,48 @@ struct RecentFlows<Value> {
 
     func find(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> Value? {
         byKey[FlowKey(src: src, dst: dst)]
+    }
+}
+
+/// First packets answered in the last few seconds, by endpoints: a direct-mapped table, one
+/// slot per hash of the key, the newest entry taking the slot. A repeat whose slot another flow
+/// took since is decided (and logged) again — what a bounded map does once full, without its
+/// hashing, ordering and eviction on every packet of the queue.
+struct RepeatCache {
+    struct Entry {
+        var key: FlowKey
+        var proto: FlowFacts.Proto
+        /// Seconds since 1970.
+        var time: Double
+        var packet: PacketVerdict
+    }
+
+    private var slots: [Entry?]
+    private let mask: Int
+
+    /// `slots` is rounded up to a power of two.
+    init(slots: Int) {
+        var size = 1
+        while size < slots { size <<= 1 }
+        self.slots = Array(repeating: nil, count: size)
+        mask = size - 1
+    }
+
+    mutating func insert(_ entry: Entry) { slots[slot(entry.key)] = entry }
+
+    func find(_ key: FlowKey) -> Entry? {
+        guard let entry = slots[slot(key)], entry.key == key else { return nil }
+        return entry
+    }
+
+    /// A multiply-xorshift mix of the key's words (not keyed: colliding on purpose only makes
+    /// the colliding flows' repeats be decided again).
+    private func slot(_ key: FlowKey) -> Int {
+        var h = key.src0 &* 0x9E37_79B9_7F4A_7C15
+        h = (h ^ key.src1 ^ (h >> 29)) &* 0xBF58_476D_1CE4_E5B9
+        h = (h ^ key.dst0 ^ (h >> 31)) &* 0x94D0_49BB_1331_11EB
+        h = (h ^ key.dst1 ^ (h >> 29)) &* 0x9E37_79B9_7F4A_7C15
+        h = (h ^ UInt64(key.ports) ^ (h >> 32)) &* 0xBF58_476D_1CE4_E5B9
+        return Int(truncatingIfNeeded: h ^ (h >> 31)) & mask
     }
 }

@@ -5,7 +5,7 @@ import Wire
 /// A loaded policy: per-stage defaults, named host lists and ordered rules. Pure: the same
 /// engine decides live and in `loupe verdict test`, so a passing corpus proves production.
 public struct Policy: Sendable {
-    public var defaults: [Stage: Verdict]
+    public let defaults: [Stage: Verdict]
     public var defaultBlockMode: BlockMode
     public var lists: [String: HostSet]
     public private(set) var rules: [Rule] = []
@@ -15,8 +15,10 @@ public struct Policy: Sendable {
     /// Whether any rule looks at the executable: the agent resolves processes only then, as
     /// that costs a /proc scan per new socket. Known at load, not per packet.
     public let usesExecutable: Bool
-    private var rulesByStage: [Stage: [Rule]] = [:]
-    private var indexByStage: [Stage: PortIndex] = [:]
+    /// By `Stage.ordinal`.
+    private var rulesByStage: [[Rule]] = []
+    private var indexByStage: [PortIndex] = []
+    private var defaultDecisions: [Decision?] = []
     private var ruleByName: [String: Rule] = [:]
 
     public init(defaults: [Stage: Verdict], defaultBlockMode: BlockMode = .reject, lists: [String: HostSet] = [:], rules: [Rule]) {
@@ -29,20 +31,24 @@ public struct Policy: Sendable {
         ruleByName = Dictionary(rules.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         for stage in Stage.allCases {
             let staged = rules.filter { $0.stage == stage }
-            rulesByStage[stage] = staged
-            indexByStage[stage] = PortIndex(staged)
+            rulesByStage.append(staged)
+            indexByStage.append(PortIndex(staged))
+            defaultDecisions.append(defaults[stage].map { verdict in
+                Decision(stage: stage, verdict: verdict, rule: "default", reason: "no rule matched; the \(stage.rawValue) default",
+                         blockMode: verdict == .block ? defaultBlockMode : nil)
+            })
         }
     }
 
     /// First matching rule of `stage`, in file order; otherwise the stage's default. Rules named
     /// in `excluding` are passed over (a name-based splice whose name did not prove true).
     public func decide(_ stage: Stage, _ facts: FlowFacts, excluding: Set<String> = []) -> Decision {
-        Self.opaqueIfNotTLS(firstMatch(stage, facts, excluding: excluding) ?? defaultDecision(stage), facts)
+        Self.opaqueIfNotTLS(firstMatch(stage, facts, excluding: excluding) ?? defaultDecisions[stage.ordinal]!, facts)
     }
 
     private func firstMatch(_ stage: Stage, _ facts: FlowFacts, excluding: Set<String>) -> Decision? {
-        let staged = rulesByStage[stage] ?? []
-        for i in indexByStage[stage]!.candidates(facts.dst?.port) where !excluding.contains(staged[i].name) && staged[i].matches(facts) {
+        let staged = rulesByStage[stage.ordinal]
+        for i in indexByStage[stage.ordinal].candidates(facts.dst?.port) where !excluding.contains(staged[i].name) && staged[i].matches(facts) {
             let rule = staged[i]
             return Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
                             blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil)
@@ -65,23 +71,12 @@ public struct Policy: Sendable {
     /// The decision plus every rule considered on the way, with why each did not match.
     public func explain(_ stage: Stage, _ facts: FlowFacts) -> (decision: Decision, considered: [(rule: Rule, mismatch: String?)]) {
         var considered: [(Rule, String?)] = []
-        for rule in rulesByStage[stage] ?? [] {
+        for rule in rulesByStage[stage.ordinal] {
             let why = rule.mismatch(facts)
             considered.append((rule, why))
             if why == nil { break }
         }
         return (decide(stage, facts), considered)
-    }
-
-    private func defaultDecision(_ stage: Stage) -> Decision {
-        let verdict = defaults[stage]!
-        // Literal reasons: this runs for most packets and requests, and interpolation allocates.
-        let reason = switch stage {
-        case .connect: "no rule matched; the connect default"
-        case .hello: "no rule matched; the hello default"
-        case .request: "no rule matched; the request default"
-        }
-        return Decision(stage: stage, verdict: verdict, rule: "default", reason: reason, blockMode: verdict == .block ? defaultBlockMode : nil)
     }
 }
 

@@ -10,7 +10,17 @@ public enum Stage: String, Sendable, CaseIterable, Comparable {
         }
     }
 
-    public static func < (a: Stage, b: Stage) -> Bool { allCases.firstIndex(of: a)! < allCases.firstIndex(of: b)! }
+    public static func < (a: Stage, b: Stage) -> Bool { a.ordinal < b.ordinal }
+
+    /// Position in `allCases`: per-stage tables are arrays, not dictionaries hashing the raw
+    /// value on every decision.
+    var ordinal: Int {
+        switch self {
+        case .connect: 0
+        case .hello: 1
+        case .request: 2
+        }
+    }
 }
 
 public enum Verdict: String, Sendable, CaseIterable {

@@ -1,4 +1,4 @@
-import Divert
+@testable import Divert
 import Foundation
 import Policy
 import TestSupport
@@ -112,6 +112,49 @@ import Wire
         let found = handler.connectRecord(src: FlowFacts.Endpoint("10.0.0.1:40002")!, dst: FlowFacts.Endpoint("192.0.2.5:443")!)
         #expect(found?.facts.uid == 0 && found?.facts.user == "root")
         #expect(handler.connectRecord(src: FlowFacts.Endpoint("10.0.0.1:40003")!, dst: FlowFacts.Endpoint("192.0.2.5:443")!) == nil)
+    }
+
+    /// Repeats of many flows at once (a resolver's A/AAAA pairs, SYN retransmits under load):
+    /// each gets its own first verdict and is logged once, and no flow takes another's answer.
+    @Test func repeatsOfManyFlowsKeepTheirOwnVerdicts() throws {
+        let policy = try Policy.parse("""
+            [defaults]
+            connect = "allow"
+            hello = "bump"
+            request = "allow"
+            [[rule]]
+            name = "odd-ports"
+            stage = "connect"
+            src_port = [40001, 40003, 40005, 40007]
+            action = "block"
+            block = "drop"
+            """, file: "p.toml")
+        let records = RecordBox()
+        let handler = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { records.add($0) })
+        let flows = (0..<8).map { TestPackets.tcpSYN(from: "10.0.0.1", 40000 + $0, to: "192.0.2.9", 443) }
+        let first = handler.handle(flows.map(packet))
+        let again = handler.handle(flows.reversed().map(packet))
+        #expect(first == (0..<8).map { $0 % 2 == 1 ? PacketVerdict.drop : .accept(mark: Marks().allow) })
+        #expect(again == first.reversed() && records.all.count == 8, "each repeat answered as its own first packet, logged once")
+    }
+
+    /// The repeat table: a slot per key hash, the newest entry wins; a key finds only itself.
+    @Test func repeatCacheFindsOnlyItsOwnKey() throws {
+        var cache = RepeatCache(slots: 4)
+        let keys = (0..<64).map { FlowKey(src: FlowFacts.Endpoint("10.0.0.1:\(50000 + $0)")!, dst: FlowFacts.Endpoint("192.0.2.1:443")!) }
+        for (i, key) in keys.enumerated() {
+            cache.insert(RepeatCache.Entry(key: key, proto: .tcp, time: Double(i), packet: .accept(mark: UInt32(i))))
+            #expect(cache.find(key)?.packet == .accept(mark: UInt32(i)), "the entry just filed is found")
+        }
+        var found = 0
+        for (i, key) in keys.enumerated() {
+            guard let entry = cache.find(key) else { continue }
+            #expect(entry.key == key && entry.time == Double(i), "a slot answers only for the key it holds")
+            found += 1
+        }
+        #expect(found >= 1 && found <= 4, "four slots hold at most four flows (\(found))")
+        let v6 = FlowKey(src: FlowFacts.Endpoint("[2001:db8::1]:50000")!, dst: FlowFacts.Endpoint("[2001:db8::2]:443")!)
+        #expect(cache.find(v6) == nil)
     }
 
     func packet(_ bytes: [UInt8]) -> QueuedPacket { QueuedPacket(queue: 0, id: 1, uid: nil, gid: nil, mark: nil, bytes: bytes) }
