@@ -3,11 +3,13 @@ import Synchronization
 import TLS
 
 /// The key a masquerade leaf carries. P-256 ECDSA serves nearly every client and signs in
-/// microseconds; RSA is for clients whose hello cannot verify ECDSA (Wire's
-/// `ClientHello.acceptsP256ECDSA`), which would otherwise fail where a direct RSA origin works.
+/// microseconds; RSA is for clients whose hello cannot verify P-256 ECDSA (Wire's
+/// `ClientHello.acceptsP256ECDSA`), which would otherwise fail where a direct RSA origin works;
+/// P-384 for the few that verify ECDSA only on P-384 and no RSA at all.
 public enum LeafKeyType: String, Sendable, Hashable, CaseIterable {
     case ecdsaP256 = "ec-p256"
     case rsa2048 = "rsa-2048"
+    case ecdsaP384 = "ec-p384"
 }
 
 /// What a leaf should say. Pure description; `LeafMinter` turns it into a certificate.
@@ -102,8 +104,9 @@ public final class LeafMinter: Sendable {
     public var leafKey: PrivateKey { ecdsa.key }
     private let signingKey: PrivateKey
     private let ecdsa: SharedKey
-    /// Made on first need: few clients ask for RSA, and making an RSA-2048 key takes 0.2–0.6 s here.
-    private let rsa = Mutex<SharedKey?>(nil)
+    /// RSA and P-384 keys, made on first need: few clients ask for them, and making an RSA-2048
+    /// key takes 0.2–0.6 s here.
+    private let lateKeys = Mutex<[LeafKeyType: SharedKey]>([:])
     // Read once: parsing ASN1 times on every mint is measurable.
     private let rootNotBefore: Date
     private let rootNotAfter: Date
@@ -140,11 +143,12 @@ public final class LeafMinter: Sendable {
     private func sharedKey(_ type: LeafKeyType) throws -> SharedKey {
         switch type {
         case .ecdsaP256: return ecdsa
-        case .rsa2048:
-            return try rsa.withLock { made in
-                if let made { return made }
-                let key = try SharedKey(PrivateKey.generateRSA(bits: 2048), root: root.certificate)
-                made = key
+        case .rsa2048, .ecdsaP384:
+            return try lateKeys.withLock { made in
+                if let key = made[type] { return key }
+                let fresh = type == .rsa2048 ? try PrivateKey.generateRSA(bits: 2048) : try PrivateKey.generate(.ecP384).legacyEC()
+                let key = try SharedKey(fresh, root: root.certificate)
+                made[type] = key
                 return key
             }
         }

@@ -101,7 +101,8 @@ public final class ConnectionMachine {
     private var leaf: Certificate?
     /// Whether the client's hello can verify a P-256 ECDSA leaf under TLS 1.3 and under 1.2
     /// (the version depends on the upstream); if not, it gets an RSA leaf.
-    private var acceptsECDSA = (upToTLS13: true, atTLS12: true)
+    /// The leaf key for the client's leg, by the version it settles on (see `leafKeyType`).
+    private var leafKeys = (upToTLS13: LeafKeyType.ecdsaP256, atTLS12: LeafKeyType.ecdsaP256)
     /// The newest TLS version the client offered: the upstream leg offers no newer, so an origin
     /// that refuses it (TLS 1.3 only) refuses it through Loupe too.
     private var clientMaximum: TLSVersion?
@@ -280,7 +281,7 @@ public final class ConnectionMachine {
         facts.tls = true
         facts.sni = h.serverName
         facts.alpn = h.alpn
-        acceptsECDSA = (h.acceptsP256ECDSA(at: 0x0304), h.acceptsP256ECDSA(at: 0x0303))
+        leafKeys = (Self.leafKey(for: h, at: 0x0304), Self.leafKey(for: h, at: 0x0303))
         clientMaximum = h.newestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
         clientHello = h
         var decision = policy.decide(.hello, facts)
@@ -388,7 +389,15 @@ public final class ConnectionMachine {
     /// speak (at most the upstream's; a failed upstream handshake leaves it open).
     private func leafKeyType(_ upstream: TLSSession) -> LeafKeyType {
         let ceiling = upstream.protocolVersion ?? .tls13
-        return (ceiling >= .tls13 ? acceptsECDSA.upToTLS13 : acceptsECDSA.atTLS12) ? .ecdsaP256 : .rsa2048
+        return ceiling >= .tls13 ? leafKeys.upToTLS13 : leafKeys.atTLS12
+    }
+
+    /// P-256 for every client that verifies it; otherwise RSA, unless the client plainly takes
+    /// no RSA but ECDSA on P-384 (a key it cannot use fails a handshake that works direct).
+    static func leafKey(for hello: ClientHello, at version: UInt16) -> LeafKeyType {
+        if hello.acceptsP256ECDSA(at: version) { return .ecdsaP256 }
+        if hello.refusesRSA(at: version), hello.acceptsECDSA(curve: 0x0018, at: version) { return .ecdsaP384 }
+        return .rsa2048
     }
 
     /// Where a learnt splice is filed: the SNI, or the destination address without one.

@@ -34,19 +34,38 @@ extension ClientHello {
 
     /// Whether this client can accept a server certificate with a P-256 ECDSA key when the
     /// handshake settles on `version` (0x0304 = TLS 1.3). A masquerade leaf the client cannot use
-    /// would fail a handshake that works directly; clients answering `false` get an RSA leaf.
-    public func acceptsP256ECDSA(at version: UInt16) -> Bool {
-        if version >= 0x0304 && supportedVersions.contains(0x0304) {
-            // RFC 8446 4.2.3: ecdsa_secp256r1_sha256 is the one scheme for a P-256 key.
-            return signatureAlgorithms.contains(0x0403)
+    /// would fail a handshake that works directly; clients answering `false` get another key.
+    public func acceptsP256ECDSA(at version: UInt16) -> Bool { acceptsECDSA(curve: 0x0017, at: version) }
+
+    /// The same for an ECDSA key on `curve` (a TLS group: 0x0017 P-256, 0x0018 P-384).
+    public func acceptsECDSA(curve: UInt16, at version: UInt16) -> Bool {
+        if speaksTLS13(at: version) {
+            // RFC 8446 4.2.3: each ECDSA scheme names the one curve it signs with.
+            guard let scheme = Self.tls13ECDSAScheme[curve] else { return false }
+            return signatureAlgorithms.contains(scheme)
         }
         // TLS 1.2 (RFC 8422): an ECDHE_ECDSA suite, an ECDSA scheme with SHA-2 (without the
-        // extension the default would be SHA-1, which OpenSSL 3 refuses), and P-256 among the
-        // curves if the client names any.
+        // extension the default would be SHA-1, which OpenSSL 3 refuses), and the key's curve
+        // among the curves if the client names any.
         return cipherSuites.contains(where: Self.ecdheECDSASuites.contains)
             && signatureAlgorithms.contains(where: Self.ecdsaSHA2Schemes.contains)
-            && (supportedGroups.isEmpty || supportedGroups.contains(0x0017))
+            && (supportedGroups.isEmpty || supportedGroups.contains(curve))
     }
+
+    /// Whether this client plainly cannot take an RSA server key at `version`: TLS 1.3 without
+    /// an rsa_pss_rsae scheme; TLS 1.2 offering no suite but ECDHE_ECDSA ones. (Anything less
+    /// clear keeps RSA as the key for clients that cannot take P-256.)
+    public func refusesRSA(at version: UInt16) -> Bool {
+        if speaksTLS13(at: version) { return !signatureAlgorithms.contains { (0x0804...0x0806).contains($0) } }
+        return cipherSuites.allSatisfy { Self.ecdheECDSASuites.contains($0) || $0 >> 8 == 0x13 || Self.signallingSuites.contains($0) || Self.isGREASE($0) }
+    }
+
+    private func speaksTLS13(at version: UInt16) -> Bool { version >= 0x0304 && supportedVersions.contains(0x0304) }
+
+    static let tls13ECDSAScheme: [UInt16: UInt16] = [0x0017: 0x0403, 0x0018: 0x0503, 0x0019: 0x0603]
+    /// TLS_EMPTY_RENEGOTIATION_INFO_SCSV and TLS_FALLBACK_SCSV: not ways to authenticate.
+    static let signallingSuites: Set<UInt16> = [0x00FF, 0x5600]
+    static func isGREASE(_ value: UInt16) -> Bool { value & 0x0F0F == 0x0A0A && value >> 8 == value & 0xFF }
 
     /// The TLS 1.2 ECDHE_ECDSA suites OpenSSL can serve (AES-CBC/GCM/CCM, ChaCha20-Poly1305).
     static let ecdheECDSASuites: Set<UInt16> = [0xC009, 0xC00A, 0xC023, 0xC024, 0xC02B, 0xC02C, 0xCCA9, 0xC0AC, 0xC0AD]

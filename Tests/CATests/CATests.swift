@@ -238,6 +238,9 @@ func writeFile(_ path: String, _ text: String) throws { try text.write(toFile: p
             var other = LeafRequest.forNames(["b.test"])
             other.keyType = .rsa2048
             #expect(try minter.mint(other).key.publicKeyDER() == (try rsa.key.publicKeyDER()), "one shared RSA key, made once")
+            let p384 = try minter.mint(.mirroring(upstream, keyType: .ecdsaP384))
+            #expect(try p384.certificate.keyDescription == "EC P-384" && p384.certificate.publicKeyDER == p384.key.publicKeyDER())
+            #expect(try minter.mint(.mirroring(upstream, keyType: .ecdsaP384)).key.publicKeyDER() == (try p384.key.publicKeyDER()), "one shared P-384 key")
             let dir = TestEnv.scratch("rsa-leaf")
             defer { TestEnv.remove(dir) }
             try writeFile("\(dir)/root.pem", root.certificate.pem)

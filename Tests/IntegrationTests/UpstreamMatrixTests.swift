@@ -32,6 +32,12 @@ import TLS
           -tls1_3 -sigalgs ecdsa_secp256r1_sha256 </dev/null >/dev/null 2>&1
         """
 
+    /// A TLS 1.3 client that verifies only P-384 ECDSA signatures (no RSA, no P-256).
+    static let p384OnlyClient = """
+        openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
+          -tls1_3 -sigalgs ecdsa_secp384r1_sha384 </dev/null >/dev/null 2>&1
+        """
+
     /// A client retrying at TLS 1.2 after a failed attempt, announcing it (RFC 7507).
     static let fallbackClient = """
         openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
@@ -179,6 +185,11 @@ import TLS
         origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.3 client verifying only P-256 ECDSA",
                               chain: [try Self.sign(name, key: p384Key, issuer: (root, rootKey))], key: p384Key, directShouldWork: false,
                               client: Self.p256OnlyClient))
+        let p384Origin = try Self.sign(name, key: p384Key, issuer: (root, rootKey))
+        origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.3 client verifying only P-384 ECDSA", chain: [p384Origin], key: p384Key,
+                              directShouldWork: true, client: Self.p384OnlyClient))
+        origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.2 client offering only ECDHE-ECDSA on P-384", chain: [p384Origin], key: p384Key,
+                              directShouldWork: true, clientFlags: "--tls-max 1.2 --ciphers ECDHE-ECDSA-AES128-GCM-SHA256 --curves secp384r1"))
 
         try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
         var servers = ""

@@ -85,6 +85,15 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(try !tls12([0xC02B], [0x0401, 0x0804], [0x0017]).acceptsP256ECDSA(at: 0x0303), "RSA schemes only")
         #expect(try !tls12([0xC02B], nil, [0x0017]).acceptsP256ECDSA(at: 0x0303), "SHA-1 by default")
         #expect(try !tls12([0xC02B], [0x0403], [0x0018, 0x001D]).acceptsP256ECDSA(at: 0x0303), "P-384 and X25519 only")
+        // P-384 and RSA (the other two leaf keys): P-384 only when the client plainly takes no RSA.
+        let p384Only13 = try hello(makeHello(signatureAlgorithms: [0x0503]))
+        #expect(p384Only13.acceptsECDSA(curve: 0x0018, at: 0x0304) && p384Only13.refusesRSA(at: 0x0304))
+        #expect(try !hello(makeHello(signatureAlgorithms: [0x0503, 0x0804])).refusesRSA(at: 0x0304), "rsa_pss_rsae_sha256 takes RSA")
+        #expect(try !hello(makeHello(signatureAlgorithms: [0x0403])).acceptsECDSA(curve: 0x0018, at: 0x0304))
+        let p384Only12 = try tls12([0x0A0A, 0xC02B, 0xC02C, 0x00FF], [0x0403, 0x0503], [0x0018])
+        #expect(!p384Only12.acceptsP256ECDSA(at: 0x0303) && p384Only12.acceptsECDSA(curve: 0x0018, at: 0x0303))
+        #expect(p384Only12.refusesRSA(at: 0x0303), "GREASE and signalling values are not RSA suites")
+        #expect(try !tls12([0xC02B, 0xC02F], [0x0503, 0x0401], [0x0018]).refusesRSA(at: 0x0303), "an ECDHE_RSA suite takes RSA")
         // A TLS 1.3 client held to 1.2 (a 1.2-only upstream) is judged by its 1.2 offer.
         let both = try hello(makeHello(suites: [0x1301, 0xC02F], signatureAlgorithms: [0x0403, 0x0401], groups: [0x0017]))
         #expect(both.acceptsP256ECDSA(at: 0x0304) && !both.acceptsP256ECDSA(at: 0x0303))
