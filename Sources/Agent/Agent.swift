@@ -68,7 +68,7 @@ public final class Agent: Sendable {
         let store = try SealedStore.open(stateDirectory: config.stateDir, options: options.storeOptions)
         let (cache, fingerprint) = try makeCache(store: store, profile: options.profile)
         let settings = config.divertSettings(backend: NetfilterTables.probeBackend())
-        let feed = FlowFeed(sink: try FlowFeed.fileSink(config.flowLog))
+        let feed = FlowFeed(writer: try config.flowLog.map { try LineWriter(path: $0) })
         let agent = try Agent(options: options, store: store, settings: settings, feed: feed,
                               live: Live(store: store, policy: policy, cache: cache, rootFingerprint: fingerprint,
                                          identities: try store.clientIdentities()))
@@ -191,6 +191,7 @@ public final class Agent: Sendable {
         try? await proxy.shutdown()
         try? await controlGroup.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: options.config.controlSocket)
+        feed.flush()
         SystemLog.info("stopped; ruleset removed")
     }
 

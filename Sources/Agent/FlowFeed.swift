@@ -15,10 +15,28 @@ public final class FlowFeed: Sendable {
     let capacity: Int
     let sink: (@Sendable (String) -> Void)?
 
+    /// The file the sink writes to, if it is one (flushed when the agent stops).
+    let writer: LineWriter?
+
     public init(capacity: Int = 1000, sink: (@Sendable (String) -> Void)?) {
         self.capacity = capacity
         self.sink = sink
+        writer = nil
     }
+
+    /// Lines go to `writer` (a file or stdout), written off the caller's thread.
+    public init(capacity: Int = 1000, writer: LineWriter?) {
+        self.capacity = capacity
+        if let writer {
+            self.sink = { @Sendable line in writer.write(line) }
+        } else {
+            self.sink = nil
+        }
+        self.writer = writer
+    }
+
+    /// Returns once every line so far is in the file.
+    public func flush() { writer?.flush() }
 
     public func append(_ line: String) { append(rendering: { line }) }
 
@@ -60,17 +78,6 @@ public final class FlowFeed: Sendable {
     }
 
     public func unfollow(_ id: UInt64) { state.withLock { _ = $0.followers.removeValue(forKey: id) } }
-
-    /// A sink writing lines to a file (created 0600, appended) or stdout ("-").
-    public static func fileSink(_ path: String?) throws -> (@Sendable (String) -> Void)? {
-        guard let path else { return nil }
-        if path == "-" { return { line in FileHandle.standardOutput.write(Data((line + "\n").utf8)) } }
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw AgentError("\(path): cannot open the flow log: \(String(cString: strerror(errno)))") }
-        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-        let lock = Mutex(())
-        return { line in lock.withLock { _ in handle.write(Data((line + "\n").utf8)) } }
-    }
 }
 
 public struct AgentError: Error, CustomStringConvertible, Sendable {

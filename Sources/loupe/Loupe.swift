@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 @main
 struct Loupe: AsyncParsableCommand {
@@ -7,4 +8,20 @@ struct Loupe: AsyncParsableCommand {
         abstract: "Loupe: per-flow verdicts and TLS inspection for this host, under a per-host root CA.",
         subcommands: [RunCommand.self, DemoCommand.self, StatusCommand.self, FlowsCommand.self, ReloadCommand.self, CACommand.self, StoreCommand.self, TrustCommand.self, VerdictCommand.self, ProxyCommand.self]
     )
+
+    static func main() async {
+        // A closed stdout (`loupe run | head`) or log pipe is a write error to report, not a
+        // signal that kills the agent with its ruleset still installed.
+        signal(SIGPIPE, SIG_IGN)
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

@@ -57,7 +57,8 @@ struct ProxyCommand: AsyncParsableCommand {
                 guard let endpoint = FlowFacts.Endpoint(to) else { throw ValidationError("--to must be ADDRESS:PORT") }
                 configuration.fixedDestination = endpoint
             }
-            configuration.flowLog = try FlowFeed.fileSink(flowLog)
+            let writer = try flowLog.map { try LineWriter(path: $0) }
+            if let writer { configuration.flowLog = { @Sendable line in writer.write(line) } }
             guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]) else {
                 throw ValidationError("--listen must be HOST:PORT")
             }
@@ -65,6 +66,14 @@ struct ProxyCommand: AsyncParsableCommand {
             let server = ProxyServer(configuration: configuration)
             let channel = try await server.start(host: host, port: port)
             printError("loupe proxy: listening on \(channel.localAddress?.description ?? listen), root \(root.certificate.sha256Fingerprint.prefix(16))…")
+            // SIGTERM and SIGINT end the proxy once the flow log's queued lines are written.
+            let signals = AgentSignals()
+            Task {
+                for await signal in signals.stream where signal != SIGHUP {
+                    writer?.flush()
+                    Foundation.exit(0)
+                }
+            }
             try await channel.closeFuture.get()
         } catch let error as ValidationError {
             throw error

@@ -1,0 +1,106 @@
+import Foundation
+import Synchronization
+import Wire
+
+/// Appends lines to a file or stdout from a thread of its own. Callers (event loops, queue
+/// threads) only copy the line into a buffer: a slow or stuck reader (a terminal, a full pipe,
+/// a slow disk) never holds up traffic, and one write() carries every line queued meanwhile.
+/// Past `limit` bytes waiting, lines are dropped and counted; the count is written as a line of
+/// its own once the file takes bytes again.
+public final class LineWriter: Sendable {
+    public static let defaultLimit = 8 << 20
+
+    private struct Pending {
+        var bytes: [UInt8] = []
+        var dropped = 0
+        var flushed: [DispatchSemaphore] = []
+    }
+
+    private let pending = Mutex(Pending())
+    private let wake = DispatchSemaphore(value: 0)
+    private let fd: Int32
+    private let limit: Int
+
+    /// "-" is stdout; a file is opened for appending (0600 when created).
+    public convenience init(path: String, limit: Int = LineWriter.defaultLimit) throws {
+        if path == "-" {
+            self.init(fd: STDOUT_FILENO, limit: limit)
+            return
+        }
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError("\(path): cannot open the flow log: \(String(cString: strerror(errno)))") }
+        self.init(fd: fd, limit: limit)
+    }
+
+    /// Writes to `fd`, which stays open for the life of the process.
+    public init(fd: Int32, limit: Int = LineWriter.defaultLimit) {
+        self.fd = fd
+        self.limit = limit
+        Thread.detachNewThread { [self] in run() }
+    }
+
+    /// Queues `line` (a newline is added). Never blocks on the file.
+    public func write(_ line: String) {
+        let first = pending.withLock { p -> Bool in
+            guard p.bytes.count + line.utf8.count < limit else {
+                p.dropped += 1
+                return false
+            }
+            let wasEmpty = p.bytes.isEmpty
+            p.bytes.append(contentsOf: line.utf8)
+            p.bytes.append(0x0A)
+            return wasEmpty
+        }
+        // One wake-up per batch: the writer takes everything queued when it gets to it.
+        if first { wake.signal() }
+    }
+
+    /// Returns once every line queued before the call is written (or found unwritable).
+    public func flush() {
+        let done = DispatchSemaphore(value: 0)
+        pending.withLock { $0.flushed.append(done) }
+        wake.signal()
+        done.wait()
+    }
+
+    private func run() {
+        while true {
+            wake.wait()
+            let (batch, dropped, flushed) = pending.withLock { p in
+                defer { p = Pending(bytes: [], dropped: 0, flushed: []) }
+                return (p.bytes, p.dropped, p.flushed)
+            }
+            var lost = dropped
+            if lost > 0 {
+                var line = JSONLine(time: Date())
+                line.add("event", "flow_log_overflow")
+                line.add("dropped_lines", lost)
+                line.add("reason", "the flow log was not taking lines fast enough; \(lost) were dropped")
+                if writeAll(Array((line.line + "\n").utf8)) { lost = 0 }
+            }
+            if !batch.isEmpty, !writeAll(batch) { lost += batch.count(where: { $0 == 0x0A }) }
+            // Lines that could not be written are reported with the next overflow line.
+            if lost > 0 { pending.withLock { $0.dropped += lost } }
+            for waiter in flushed { waiter.signal() }
+        }
+    }
+
+    /// The whole buffer, across partial writes; false if the file refuses it (EPIPE, ENOSPC…).
+    private func writeAll(_ bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n > 0 { offset += n; continue }
+                if n < 0 && errno == EINTR { continue }
+                if n < 0 && errno == EAGAIN {  // a non-blocking stdout: wait until it drains
+                    var poller = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    _ = poll(&poller, 1, 100)
+                    continue
+                }
+                return false
+            }
+            return true
+        }
+    }
+}
