@@ -99,9 +99,8 @@ public final class ConnectionMachine {
     /// Whether any application data came from the upstream.
     private var upstreamSentPlaintext = false
     private var leaf: Certificate?
-    /// Whether the client's hello can verify a P-256 ECDSA leaf under TLS 1.3 and under 1.2
-    /// (the version depends on the upstream); if not, it gets an RSA leaf.
-    /// The leaf key for the client's leg, by the version it settles on (see `leafKeyType`).
+    /// The leaf key the client's hello can verify under TLS 1.3 and under 1.2 (the version
+    /// depends on the upstream; see `leafKeyType`).
     private var leafKeys = (upToTLS13: LeafKeyType.ecdsaP256, atTLS12: LeafKeyType.ecdsaP256)
     /// The newest TLS version the client offered: the upstream leg offers no newer, so an origin
     /// that refuses it (TLS 1.3 only) refuses it through Loupe too.
