@@ -20,6 +20,8 @@ public struct AgentConfig: Sendable, Equatable {
     public var firstQueue: UInt16 = 0
     public var queueCount: UInt16 = 1
     public var dnsQueue: UInt16 = 100
+    /// The bits of the packet and conntrack marks that are Loupe's (`[queue] mark_mask`).
+    public var markMask: UInt32 = Marks.defaultMask
     public var proxyPort: UInt16 = 8443
     public var handshakeTimeout: Int = 10
     public var idleTimeout: Int = 600
@@ -59,10 +61,14 @@ public struct AgentConfig: Sendable, Equatable {
         if let v = try reader.string("flow_log") { c.flowLog = v.isEmpty ? nil : resolve(v) }
         c.metrics = try reader.string("metrics").flatMap { $0.isEmpty ? nil : $0 }
         if let queue = try reader.table("queue") {
-            try queue.onlyKeys(["first", "count", "dns"])
+            try queue.onlyKeys(["first", "count", "dns", "mark_mask"])
             c.firstQueue = UInt16(try queue.integer("first", in: 0...65_000) ?? 0)
             c.queueCount = UInt16(try queue.integer("count", in: 1...64) ?? 1)
             c.dnsQueue = UInt16(try queue.integer("dns", in: 0...65_535) ?? 100)
+            if let mask = try queue.integer("mark_mask", in: 1...0xFFFF_FFFF) {
+                if let problem = Marks.problem(with: UInt32(mask)) { throw queue.error("'queue.mark_mask': \(problem)", at: queue.table["mark_mask"]) }
+                c.markMask = UInt32(mask)
+            }
             if (c.firstQueue..<(c.firstQueue + c.queueCount)).contains(c.dnsQueue) {
                 throw queue.error("'queue.dns' (\(c.dnsQueue)) must not be one of the flow queues \(c.firstQueue)…\(c.firstQueue + c.queueCount - 1)", at: queue.table["dns"])
             }
@@ -87,6 +93,7 @@ public struct AgentConfig: Sendable, Equatable {
         var s = DivertSettings()
         s.queues = firstQueue...(firstQueue + queueCount - 1)
         s.dnsQueue = dnsQueue
+        s.marks = Marks(mask: markMask)
         s.proxyPort = proxyPort
         s.failClosed = fail == .closed
         s.gateway = gateway

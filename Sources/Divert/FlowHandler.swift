@@ -78,18 +78,23 @@ public final class FlowHandler: Sendable {
         let resolveProcesses = policy.usesExecutable
         let now = Date()
         return packets.map { packet in
+            let answer: PacketVerdict
             switch FlowClassifier.classify(packet.bytes[...], uid: packet.uid, gid: packet.gid) {
             case .dnsAnswer(let message):
                 names.withLock { $0.learn(message, at: now.timeIntervalSince1970) }
                 counters.withLock { $0.dnsAnswers += 1 }
-                return .accept(mark: 0)
+                answer = .accept(mark: 0)
             case .other:
                 counters.withLock { $0.undecidable += 1 }
                 // Not a flow Loupe decides (or unreadable): the fail mode says what happens.
-                return failClosed ? .drop : .accept(mark: 0)
+                answer = failClosed ? .drop : .accept(mark: 0)
             case .newFlow(var facts):
-                return decide(&facts, policy: policy, resolveProcess: resolveProcesses, at: now)
+                answer = decide(&facts, policy: policy, resolveProcess: resolveProcesses, at: now)
             }
+            // The verdict writes only Loupe's field of the mark (0: cleared); the packet keeps
+            // the bits other tools set.
+            guard let mark = answer.mark else { return answer }
+            return PacketVerdict(accept: answer.accept, mark: marks.setting(mark, in: packet.mark ?? 0))
         }
     }
 

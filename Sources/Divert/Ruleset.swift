@@ -1,18 +1,45 @@
-/// Packet marks shared by the ruleset, the queue verdicts and Loupe's own sockets. One value per
-/// meaning (not bits): the ruleset compares whole marks.
+/// Packet and conntrack marks shared by the ruleset, the queue verdicts and Loupe's own sockets.
+/// Loupe owns only the bits of `mask`, a field of its own: rules compare `mark & mask`, and
+/// setting a value keeps every other bit, so other tools' marks pass through intact
+/// (Kubernetes' 0x4000 masquerade bit, Tailscale's 0xff0000 field, Cilium's 0x0f00). Before,
+/// Loupe's whole-word values (0x4c41…) carried the 0x4000 bit: kube-proxy masqueraded every flow
+/// Loupe had decided.
 public struct Marks: Sendable, Equatable {
+    /// Loupe's bits; at least three adjacent ones (six values).
+    public let mask: UInt32
     /// Loupe's own sockets (proxy upstreams, probes): accepted before anything else.
-    public var bypass: UInt32 = 0x4C55
+    public let bypass: UInt32
     /// A new flow waiting for its connect verdict.
-    public var queue: UInt32 = 0x4C51
+    public let queue: UInt32
     /// A DNS answer to snoop.
-    public var dns: UInt32 = 0x4C44
+    public let dns: UInt32
     /// Verdicts, set by the queue and kept in the conntrack mark for the flow's life.
-    public var allow: UInt32 = 0x4C41
-    public var inspect: UInt32 = 0x4C49
-    public var reject: UInt32 = 0x4C52
+    public let allow: UInt32
+    public let inspect: UInt32
+    public let reject: UInt32
 
-    public init() {}
+    public static let defaultMask: UInt32 = 0x0F00_0000
+
+    /// `mask` must pass `problem(with:)`.
+    public init(mask: UInt32 = Marks.defaultMask) {
+        precondition(Self.problem(with: mask) == nil, "invalid mark mask")
+        self.mask = mask
+        let shift = UInt32(mask.trailingZeroBitCount)
+        (allow, inspect, reject, queue, dns, bypass) = (1 << shift, 2 << shift, 3 << shift, 4 << shift, 5 << shift, 6 << shift)
+    }
+
+    /// Why `mask` cannot hold Loupe's marks, or nil if it can.
+    public static func problem(with mask: UInt32) -> String? {
+        guard mask != 0 else { return "the mark mask is empty" }
+        let shift = mask.trailingZeroBitCount
+        guard shift <= 29, (UInt32(0b111) << shift) & ~mask == 0 else {
+            return "the mark mask needs at least three adjacent bits from its lowest one (Loupe has six marks)"
+        }
+        return nil
+    }
+
+    /// `mark` with Loupe's field set to `value` (0 clears it); other bits kept.
+    public func setting(_ value: UInt32, in mark: UInt32) -> UInt32 { mark & ~mask | value }
 }
 
 /// How the queue rule reaches the kernel: native nft `queue`, or (kernels without nft_queue)
@@ -58,6 +85,18 @@ public struct Ruleset: Sendable {
 
     func hex(_ v: UInt32) -> String { "0x" + String(v, radix: 16) }
 
+    /// Matches Loupe's field of the packet mark (`meta`) or conntrack mark (`ct`) against `values`.
+    func field(_ source: String, _ values: UInt32...) -> String {
+        let m = settings.marks
+        return values.count == 1 ? "\(source) mark & \(hex(m.mask)) == \(hex(values[0]))"
+            : "\(source) mark & \(hex(m.mask)) { \(values.map(hex).joined(separator: ", ")) }"
+    }
+
+    /// Sets Loupe's field of a mark to `value`, keeping the other bits.
+    func set(_ source: String, _ value: UInt32) -> String {
+        "\(source) mark set \(source) mark & \(hex(~settings.marks.mask))" + (value == 0 ? "" : " | \(hex(value))")
+    }
+
     /// Replaces Loupe's table atomically (one transaction: create-if-missing, delete, define).
     public var nftScript: String {
         let s = settings, m = s.marks
@@ -70,7 +109,7 @@ public struct Ruleset: Sendable {
         """
         func classify(_ hook: String) -> String {
             var rules = """
-                    meta mark \(hex(m.bypass)) accept comment "Loupe's own sockets"
+                    \(field("meta", m.bypass)) accept comment "Loupe's own sockets"
 
             """
             if hook == "output" {
@@ -79,8 +118,8 @@ public struct Ruleset: Sendable {
                 rules += "        fib daddr type local accept comment \"only forwarded traffic\"\n"
             }
             rules += """
-                    ct mark { \(hex(m.allow)), \(hex(m.inspect)) } accept comment "decided flows never revisit the queue"
-                    ct state new meta l4proto { tcp, udp } meta mark set \(hex(m.queue))
+                    \(field("ct", m.allow, m.inspect)) accept comment "decided flows never revisit the queue"
+                    ct state new meta l4proto { tcp, udp } \(set("meta", m.queue))
 
             """
             return rules
@@ -89,16 +128,17 @@ public struct Ruleset: Sendable {
         func queueRule(_ mark: UInt32, _ queues: ClosedRange<UInt16>) -> String {
             let numbers = queues.count == 1 ? "\(queues.lowerBound)" : "\(queues.lowerBound)-\(queues.upperBound)"
             let flags = [queueFlags, queues.count > 1 ? "fanout" : ""].filter { !$0.isEmpty }.joined(separator: ",")
-            return "        meta mark \(hex(mark)) queue \(flags.isEmpty ? "" : "flags \(flags) ")to \(numbers)\n"
+            return "        \(field("meta", mark)) queue \(flags.isEmpty ? "" : "flags \(flags) ")to \(numbers)\n"
         }
         let verdict = """
-                meta mark \(hex(m.queue)) meta mark set 0 comment "queue bypassed: no agent, fail open"
-                meta mark \(hex(m.reject)) meta l4proto tcp reject with tcp reset
-                meta mark \(hex(m.reject)) reject with icmpx admin-prohibited
-                meta mark { \(hex(m.allow)), \(hex(m.inspect)) } ct mark set meta mark
+                \(field("meta", m.queue)) \(set("meta", 0)) comment "queue bypassed: no agent, fail open"
+                \(field("meta", m.reject)) meta l4proto tcp reject with tcp reset
+                \(field("meta", m.reject)) reject with icmpx admin-prohibited
+                \(field("meta", m.allow)) \(set("ct", m.allow))
+                \(field("meta", m.inspect)) \(set("ct", m.inspect))
 
         """
-        let redirect = "        meta mark \(hex(m.inspect)) meta l4proto tcp redirect to :\(s.proxyPort)\n"
+        let redirect = "        \(field("meta", m.inspect)) meta l4proto tcp redirect to :\(s.proxyPort)\n"
 
         out += "    chain output_classify {\n        type filter hook output priority -160; policy accept;\n" + classify("output") + "    }\n"
         if s.backend == .nft {
@@ -108,7 +148,7 @@ public struct Ruleset: Sendable {
         out += "    chain output_nat {\n        type nat hook output priority -100; policy accept;\n" + redirect + "    }\n"
         // DNS answers to this host (and to its local resolver, over lo) are snooped for names.
         out += "    chain input_dns {\n        type filter hook input priority -160; policy accept;\n"
-        out += "        udp sport 53 meta mark set \(hex(m.dns))\n    }\n"
+        out += "        udp sport 53 \(set("meta", m.dns))\n    }\n"
         if s.backend == .nft {
             out += "    chain input_queue {\n        type filter hook input priority -150; policy accept;\n" + queueRule(m.dns, s.dnsQueue...s.dnsQueue) + "    }\n"
         }
@@ -119,11 +159,12 @@ public struct Ruleset: Sendable {
             }
             // Reject is not allowed in prerouting: keep the mark there, reject in forward.
             out += "    chain prerouting_verdict {\n        type filter hook prerouting priority -140; policy accept;\n"
-            out += "        meta mark \(hex(m.queue)) meta mark set 0\n"
-            out += "        meta mark { \(hex(m.allow)), \(hex(m.inspect)) } ct mark set meta mark\n    }\n"
+            out += "        \(field("meta", m.queue)) \(set("meta", 0))\n"
+            out += "        \(field("meta", m.allow)) \(set("ct", m.allow))\n"
+            out += "        \(field("meta", m.inspect)) \(set("ct", m.inspect))\n    }\n"
             out += "    chain forward_verdict {\n        type filter hook forward priority -140; policy accept;\n"
-            out += "        meta mark \(hex(m.reject)) meta l4proto tcp reject with tcp reset\n"
-            out += "        meta mark \(hex(m.reject)) reject with icmpx admin-prohibited\n    }\n"
+            out += "        \(field("meta", m.reject)) meta l4proto tcp reject with tcp reset\n"
+            out += "        \(field("meta", m.reject)) reject with icmpx admin-prohibited\n    }\n"
             out += "    chain prerouting_nat {\n        type nat hook prerouting priority -100; policy accept;\n" + redirect + "    }\n"
         }
         out += "}\n"
@@ -157,8 +198,8 @@ public struct Ruleset: Sendable {
         let bypass = s.failClosed ? "" : " --queue-bypass"
         let queues = s.queues.count == 1 ? "--queue-num \(s.queues.lowerBound)" : "--queue-balance \(s.queues.lowerBound):\(s.queues.upperBound)"
         var out = "*mangle\n:\(s.iptablesChain) - [0:0]\n"
-        out += "-A \(s.iptablesChain) -m mark --mark \(hex(m.queue)) -j NFQUEUE \(queues)\(bypass)\n"
-        out += "-A \(s.iptablesChain) -m mark --mark \(hex(m.dns)) -j NFQUEUE --queue-num \(s.dnsQueue)\(bypass)\n"
+        out += "-A \(s.iptablesChain) -m mark --mark \(hex(m.queue))/\(hex(m.mask)) -j NFQUEUE \(queues)\(bypass)\n"
+        out += "-A \(s.iptablesChain) -m mark --mark \(hex(m.dns))/\(hex(m.mask)) -j NFQUEUE --queue-num \(s.dnsQueue)\(bypass)\n"
         out += "-I OUTPUT 1 -j \(s.iptablesChain)\n-I INPUT 1 -j \(s.iptablesChain)\n"
         if s.gateway { out += "-I PREROUTING 1 -j \(s.iptablesChain)\n" }
         out += "COMMIT\n"

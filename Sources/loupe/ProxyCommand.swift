@@ -1,6 +1,7 @@
 import Agent
 import ArgumentParser
 import CA
+import Divert
 import Foundation
 import NIOCore
 import Policy
@@ -21,7 +22,7 @@ struct ProxyCommand: AsyncParsableCommand {
     @Option(help: "PEM bundle that replaces the system trust store for upstream verification.") var upstreamCa: String?
     @Option(help: "Policy file (default: every TLS flow is bumped).") var policy: String?
     @Option(help: "Flow log: a file, or - for stdout.") var flowLog: String?
-    @Option(help: "Mark set on Loupe's upstream sockets so the diversion rules let them pass.") var bypassMark: UInt32 = 0x4C55
+    @Option(help: "Mark set on Loupe's upstream sockets so the diversion rules let them pass.") var bypassMark: UInt32 = Marks().bypass
     @Option(help: "Upstream HOST:PORT for connections that were not redirected (tests, benchmarks).") var to: String?
     @Option(help: "alert | quarantine: how a failed upstream verification reaches the client (quarantine: a leaf from an untrusted issuer, so a browser shows its own error page).") var upstreamFailure: String = "alert"
     @Option(help: "Seconds allowed for the ClientHello and for each handshake.") var handshakeTimeout: Int64 = 10

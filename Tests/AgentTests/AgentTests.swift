@@ -21,12 +21,13 @@ import Testing
             first = 4
             count = 2
             dns = 9
+            mark_mask = 0x70
             [proxy]
             idle_timeout = 30
             """, file: "/etc/loupe/loupe.toml")
         #expect(c.fail == .closed && c.flowLog == nil && c.idleTimeout == 30)
         let s = c.divertSettings(backend: .iptablesNFT)
-        #expect(s.queues == 4...5 && s.dnsQueue == 9 && s.failClosed)
+        #expect(s.queues == 4...5 && s.dnsQueue == 9 && s.failClosed && s.marks.mask == 0x70 && s.marks.bypass == 0x60)
         let cases: [(String, String)] = [
             ("fail = \"sometimes\"", "loupe.toml:1: 'fail' must be \"open\" or \"closed\""),
             ("gatway = true", "loupe.toml:1: unknown key 'gatway'"),
@@ -36,6 +37,7 @@ import Testing
             ("[proxy]\nidle_timeout = 0", "loupe.toml:2: 'proxy.idle_timeout' must be between 1 and 86400"),
             ("policy = ", "loupe.toml:1:"),
             ("[proxy]\nupstream_failure = \"page\"", "loupe.toml:2: 'proxy.upstream_failure' must be \"alert\" or \"quarantine\""),
+            ("[queue]\nmark_mask = 0x5", "loupe.toml:2: 'queue.mark_mask': the mark mask needs at least three adjacent bits"),
         ]
         for (text, expected) in cases {
             #expect(throws: ConfigError.self) { try AgentConfig.parse(text, file: "loupe.toml") }

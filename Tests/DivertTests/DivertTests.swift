@@ -157,6 +157,17 @@ import Wire
         #expect(cache.find(v6) == nil)
     }
 
+    /// Verdicts set Loupe's field of the mark and keep the bits other tools set on the packet.
+    @Test func verdictsKeepOtherToolsBits() throws {
+        let policy = Policy(defaults: [.connect: .inspect, .hello: .bump, .request: .allow], rules: [])
+        let m = Marks()
+        let handler = FlowHandler(marks: m, failClosed: false, attribution: nil, policy: { policy }, record: { _ in })
+        let syn = QueuedPacket(queue: 0, id: 1, uid: 0, gid: 0, mark: 0x0004_4000 | m.queue, bytes: TestPackets.tcpSYN(from: "10.0.0.1", 40010, to: "192.0.2.5", 443))
+        let answer = TestPackets.udp(from: "10.0.0.53", 53, to: "10.0.0.1", 33333, payload: TestPackets.dnsAnswer("a.example", "192.0.2.5", ttl: 0))
+        let dns = QueuedPacket(queue: 100, id: 2, uid: nil, gid: nil, mark: 0xCA6C | m.dns, bytes: answer)
+        #expect(handler.handle([syn, dns]) == [.accept(mark: 0x0004_4000 | m.inspect), .accept(mark: 0xCA6C)])
+    }
+
     func packet(_ bytes: [UInt8]) -> QueuedPacket { QueuedPacket(queue: 0, id: 1, uid: nil, gid: nil, mark: nil, bytes: bytes) }
 }
 
@@ -218,7 +229,9 @@ final class RecordBox: @unchecked Sendable {
         s.proxyPort = 9443
         let text = Ruleset(s).nftScript
         #expect(text.hasPrefix("# Loupe") && text.contains("table inet loupe\ndelete table inet loupe\n"), "replaced in one transaction")
-        #expect(text.contains("meta mark 0x4c55 accept"), "Loupe's own sockets first")
+        #expect(text.contains("meta mark & 0xf000000 == 0x6000000 accept"), "Loupe's own sockets first")
+        #expect(text.contains("ct state new meta l4proto { tcp, udp } meta mark set meta mark & 0xf0ffffff | 0x4000000"), "only Loupe's field is set")
+        #expect(text.contains("meta mark & 0xf000000 == 0x1000000 ct mark set ct mark & 0xf0ffffff | 0x1000000"))
         #expect(text.contains("queue flags bypass,fanout to 2-3"))
         #expect(text.contains("redirect to :9443"))
         #expect(text.contains("reject with tcp reset"))
@@ -243,7 +256,45 @@ final class RecordBox: @unchecked Sendable {
         #expect(Ruleset(s).iptablesRestoreScript.contains("--queue-balance 0:1 --queue-bypass"))
     }
 
+    /// Loupe's marks live in a field of their own; other bits belong to other tools.
+    @Test func marksAreAFieldOfTheirOwn() {
+        let m = Marks()
+        #expect(m.mask == 0x0F00_0000 && m.bypass == 0x0600_0000 && "0x" + String(m.bypass, radix: 16) == TestEnv.bypassMark)
+        let values = [m.allow, m.inspect, m.reject, m.queue, m.dns, m.bypass]
+        #expect(Set(values).count == 6 && values.allSatisfy { $0 & ~m.mask == 0 && $0 != 0 })
+        #expect(values.allSatisfy { $0 & 0x4000 == 0 }, "not kube-proxy's masquerade bit (0x4c41… had it)")
+        #expect(m.setting(m.allow, in: 0x0004_4000 | m.queue) == 0x0004_4000 | m.allow && m.setting(0, in: 0xCA6C | m.dns) == 0xCA6C)
+        let low = Marks(mask: 0x70)
+        #expect(low.allow == 0x10 && low.bypass == 0x60)
+        for bad: UInt32 in [0, 0x3, 0x5, 0x8000_0000, 0xC000_0000] { #expect(Marks.problem(with: bad) != nil, "\(bad)") }
+        #expect(Marks.problem(with: 0x0F00_0000) == nil && Marks.problem(with: 0xE000_0000) == nil)
+    }
+
     static let canLoad = TestEnv.isRoot && TestEnv.has("nft") && TestEnv.has("ip")
+
+    /// Real nft: a packet leaving through Loupe's chains keeps the bits another tool put in its
+    /// mark (here a socket's SO_MARK 0x4000, kube-proxy's bit); only Loupe's field is cleared.
+    @Test(.enabled(if: canLoad && TestEnv.has("python3"), "needs root, ip, nft and python3 (CI has them)"))
+    func otherToolsMarkBitsSurvive() throws {
+        let ns = "lmk\(getpid() % 100_000)"
+        defer { _ = TestEnv.sh("ip netns del \(ns)") }
+        #expect(TestEnv.sh("ip netns add \(ns) && ip -n \(ns) link add v0 type veth peer name v1 && ip -n \(ns) addr add 10.207.0.1/24 dev v0 && ip -n \(ns) link set v0 up && ip -n \(ns) link set v1 up").status == 0)
+        var s = DivertSettings()
+        s.backend = .iptablesNFT  // no queue rule in the table: the packet meets the fail-open rule
+        #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftScript.utf8)).status == 0)
+        let watch = "table inet watch {\n chain post { type filter hook postrouting priority 0; policy accept;\n"
+            + "  udp dport 9999 meta mark 0x4000 counter\n  udp dport 9999 meta mark != 0x4000 counter\n }\n}\n"
+        #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(watch.utf8)).status == 0)
+        let send = TestEnv.sh("""
+            ip netns exec \(ns) python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.setsockopt(socket.SOL_SOCKET, 36, 0x4000); s.sendto(b"x", ("10.207.0.2", 9999))'
+            """)
+        #expect(send.status == 0, "\(send.err)")
+        let counters = TestEnv.sh("ip netns exec \(ns) nft list chain inet watch post").out
+        let packets = counters.split(separator: "\n").filter { $0.contains("counter") }.map { line in
+            line.split(separator: " ").drop { $0 != "packets" }.dropFirst().first.flatMap { Int($0) } ?? -1
+        }
+        #expect(packets == [1, 0], "the packet left with exactly 0x4000: \(counters)")
+    }
 
     /// Real nft in a private namespace: the table loads, replaces itself, and removal leaves
     /// other tables alone.

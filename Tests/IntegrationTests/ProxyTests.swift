@@ -39,7 +39,7 @@ import Testing
             table inet loupe_test {
               chain out {
                 type nat hook output priority -100;
-                meta mark 0x4c55 return
+                meta mark \(TestEnv.bypassMark) return
                 tcp dport 443 redirect to :18443
               }
             }

@@ -3,6 +3,10 @@ import Platform
 
 /// Shared helpers for Loupe's tests: scratch directories, real tools, a real TPM simulator.
 public enum TestEnv {
+    /// The mark `loupe proxy` sets on its upstream sockets by default (Divert's
+    /// `Marks().bypass`; DivertTests holds the two equal): test redirects let it pass.
+    public static let bypassMark = "0x6000000"
+
     /// A loopback port for test `slot` (1…20): each slot its own thousand below the ephemeral
     /// range (32768+), so suites running in parallel never collide with each other or with
     /// clients' source ports; `+ 0…99` are free for the test's own use.
@@ -187,7 +191,7 @@ public enum RedirectedProxy {
             table ip loupe_test {
               chain out {
                 type nat hook output priority -100;
-                meta mark 0x4c55 return
+                meta mark \(TestEnv.bypassMark) return
                 tcp dport 4431-\(4430 + origins) redirect to :18443
               }
             }
