@@ -94,7 +94,14 @@ public final class FlowHandler: Sendable {
             // The verdict writes only Loupe's field of the mark (0: cleared); the packet keeps
             // the bits other tools set.
             guard let mark = answer.mark else { return answer }
-            return PacketVerdict(accept: answer.accept, mark: marks.setting(mark, in: packet.mark ?? 0))
+            let original = packet.mark ?? 0
+            // An allowed packet another tool marked (a socket's SO_MARK: WireGuard's 0xca6c,
+            // Istio's 0x539) leaves with exactly that mark: the kernel re-routes a queued packet
+            // whose mark changed, by the new mark, and rules matching the whole value would miss
+            // it. Its flow is then not kept in the conntrack mark: a TCP flow is past its first
+            // packet anyway; UDP packets before an answer come back, and the repeat table answers.
+            if mark == marks.allow, original & ~marks.mask != 0 { return .accept(mark: marks.setting(0, in: original)) }
+            return PacketVerdict(accept: answer.accept, mark: marks.setting(mark, in: original))
         }
     }
 

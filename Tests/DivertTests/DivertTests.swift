@@ -166,6 +166,13 @@ import Wire
         let answer = TestPackets.udp(from: "10.0.0.53", 53, to: "10.0.0.1", 33333, payload: TestPackets.dnsAnswer("a.example", "192.0.2.5", ttl: 0))
         let dns = QueuedPacket(queue: 100, id: 2, uid: nil, gid: nil, mark: 0xCA6C | m.dns, bytes: answer)
         #expect(handler.handle([syn, dns]) == [.accept(mark: 0x0004_4000 | m.inspect), .accept(mark: 0xCA6C)])
+        // Allowed, a packet another tool marked leaves with exactly its mark (the kernel would
+        // re-route it by a changed one); unmarked ones carry the verdict into the conntrack mark.
+        let allowAll = Policy(defaults: [.connect: .allow, .hello: .bump, .request: .allow], rules: [])
+        let allowing = FlowHandler(marks: m, failClosed: false, attribution: nil, policy: { allowAll }, record: { _ in })
+        let wireguard = QueuedPacket(queue: 0, id: 3, uid: 0, gid: 0, mark: 0xCA6C | m.queue, bytes: TestPackets.udp(from: "10.0.0.1", 51820, to: "192.0.2.7", 51820, payload: [1, 0, 0, 0]))
+        let plain = QueuedPacket(queue: 0, id: 4, uid: 0, gid: 0, mark: m.queue, bytes: TestPackets.tcpSYN(from: "10.0.0.1", 40011, to: "192.0.2.5", 443))
+        #expect(allowing.handle([wireguard, plain]) == [.accept(mark: 0xCA6C), .accept(mark: m.allow)])
     }
 
     func packet(_ bytes: [UInt8]) -> QueuedPacket { QueuedPacket(queue: 0, id: 1, uid: nil, gid: nil, mark: nil, bytes: bytes) }
