@@ -136,6 +136,20 @@ import Testing
             sleep 0.3
             echo "ALLOW6 $(c 'http://[fd00:211::2]/')"
             sleep 0.3; kill $(cat $D/follow.pid)
+            # Another tool's mark (a socket's SO_MARK, WireGuard's 0xca6c) leaves an allowed first
+            # packet exactly as it was; an unmarked one carries Loupe's allow field.
+            ip netns exec $A nft -f - <<'NFT'
+            table inet watch {
+              chain post {
+                type filter hook postrouting priority 0; policy accept;
+                ip daddr 10.211.0.2 tcp dport 80 tcp flags syn meta mark 0xca6c counter
+                ip daddr 10.211.0.2 tcp dport 80 tcp flags syn meta mark 0x1000000 counter
+              }
+            }
+            NFT
+            marked() { ip netns exec $A python3 -c 'import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, 36, int(sys.argv[1], 0)); s.settimeout(3); s.connect(("10.211.0.2", 80)); print("connected")' "$1" 2>&1 | tail -1; }
+            echo "MARKED $(marked 0xca6c) $(marked 0)"
+            echo "MARKCOUNTS $(ip netns exec $A nft list chain inet watch post | grep -o 'packets [0-9]*' | cut -d' ' -f2 | tr '\n' ' ')"
             echo "BUMP $(ip netns exec $A curl -sS -v --max-time 5 --cacert $D/loupe-root.pem --resolve origin.test:443:10.211.0.2 https://origin.test/index.html -o /dev/null 2>&1 | grep -c 'issuer: .*Loupe Root CA') $(c --cacert $D/loupe-root.pem --resolve origin.test:443:10.211.0.2 https://origin.test/index.html)"
             echo "BUMP6 $(c --cacert $D/loupe-root.pem --resolve origin.test:443:fd00:211::2 https://origin.test/index.html)"
             echo "UNTRUSTED $(c --resolve origin.test:443:10.211.0.2 https://origin.test/index.html)"
@@ -178,6 +192,8 @@ import Testing
         #expect(line("DNSOK") == "DNSOK 200 rc=0", "\(out)")
         #expect(line("DNSBLOCKED") == "DNSBLOCKED 000 rc=7", "a name learnt from a real resolver decides: \(out)")
         #expect(line("ALLOW6") == "ALLOW6 200 rc=0", "\(out)")
+        #expect(line("MARKED") == "MARKED connected connected", "\(out)")
+        #expect(line("MARKCOUNTS") == "MARKCOUNTS 1 1 ", "another tool's mark left as it was, Loupe's allow on the other: \(line("MARKCOUNTS"))")
         #expect(line("BUMP") == "BUMP 1 200 rc=0", "inspected via the proxy: \(out)")
         #expect(line("BUMP6") == "BUMP6 200 rc=0", "IPv6 inspected: \(out)")
         #expect(line("UNTRUSTED") == "UNTRUSTED 000 rc=60", "without Loupe's root the client refuses: \(out)")
