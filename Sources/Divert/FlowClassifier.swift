@@ -6,6 +6,8 @@ import Wire
 public enum QueuedPacketKind: Sendable, Equatable {
     case newFlow(FlowFacts)
     case dnsAnswer(DNSMessage)
+    /// A segment from a DNS server over TCP (answers arrive in a stream; see DNSStreams).
+    case dnsSegment(TCPSegment, from: FlowFacts.Endpoint, to: FlowFacts.Endpoint)
     case other(String)
 }
 
@@ -20,6 +22,11 @@ public enum FlowClassifier {
         switch ip.transport {
         case 6:
             guard let tcp = try? TCPSegment.parse(ip.payload) else { return .other("truncated TCP header") }
+            // From a DNS server (the DNS queue's TCP); a bare SYN from port 53 starts a flow.
+            if tcp.sourcePort == 53, !(tcp.isSYN && !tcp.isACK) {
+                return .dnsSegment(tcp, from: FlowFacts.Endpoint(address: ip.source, port: tcp.sourcePort),
+                                   to: FlowFacts.Endpoint(address: ip.destination, port: tcp.destinationPort))
+            }
             facts.proto = .tcp
             facts.src = FlowFacts.Endpoint(address: ip.source, port: tcp.sourcePort)
             facts.dst = FlowFacts.Endpoint(address: ip.destination, port: tcp.destinationPort)

@@ -54,6 +54,7 @@ public final class FlowHandler: Sendable {
     let record: @Sendable (ConnectRecord) -> Void
     let failClosed: Bool
     let names = Mutex(NameCache())
+    let dnsStreams = Mutex(DNSStreams())
     let recent = Mutex(RecentFlows<ConnectRecord>(capacity: 16_384))
     /// First packets seen again shortly after their verdict (a resolver's parallel A/AAAA
     /// queries from one socket, SYN retransmits after a drop) get the same answer, logged once.
@@ -83,6 +84,14 @@ public final class FlowHandler: Sendable {
             case .dnsAnswer(let message):
                 names.withLock { $0.learn(message, at: now.timeIntervalSince1970) }
                 counters.withLock { $0.dnsAnswers += 1 }
+                answer = .accept(mark: 0)
+            case .dnsSegment(let segment, let server, let client):
+                let messages = dnsStreams.withLock { $0.feed(segment, key: FlowKey(src: server, dst: client)) }
+                for bytes in messages {
+                    guard let message = try? DNSMessage.parse(bytes[...]), message.isResponse else { continue }
+                    names.withLock { $0.learn(message, at: now.timeIntervalSince1970) }
+                    counters.withLock { $0.dnsAnswers += 1 }
+                }
                 answer = .accept(mark: 0)
             case .other:
                 counters.withLock { $0.undecidable += 1 }

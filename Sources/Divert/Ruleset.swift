@@ -148,7 +148,8 @@ public struct Ruleset: Sendable {
         out += "    chain output_nat {\n        type nat hook output priority -100; policy accept;\n" + redirect + "    }\n"
         // DNS answers to this host (and to its local resolver, over lo) are snooped for names.
         out += "    chain input_dns {\n        type filter hook input priority -160; policy accept;\n"
-        out += "        udp sport 53 \(set("meta", m.dns))\n    }\n"
+        out += "        udp sport 53 \(set("meta", m.dns))\n"
+        out += "        tcp sport 53 \(set("meta", m.dns)) comment \"answers over TCP, reassembled\"\n    }\n"
         if s.backend == .nft {
             out += "    chain input_queue {\n        type filter hook input priority -150; policy accept;\n" + queueRule(m.dns, s.dnsQueue...s.dnsQueue) + "    }\n"
         }

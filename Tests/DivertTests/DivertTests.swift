@@ -69,9 +69,9 @@ import Wire
 }
 
 @Suite struct FlowHandlerTests {
-    /// A DNS answer teaches a name; the next flow to that address matches a `names` rule.
-    @Test func namesFromSnoopedAnswersDecide() throws {
-        let policy = try Policy.parse("""
+    /// Allow by default; flows to names under shop.example dropped.
+    static func noShop() throws -> Policy {
+        try Policy.parse("""
             [defaults]
             connect = "allow"
             hello = "bump"
@@ -83,6 +83,11 @@ import Wire
             action = "block"
             block = "drop"
             """, file: "p.toml")
+    }
+
+    /// A DNS answer teaches a name; the next flow to that address matches a `names` rule.
+    @Test func namesFromSnoopedAnswersDecide() throws {
+        let policy = try FlowHandlerTests.noShop()
         let records = RecordBox()
         let handler = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { records.add($0) })
         let before = handler.handle([packet(TestPackets.tcpSYN(from: "10.0.0.1", 40000, to: "192.0.2.44", 443))])
@@ -183,6 +188,74 @@ final class RecordBox: @unchecked Sendable {
     var records: [ConnectRecord] = []
     func add(_ r: ConnectRecord) { lock.withLock { records.append(r) } }
     var all: [ConnectRecord] { lock.withLock { records } }
+}
+
+/// DNS over TCP: messages framed by a two-byte length, split and joined across segments.
+@Suite struct DNSStreamsTests {
+    let server = FlowFacts.Endpoint("10.0.0.53:53")!, client = FlowFacts.Endpoint("10.0.0.1:40000")!
+    var key: FlowKey { FlowKey(src: server, dst: client) }
+
+    func segment(_ seq: UInt32, _ flags: UInt8, _ payload: [UInt8] = []) throws -> TCPSegment {
+        let ip = try IPPacket.parse(TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: seq, flags: flags, payload: payload)[...])
+        return try TCPSegment.parse(ip.payload)
+    }
+
+    func framed(_ message: [UInt8]) -> [UInt8] { [UInt8(message.count >> 8), UInt8(message.count & 0xFF)] + message }
+
+    @Test func messagesAcrossAndWithinSegments() throws {
+        var streams = DNSStreams()
+        let a = TestPackets.dnsAnswer("a.test", "192.0.2.1"), b = TestPackets.dnsAnswer("b.test", "192.0.2.2")
+        let bytes = framed(a) + framed(b)
+        #expect(streams.feed(try segment(0xFFFF_FFF0, 0x10, bytes), key: key).isEmpty, "no SYN-ACK seen: not followed")
+        #expect(streams.feed(try segment(0xFFFF_FFF0, 0x12), key: key).isEmpty && streams.count == 1)
+        // Sequence numbers wrap inside this stream; the first message is split mid-length.
+        #expect(streams.feed(try segment(0xFFFF_FFF1, 0x18, Array(bytes[..<1])), key: key).isEmpty)
+        #expect(streams.feed(try segment(0xFFFF_FFF2, 0x18, Array(bytes[1..<10])), key: key).isEmpty)
+        #expect(streams.feed(try segment(0xFFFF_FFF2, 0x18, Array(bytes[1..<10])), key: key).isEmpty, "a retransmission adds nothing")
+        let rest = try segment(0xFFFF_FFF1 &+ 10, 0x18, Array(bytes[10...]))
+        #expect(streams.feed(rest, key: key) == [a, b], "both messages, in order")
+        #expect(streams.feed(try segment(0xFFFF_FFF1 &+ UInt32(bytes.count), 0x11), key: key).isEmpty && streams.count == 0, "FIN ends it")
+    }
+
+    @Test func aGapEndsTheStream() throws {
+        var streams = DNSStreams()
+        let a = framed(TestPackets.dnsAnswer("a.test", "192.0.2.1"))
+        _ = streams.feed(try segment(100, 0x12), key: key)
+        #expect(streams.feed(try segment(105, 0x18, Array(a[4...])), key: key).isEmpty && streams.count == 0, "a missing segment: unframable")
+        #expect(streams.feed(try segment(101, 0x18, a), key: key).isEmpty, "not followed any more")
+    }
+
+    @Test func boundedStreamsAndTheLargestMessage() throws {
+        var streams = DNSStreams(capacity: 2)
+        for port in 40000..<40005 {
+            _ = streams.feed(try segment(1, 0x12), key: FlowKey(src: server, dst: FlowFacts.Endpoint("10.0.0.1:\(port)")!))
+        }
+        #expect(streams.count == 2, "at most `capacity` streams followed")
+        var big = DNSStreams()
+        _ = big.feed(try segment(0, 0x12), key: key)
+        // A length prefix announcing 65,535 bytes: held until they are all there.
+        #expect(big.feed(try segment(1, 0x18, [0xFF, 0xFF] + [UInt8](repeating: 0, count: 40_000)), key: key).isEmpty && big.count == 1)
+        #expect(big.feed(try segment(40_003, 0x18, [UInt8](repeating: 0, count: 30_000)), key: key).count == 1, "the 65,535-byte message")
+    }
+
+    /// Through the handler: a name learnt over TCP decides the next flow, as one over UDP does.
+    @Test func namesLearntOverTCPDecide() throws {
+        let policy = try FlowHandlerTests.noShop()
+        let handler = FlowHandler(marks: Marks(), failClosed: false, attribution: nil, policy: { policy }, record: { _ in })
+        func queued(_ bytes: [UInt8]) -> QueuedPacket { QueuedPacket(queue: 100, id: 1, uid: nil, gid: nil, mark: Marks().dns, bytes: bytes) }
+        let answer = framed(TestPackets.dnsAnswer("www.shop.example", "192.0.2.44", ttl: 0))
+        let segments = [TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: 7, flags: 0x12),
+                        TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: 8, flags: 0x18, payload: Array(answer[..<20])),
+                        TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: 28, flags: 0x18, payload: Array(answer[20...]))]
+        #expect(handler.handle(segments.map(queued)) == Array(repeating: .accept(mark: 0), count: 3), "every segment passes, Loupe's field cleared")
+        #expect(handler.snapshot.dnsAnswers == 1)
+        let syn = QueuedPacket(queue: 0, id: 2, uid: nil, gid: nil, mark: nil, bytes: TestPackets.tcpSYN(from: "10.0.0.1", 40001, to: "192.0.2.44", 443))
+        #expect(handler.handle([syn]) == [.drop], "the name learnt over TCP decides")
+        // A bare SYN from port 53 is a new flow, not a DNS segment.
+        guard case .newFlow = FlowClassifier.classify(TestPackets.tcpSYN(from: "10.0.0.1", 53, to: "192.0.2.9", 80)[...], uid: nil, gid: nil) else {
+            Issue.record("a SYN from port 53 starts a flow"); return
+        }
+    }
 }
 
 @Suite struct NameCacheTests {

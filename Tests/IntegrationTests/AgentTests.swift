@@ -49,6 +49,12 @@ import Testing
         action = "block"
 
         [[rule]]
+        name = "no-tcponly-test"
+        stage = "connect"
+        names = ["tcponly.test"]
+        action = "block"
+
+        [[rule]]
         name = "inspect-443"
         stage = "connect"
         proto = "tcp"
@@ -67,7 +73,7 @@ import Testing
             L=\(TestEnv.loupe)
             \(TestEnv.namespacePair(n, directory: dir, subnet: v4, extraCleanup: "rm -rf /etc/netns/\(n)a"))
             ip -n $A addr add \(v6)1/64 dev \(n)x nodad && ip -n $B addr add \(v6)2/64 dev \(n)y nodad
-            ip -n $B addr add \(v4).3/24 dev \(n)y
+            ip -n $B addr add \(v4).3/24 dev \(n)y && ip -n $B addr add \(v4).4/24 dev \(n)y
             mkdir -p $D/www /etc/netns/$A && echo "nameserver \(v4).2" > /etc/netns/$A/resolv.conf
             echo hello > $D/www/index.html && head -c 4194304 /dev/urandom > $D/www/big.bin
             $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
@@ -90,7 +96,7 @@ import Testing
             ip netns exec $B python3 $D/serve.py $D/www >/dev/null 2>&1 & echo $! > $D/http.pid
             (cd $D/www && exec ip netns exec $B openssl s_server -accept 443 -cert $D/origin.pem -key $D/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $D/tls.pid
             ip netns exec $B dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=\(v4).2 --bind-interfaces \\
-              --address=/ok.test/\(v4).2 --address=/blocked.test/\(v4).3 --pid-file=$D/dnsmasq.real.pid >/dev/null 2>&1 & echo $! > $D/dnsmasq.pid
+              --address=/ok.test/\(v4).2 --address=/blocked.test/\(v4).3 --address=/tcponly.test/\(v4).4 --pid-file=$D/dnsmasq.real.pid >/dev/null 2>&1 & echo $! > $D/dnsmasq.pid
             cp /etc/group $D/group && echo "loupe:x:4242:nobody" >> $D/group
             cat > $D/policy.toml <<'POLICY'
             \(policy)
@@ -132,6 +138,14 @@ import Testing
             echo "PY8081 $(ip netns exec $A /usr/bin/python3 -c 'import urllib.request; print(urllib.request.urlopen("http://10.211.0.2:8081/", timeout=5).status)' 2>&1)"
             echo "DNSOK $(c http://ok.test/)"
             echo "DNSBLOCKED $(c http://blocked.test/)"
+            # The same over DNS-over-TCP (a query by hand, as `dig +tcp` sends it).
+            echo "TCPDNS $(ip netns exec $A python3 -c '
+            import socket, struct
+            q = bytes.fromhex("123401000001000000000000") + b"".join(bytes([len(l)]) + l.encode() for l in "tcponly.test".split(".")) + bytes.fromhex("0000010001")
+            s = socket.create_connection(("10.211.0.2", 53), timeout=3); s.sendall(struct.pack("!H", len(q)) + q)
+            n = struct.unpack("!H", s.recv(2))[0]; r = b""
+            while len(r) < n: r += s.recv(n - len(r))
+            print(socket.inet_ntoa(r[-4:]))' 2>&1) $(c http://10.211.0.4/)"
             ip netns exec $A $L flows --follow --json --limit 1 --control-socket $D/control.sock > $D/follow.txt 2>&1 & echo $! > $D/follow.pid
             sleep 0.3
             echo "ALLOW6 $(c 'http://[fd00:211::2]/')"
@@ -191,6 +205,7 @@ import Testing
         #expect(line("PY8081") == "PY8081 200", "…and not python: \(out)")
         #expect(line("DNSOK") == "DNSOK 200 rc=0", "\(out)")
         #expect(line("DNSBLOCKED") == "DNSBLOCKED 000 rc=7", "a name learnt from a real resolver decides: \(out)")
+        #expect(line("TCPDNS") == "TCPDNS 10.211.0.4 000 rc=7", "…and one learnt over TCP: \(out)")
         #expect(line("ALLOW6") == "ALLOW6 200 rc=0", "\(out)")
         #expect(line("MARKED") == "MARKED connected connected", "\(out)")
         #expect(line("MARKCOUNTS") == "MARKCOUNTS 1 1 ", "another tool's mark left as it was, Loupe's allow on the other: \(line("MARKCOUNTS"))")

@@ -10,6 +10,12 @@ public enum TestPackets {
         return ip(src, dst, transport: 6, tcp)
     }
 
+    /// A TCP segment with `flags` (0x02 SYN, 0x10 ACK, 0x12 SYN-ACK, 0x18 PSH-ACK, 0x11 FIN-ACK).
+    public static func tcp(from src: String, _ sport: Int, to dst: String, _ dport: Int, seq: UInt32, flags: UInt8, payload: [UInt8] = []) -> [UInt8] {
+        let tcp: [UInt8] = u16(sport) + u16(dport) + withUnsafeBytes(of: seq.bigEndian) { Array($0) } + [0, 0, 0, 0, 0x50, flags] + u16(64240) + [0, 0, 0, 0]
+        return ip(src, dst, transport: 6, tcp + payload)
+    }
+
     public static func udp(from src: String, _ sport: Int, to dst: String, _ dport: Int, payload: [UInt8] = [1, 2, 3]) -> [UInt8] {
         ip(src, dst, transport: 17, u16(sport) + u16(dport) + u16(8 + payload.count) + [0, 0] + payload)
     }
