@@ -3,6 +3,7 @@ import Divert
 import Foundation
 import NIOCore
 import NIOPosix
+import Platform
 import Policy
 import Proxy
 import Store
@@ -231,7 +232,7 @@ public final class Agent: Sendable {
     public var metricsSnapshot: MetricsSnapshot {
         var m = MetricsSnapshot()
         m.flows = handler.snapshot
-        m.queues = QueueCounters.parse((try? String(contentsOfFile: "/proc/net/netfilter/nfnetlink_queue", encoding: .utf8)) ?? "")
+        m.queues = QueueCounters.parse((try? PrivateFiles.read("/proc/net/netfilter/nfnetlink_queue")).map { String(decoding: $0, as: UTF8.self) } ?? "")
         let stats = live.withLock { $0.cache }.statistics
         (m.leafHits, m.leafMisses, m.leafMints, m.leafFailures) = (stats.hits, stats.misses, stats.mints, stats.failures)
         m.proxyEnds = observed.proxyEnds.withLock { $0 }

@@ -100,3 +100,58 @@ ssize_t loupe_nfq_send(struct mnl_socket *nl, const void *buf, size_t len) {
     ssize_t n = mnl_socket_sendto(nl, buf, len);
     return n < 0 ? -errno : n;
 }
+
+#include <linux/inet_diag.h>
+#include <linux/sock_diag.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+int loupe_sock_diag_lookup(int family, int protocol, const uint8_t *src, uint16_t sport,
+                           const uint8_t *dst, uint16_t dport, uint64_t *inode, uint32_t *uid) {
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (fd < 0) return -errno;
+    // The kernel answers at once; the timeout only guards against a reply that never comes.
+    struct timeval timeout = { .tv_sec = 0, .tv_usec = 100000 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+    struct { struct nlmsghdr nlh; struct inet_diag_req_v2 req; } msg;
+    memset(&msg, 0, sizeof msg);
+    msg.nlh.nlmsg_len = sizeof msg;
+    msg.nlh.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    msg.nlh.nlmsg_flags = NLM_F_REQUEST;
+    msg.req.sdiag_family = (uint8_t)family;
+    msg.req.sdiag_protocol = (uint8_t)protocol;
+    msg.req.idiag_states = ~0U;
+    // TCP looks the socket up with idiag_src as the local end; UDP, "for historical reasons"
+    // (net/ipv4/udp_diag.c), as a received datagram would be: idiag_src is the remote end.
+    int swapped = protocol == IPPROTO_UDP;
+    msg.req.id.idiag_sport = htons(swapped ? dport : sport);
+    msg.req.id.idiag_dport = htons(swapped ? sport : dport);
+    size_t length = family == AF_INET ? 4 : 16;
+    memcpy(msg.req.id.idiag_src, swapped ? dst : src, length);
+    memcpy(msg.req.id.idiag_dst, swapped ? src : dst, length);
+    msg.req.id.idiag_cookie[0] = INET_DIAG_NOCOOKIE;
+    msg.req.id.idiag_cookie[1] = INET_DIAG_NOCOOKIE;
+    struct sockaddr_nl kernel = { .nl_family = AF_NETLINK };
+    if (sendto(fd, &msg, sizeof msg, 0, (struct sockaddr *)&kernel, sizeof kernel) < 0) {
+        int saved = errno;
+        close(fd);
+        return -saved;
+    }
+    union { struct nlmsghdr h; char bytes[8192]; } reply;
+    ssize_t n = recv(fd, &reply, sizeof reply, 0);
+    int saved = errno;
+    close(fd);
+    if (n < 0) return -saved;
+    struct nlmsghdr *h = &reply.h;
+    if (!NLMSG_OK(h, (size_t)n)) return -EIO;
+    if (h->nlmsg_type == NLMSG_ERROR) {
+        struct nlmsgerr *error = NLMSG_DATA(h);
+        return error->error < 0 ? error->error : -ENOENT;
+    }
+    if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return -EIO;
+    struct inet_diag_msg *found = NLMSG_DATA(h);
+    *inode = found->idiag_inode;
+    *uid = found->idiag_uid;
+    return 0;
+}

@@ -1,4 +1,6 @@
+import CNetfilter
 import Foundation
+import Platform
 import Policy
 import Synchronization
 import Wire
@@ -21,6 +23,17 @@ public enum ProcNetTable {
         return wildcard
     }
 
+    /// The same, read from `procRoot`/net/{tcp,tcp6} or {udp,udp6} (the fallback when sock_diag
+    /// cannot answer). Read to the end: Foundation's String(contentsOfFile:) stops after the
+    /// first page of a procfs file (~26 sockets), and attribution failed past it.
+    public static func inode(proto: FlowFacts.Proto, local: FlowFacts.Endpoint, procRoot: String = "/proc") -> UInt64? {
+        for table in proto == .tcp ? ["tcp", "tcp6"] : ["udp", "udp6"] {
+            guard let bytes = try? PrivateFiles.read("\(procRoot)/net/\(table)") else { continue }
+            if let found = inode(in: String(decoding: bytes, as: UTF8.self)[...], local: local) { return found }
+        }
+        return nil
+    }
+
     /// "0100007F:0277" → ([127,0,0,1], 631). Addresses are 32-bit words in host (little-endian) order.
     static func endpoint(_ field: Substring) -> ([UInt8], UInt16)? {
         let parts = field.split(separator: ":")
@@ -37,9 +50,27 @@ public enum ProcNetTable {
     }
 }
 
+/// The socket owning a flow, by its exact 5-tuple (sock_diag netlink): tens of µs where reading
+/// /proc/net's tables costs up to a millisecond on a busy host.
+public enum SocketDiag {
+    /// The inode of the local socket `src` → `dst` (`src` the local end); nil if none (or if
+    /// the kernel has no sock_diag for the protocol — the caller falls back to /proc/net).
+    public static func inode(proto: FlowFacts.Proto, src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> UInt64? {
+        guard src.address.count == dst.address.count, src.address.count == 4 || src.address.count == 16 else { return nil }
+        var inode: UInt64 = 0, uid: UInt32 = 0
+        let family = src.address.count == 4 ? AF_INET : AF_INET6
+        let rc = src.address.withUnsafeBufferPointer { s in
+            dst.address.withUnsafeBufferPointer { d in
+                loupe_sock_diag_lookup(family, Int32(proto == .tcp ? IPPROTO_TCP : IPPROTO_UDP), s.baseAddress, src.port, d.baseAddress, dst.port, &inode, &uid)
+            }
+        }
+        return rc == 0 && inode != 0 ? inode : nil
+    }
+}
+
 /// Best-effort pid and executable of the local socket that sent a flow's first packet:
-/// /proc/net gives the socket's inode, a scan of /proc/PID/fd the process. The inode → pid map
-/// is rebuilt on a miss, at most every `rescanInterval`.
+/// sock_diag (else /proc/net) gives the socket's inode, a scan of /proc/PID/fd the process. The
+/// inode → pid map is rebuilt on a miss, at most every `rescanInterval`.
 public final class ProcessAttribution: Sendable {
     struct State {
         var pidByInode: [UInt64: Int32] = [:]
@@ -56,12 +87,8 @@ public final class ProcessAttribution: Sendable {
 
     public func resolve(_ facts: FlowFacts) -> (pid: Int32, exe: String?)? {
         guard let src = facts.src else { return nil }
-        let tables = facts.proto == .tcp ? ["tcp", "tcp6"] : ["udp", "udp6"]
-        var inode: UInt64?
-        for table in tables {
-            guard let text = try? String(contentsOfFile: "\(procRoot)/net/\(table)", encoding: .utf8) else { continue }
-            if let found = ProcNetTable.inode(in: text[...], local: src) { inode = found; break }
-        }
+        var inode = procRoot == "/proc" ? facts.dst.flatMap { SocketDiag.inode(proto: facts.proto, src: src, dst: $0) } : nil
+        if inode == nil { inode = ProcNetTable.inode(proto: facts.proto, local: src, procRoot: procRoot) }
         guard let inode else { return nil }
         let now = Date().timeIntervalSince1970
         var pid = state.withLock { $0.pidByInode[inode] }

@@ -8,7 +8,8 @@
 //         list's load time.
 // flows:  the queue's flow handler in-process (classify, facts, decide, flow-log line), per
 //         first packet — the user-space part of a verdict (scripts/bench-queue measures the rest);
-//         LOUPE_BENCH_PARTS=1 also times its parts (classify, decide, handler without the log).
+//         LOUPE_BENCH_PARTS=1 also times its parts (classify, decide, handler without the log);
+//         then a flow's socket lookup for `exe` rules, sock_diag against /proc/net/tcp.
 // handshake: in-memory TLS handshakes through the proxy's own TLSSession, per leg: the
 //         client-facing server side (minted leaf) and the upstream client side (strict
 //         verification), full and resumed — the CPU a bumped connection's handshakes cost.
@@ -168,6 +169,45 @@ struct Bench {
             print("handler without log", Double(now() - t) / Double(count) / 1000)
         }
         print("  \(lines.count) flow-log lines; \(String(format: "%.0f", 1e9 / (Double(samples.reduce(0, +)) / Double(samples.count)))) packets/s on one thread")
+        attribution()
+    }
+
+    /// The socket inode of a flow (what `exe` rules need first), by sock_diag and by reading
+    /// /proc/net, with `count` other TCP sockets open (a busy host's tables are long).
+    static func attribution(count: Int = 2000) {
+        let listener = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(listener, $0, length) } }
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(listener, $0, &length) } }
+        listen(listener, Int32(count))
+        var clients: [Int32] = []
+        for _ in 0..<count {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, length) } }
+            clients.append(fd)
+        }
+        defer { for fd in clients { close(fd) }; close(listener) }
+        var local = sockaddr_in()
+        var localLength = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(clients[count / 2], $0, &localLength) } }
+        let src = FlowFacts.Endpoint(address: withUnsafeBytes(of: local.sin_addr) { Array($0) }, port: UInt16(bigEndian: local.sin_port))
+        let dst = FlowFacts.Endpoint(address: [127, 0, 0, 1], port: UInt16(bigEndian: address.sin_port))
+        let rounds = 200
+        var t = now()
+        var byDiag = 0, byTable = 0
+        for _ in 0..<rounds where SocketDiag.inode(proto: .tcp, src: src, dst: dst) != nil { byDiag += 1 }
+        let diag = Double(now() - t) / Double(rounds) / 1000
+        t = now()
+        for _ in 0..<rounds {
+            if ProcNetTable.inode(proto: .tcp, local: src) != nil { byTable += 1 }
+        }
+        let table = Double(now() - t) / Double(rounds) / 1000
+        let open = clients.filter { $0 >= 0 }.count
+        print(String(format: "socket of a flow among %d TCP sockets: sock_diag %.1f µs (found %d/%d), /proc/net/tcp %.0f µs (found %d/%d)",
+                     open * 2 + 1, diag, byDiag, rounds, table, byTable, rounds))
     }
 
     static func mint(count: Int, rootKey: KeyAlgorithm) async throws {

@@ -1,5 +1,6 @@
 @testable import Divert
 import Foundation
+import Glibc
 import Policy
 import TestSupport
 import Testing
@@ -299,6 +300,96 @@ final class RecordBox: @unchecked Sendable {
             """
         #expect(ProcNetTable.inode(in: v6[...], local: FlowFacts.Endpoint("10.0.0.1:40001")!) == 4444, "IPv4 on a dual-stack socket")
         #expect(ProcNetTable.inode(in: v6[...], local: FlowFacts.Endpoint("[2001:db8::1]:40002")!) == 5555)
+    }
+}
+
+/// sock_diag against real sockets of this process: the inode it names is the socket's own
+/// (fstat's st_ino), and the attribution finds this process.
+@Suite struct SocketDiagTests {
+    /// A socket bound to `address` (an ephemeral port), with its local endpoint.
+    func bound(_ type: Int32, _ address: String) throws -> (fd: Int32, local: FlowFacts.Endpoint) {
+        let v6 = address.contains(":")
+        let fd = socket(v6 ? AF_INET6 : AF_INET, type, 0)
+        try #require(fd >= 0)
+        var storage = sockaddr_storage()
+        var length: socklen_t
+        if v6 {
+            var a = sockaddr_in6(); a.sin6_family = sa_family_t(AF_INET6); inet_pton(AF_INET6, address, &a.sin6_addr)
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            withUnsafeBytes(of: a) { raw in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: raw) } }
+        } else {
+            var a = sockaddr_in(); a.sin_family = sa_family_t(AF_INET); inet_pton(AF_INET, address, &a.sin_addr)
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            withUnsafeBytes(of: a) { raw in withUnsafeMutableBytes(of: &storage) { $0.copyMemory(from: raw) } }
+        }
+        try #require(withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } } == 0)
+        return (fd, try local(fd))
+    }
+
+    func local(_ fd: Int32) throws -> FlowFacts.Endpoint {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        try #require(withUnsafeMutablePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } } == 0)
+        return withUnsafeBytes(of: storage) { raw in
+            if storage.ss_family == sa_family_t(AF_INET6) {
+                let a = raw.load(as: sockaddr_in6.self)
+                return FlowFacts.Endpoint(address: withUnsafeBytes(of: a.sin6_addr) { Array($0) }, port: UInt16(bigEndian: a.sin6_port))
+            }
+            let a = raw.load(as: sockaddr_in.self)
+            return FlowFacts.Endpoint(address: withUnsafeBytes(of: a.sin_addr) { Array($0) }, port: UInt16(bigEndian: a.sin_port))
+        }
+    }
+
+    func inode(_ fd: Int32) -> UInt64 {
+        var info = stat()
+        fstat(fd, &info)
+        return UInt64(info.st_ino)
+    }
+
+    func connect(_ fd: Int32, to peer: FlowFacts.Endpoint) -> Int32 {
+        let text = IPAddress.format(peer.address)
+        if peer.address.count == 16 {
+            var a = sockaddr_in6(); a.sin6_family = sa_family_t(AF_INET6); a.sin6_port = peer.port.bigEndian; inet_pton(AF_INET6, text, &a.sin6_addr)
+            return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in6>.size)) } }
+        }
+        var a = sockaddr_in(); a.sin_family = sa_family_t(AF_INET); a.sin_port = peer.port.bigEndian; inet_pton(AF_INET, text, &a.sin_addr)
+        return withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    }
+
+    @Test(arguments: ["127.0.0.1", "::1"])
+    func tcpAndUDPSocketsAreFound(address: String) throws {
+        let server = try bound(Int32(SOCK_STREAM.rawValue), address)
+        defer { close(server.fd) }
+        try #require(listen(server.fd, 256) == 0)
+        let client = socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(client) }
+        try #require(connect(client, to: server.local) == 0)
+        let clientEnd = try local(client)
+        #expect(SocketDiag.inode(proto: .tcp, src: clientEnd, dst: server.local) == inode(client), "the connecting socket")
+        #expect(SocketDiag.inode(proto: .udp, src: clientEnd, dst: server.local) == nil, "not a UDP socket")
+        // An unconnected UDP socket (sendto) is found by the flow it sends.
+        let udp = try bound(Int32(SOCK_DGRAM.rawValue), address)
+        defer { close(udp.fd) }
+        #expect(SocketDiag.inode(proto: .udp, src: udp.local, dst: server.local) == inode(udp.fd))
+        let nobody = FlowFacts.Endpoint(address: clientEnd.address, port: 9)
+        #expect(SocketDiag.inode(proto: .tcp, src: nobody, dst: server.local) == nil)
+        // The /proc/net fallback reads the whole table: with a hundred more sockets open, this
+        // one sits past the first page (where Foundation's String(contentsOfFile:) stopped).
+        var others: [Int32] = []
+        defer { for fd in others { close(fd) } }
+        for _ in 0..<100 {
+            let fd = socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            if connect(fd, to: server.local) == 0 { others.append(fd) } else { close(fd) }
+        }
+        let late = socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(late) }
+        try #require(connect(late, to: server.local) == 0)
+        #expect(ProcNetTable.inode(proto: .tcp, local: try local(late)) == inode(late), "found in /proc/net past its first page")
+        var facts = FlowFacts()
+        facts.src = clientEnd
+        facts.dst = server.local
+        let found = ProcessAttribution().resolve(facts)
+        #expect(found?.pid == getpid())
     }
 }
 
