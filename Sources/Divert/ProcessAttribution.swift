@@ -66,6 +66,30 @@ public enum SocketDiag {
         }
         return rc == 0 && inode != 0 ? inode : nil
     }
+
+    /// Whether this kernel answers sock_diag for TCP and UDP: a listening TCP socket and a bound
+    /// UDP one of our own, looked up. Without it, lookups read /proc/net instead.
+    public static func works() -> Bool {
+        func probe(_ type: Int32, _ proto: FlowFacts.Proto) -> Bool {
+            let fd = socket(AF_INET, type, 0)
+            guard fd >= 0 else { return false }
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_addr.s_addr = UInt32(0x7F00_0001).bigEndian
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let bound = withUnsafeMutablePointer(to: &address) { pointer in
+                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            }
+            guard bound, proto == .udp || listen(fd, 1) == 0 else { return false }
+            let local = FlowFacts.Endpoint(address: [127, 0, 0, 1], port: UInt16(bigEndian: address.sin_port))
+            var info = stat()
+            guard fstat(fd, &info) == 0 else { return false }
+            let peer = FlowFacts.Endpoint(address: proto == .tcp ? [0, 0, 0, 0] : [127, 0, 0, 1], port: proto == .tcp ? 0 : 9)
+            return inode(proto: proto, src: local, dst: peer) == UInt64(info.st_ino)
+        }
+        return probe(Int32(SOCK_STREAM.rawValue), .tcp) && probe(Int32(SOCK_DGRAM.rawValue), .udp)
+    }
 }
 
 /// Best-effort pid and executable of the local socket that sent a flow's first packet:
@@ -79,17 +103,22 @@ public final class ProcessAttribution: Sendable {
     let state = Mutex(State())
     let procRoot: String
     let rescanInterval: Double
+    /// Sockets are found by sock_diag when the kernel answers it (probed once): then a miss
+    /// means the socket is gone, and no /proc/net table — milliseconds to read on a busy
+    /// host, on the queue's thread — is read for it.
+    let sockDiag: Bool
 
     public init(procRoot: String = "/proc", rescanInterval: Double = 0.002) {
         self.procRoot = procRoot
         self.rescanInterval = rescanInterval
+        sockDiag = procRoot == "/proc" && SocketDiag.works()
     }
 
     public func resolve(_ facts: FlowFacts) -> (pid: Int32, exe: String?)? {
         guard let src = facts.src else { return nil }
-        var inode = procRoot == "/proc" ? facts.dst.flatMap { SocketDiag.inode(proto: facts.proto, src: src, dst: $0) } : nil
-        if inode == nil { inode = ProcNetTable.inode(proto: facts.proto, local: src, procRoot: procRoot) }
-        guard let inode else { return nil }
+        let found = sockDiag ? facts.dst.flatMap { SocketDiag.inode(proto: facts.proto, src: src, dst: $0) }
+            : ProcNetTable.inode(proto: facts.proto, local: src, procRoot: procRoot)
+        guard let inode = found else { return nil }
         let now = Date().timeIntervalSince1970
         var pid = state.withLock { $0.pidByInode[inode] }
         if pid == nil {

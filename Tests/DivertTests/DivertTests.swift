@@ -388,6 +388,7 @@ final class RecordBox: @unchecked Sendable {
         var facts = FlowFacts()
         facts.src = clientEnd
         facts.dst = server.local
+        #expect(SocketDiag.works(), "this kernel answers sock_diag for TCP and UDP")
         let found = ProcessAttribution().resolve(facts)
         #expect(found?.pid == getpid())
     }
