@@ -93,8 +93,9 @@ public enum SocketDiag {
 }
 
 /// Best-effort pid and executable of the local socket that sent a flow's first packet:
-/// sock_diag (else /proc/net) gives the socket's inode, a scan of /proc/PID/fd the process. The
-/// inode → pid map is rebuilt on a miss, at most every `rescanInterval`.
+/// sock_diag (else /proc/net) gives the socket's inode, a scan of /proc/PID/fd the process. On
+/// a miss the map is extended by a scan that stops at the socket's process, at most every
+/// `rescanInterval`.
 public final class ProcessAttribution: Sendable {
     struct State {
         var pidByInode: [UInt64: Int32] = [:]
@@ -124,9 +125,15 @@ public final class ProcessAttribution: Sendable {
         if pid == nil {
             let due = state.withLock { now - $0.lastScan >= rescanInterval }
             if due {
-                let map = scan()
-                state.withLock { $0.pidByInode = map; $0.lastScan = now }
-                pid = map[inode]
+                let seen = scan(for: inode, uid: facts.uid)
+                state.withLock { s in
+                    // What earlier scans saw stays (they stopped early); the map starts over
+                    // when it has grown past what a host holds open.
+                    if s.pidByInode.count + seen.count > 262_144 { s.pidByInode = [:] }
+                    s.pidByInode.merge(seen) { _, new in new }
+                    s.lastScan = now
+                }
+                pid = seen[inode]
             }
         }
         guard let pid else { return nil }
@@ -134,21 +141,33 @@ public final class ProcessAttribution: Sendable {
         return (pid, exe)
     }
 
-    func scan() -> [UInt64: Int32] {
+    /// Socket inodes → pid, from /proc/PID/fd, walking the processes of `uid` (the socket's
+    /// owner, from the queue) first and the newest first, and stopping at the one holding
+    /// `target`: a new flow's socket usually belongs to a recent process of its own user, and a
+    /// whole scan of a busy host's fds costs milliseconds.
+    func scan(for target: UInt64? = nil, uid: UInt32? = nil) -> [UInt64: Int32] {
         var map: [UInt64: Int32] = [:]
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: procRoot) else { return map }
-        var buffer = [CChar](repeating: 0, count: 64)
+        var owned: [Int32] = [], others: [Int32] = []
         for entry in entries {
             guard let pid = Int32(entry) else { continue }
-            let fdDir = "\(procRoot)/\(entry)/fd"
+            var info = stat()
+            if let uid, stat("\(procRoot)/\(entry)", &info) == 0, info.st_uid == uid { owned.append(pid) } else { others.append(pid) }
+        }
+        var buffer = [CChar](repeating: 0, count: 64)
+        for pid in owned.sorted(by: >) + others.sorted(by: >) {
+            let fdDir = "\(procRoot)/\(pid)/fd"
             guard let fds = try? FileManager.default.contentsOfDirectory(atPath: fdDir) else { continue }
+            var holds = false
             for fd in fds {
                 let n = readlink("\(fdDir)/\(fd)", &buffer, buffer.count - 1)
                 guard n > 9 else { continue }
-                let target = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-                guard target.hasPrefix("socket:["), let inode = UInt64(target.dropFirst(8).dropLast()) else { continue }
+                let text = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                guard text.hasPrefix("socket:["), let inode = UInt64(text.dropFirst(8).dropLast()) else { continue }
                 map[inode] = pid
+                if inode == target { holds = true }
             }
+            if holds { break }
         }
         return map
     }

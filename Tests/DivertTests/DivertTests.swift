@@ -303,6 +303,40 @@ final class RecordBox: @unchecked Sendable {
     }
 }
 
+/// The fd scan behind `exe` facts, on a made-up /proc: the socket's process is found, the
+/// newest processes of the socket's user first, and the scan stops there.
+@Suite struct ProcessScanTests {
+    @Test func scanStopsAtTheSocketsProcess() throws {
+        let root = TestEnv.scratch("proc")
+        defer { TestEnv.remove(root) }
+        let fm = FileManager.default
+        for (pid, inodes) in [(100, [11, 12]), (200, [21]), (300, [31, 32])] {
+            try fm.createDirectory(atPath: "\(root)/\(pid)/fd", withIntermediateDirectories: true)
+            for (fd, inode) in inodes.enumerated() {
+                try fm.createSymbolicLink(atPath: "\(root)/\(pid)/fd/\(fd + 3)", withDestinationPath: "socket:[\(inode)]")
+            }
+            try fm.createSymbolicLink(atPath: "\(root)/\(pid)/fd/0", withDestinationPath: "/dev/null")
+            try fm.createSymbolicLink(atPath: "\(root)/\(pid)/exe", withDestinationPath: "/usr/bin/tool\(pid)")
+        }
+        try fm.createDirectory(atPath: "\(root)/net", withIntermediateDirectories: true)
+        try """
+              sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+               0: 0100000A:9C40 0200000A:01BB 02 00000001:00000000 01:00000060 00000000  1000        0 21 2 0000000000000000 200 0 0 10 -1
+            """.write(toFile: "\(root)/net/tcp", atomically: true, encoding: .utf8)
+        let attribution = ProcessAttribution(procRoot: root, rescanInterval: 0)
+        let me = getuid()
+        let seen = attribution.scan(for: 21, uid: me)
+        #expect(seen[21] == 200 && seen[31] == 300 && seen[11] == nil, "newest first, stopped at 200: \(seen)")
+        #expect(attribution.scan()[11] == 100, "without a target, everything")
+        var facts = FlowFacts()
+        facts.src = FlowFacts.Endpoint("10.0.0.1:40000")!
+        facts.dst = FlowFacts.Endpoint("10.0.0.2:443")!
+        facts.uid = me
+        let found = attribution.resolve(facts)
+        #expect(found?.pid == 200 && found?.exe == "/usr/bin/tool200")
+    }
+}
+
 /// sock_diag against real sockets of this process: the inode it names is the socket's own
 /// (fstat's st_ino), and the attribution finds this process.
 @Suite struct SocketDiagTests {
