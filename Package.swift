@@ -54,7 +54,7 @@ let package = Package(
         .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy", "Divert"]),
         .target(name: "TestSupport", dependencies: ["Platform", "TLS", "Wire"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
-        .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "TestSupport"]),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "Wire", "TestSupport"]),
         .testTarget(name: "WireTests", dependencies: ["Wire", "TestSupport"], exclude: ["Fixtures"]),
         .testTarget(name: "ProxyTests", dependencies: [
             "Proxy", "CA", "Store", "Policy", "TLS", "TestSupport",

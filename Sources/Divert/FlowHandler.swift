@@ -54,7 +54,7 @@ public final class FlowHandler: Sendable {
     let record: @Sendable (ConnectRecord) -> Void
     let failClosed: Bool
     let names = Mutex(NameCache())
-    let dnsStreams = Mutex(DNSStreams())
+    let dnsStreams = Mutex(DNSStreams<FlowKey>())
     let recent = Mutex(RecentFlows<ConnectRecord>(capacity: 16_384))
     /// First packets seen again shortly after their verdict (a resolver's parallel A/AAAA
     /// queries from one socket, SYN retransmits after a drop) get the same answer, logged once.

@@ -1,7 +1,7 @@
 import Wire
 
 /// Rebuilds flow facts from captured packets, as the live agent would know them: the first
-/// packet of each flow, the DNS answers seen before it (honouring TTLs), and the ClientHello's
+/// packet of each flow, the DNS answers seen before it (UDP or TCP, honouring TTLs), and the ClientHello's
 /// SNI and ALPN however TCP split it. Pure: packets in, flows out.
 public struct ReplayedFlow: Sendable {
     public var facts: FlowFacts
@@ -29,6 +29,7 @@ public enum CaptureReplay {
         var index: [Key: Int] = [:]
         var tcp: [Int: TCPState] = [:]
         var dns = NameCache()
+        var dnsOverTCP = DNSStreams<Key>()
         func names(for address: [UInt8], at time: Double) -> [String] { dns.names(for: address, at: time) }
 
         for packet in packets {
@@ -47,6 +48,14 @@ public enum CaptureReplay {
                 }
             case 6:
                 guard let segment = try? TCPSegment.parse(ip.payload) else { continue }
+                // Answers over TCP, framed back together as the live agent does.
+                if segment.sourcePort == 53, !(segment.isSYN && !segment.isACK) {
+                    let stream = Key(proto: 6, a: ip.source, aPort: 53, b: ip.destination, bPort: segment.destinationPort)
+                    for bytes in dnsOverTCP.feed(segment, key: stream) {
+                        if let message = try? DNSMessage.parse(bytes[...]) { dns.learn(message, at: packet.timestamp) }
+                    }
+                    continue
+                }
                 let forward = Key(proto: 6, a: ip.source, aPort: segment.sourcePort, b: ip.destination, bPort: segment.destinationPort)
                 if segment.isSYN && !segment.isACK && index[forward] == nil {
                     index[forward] = flows.count

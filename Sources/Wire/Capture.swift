@@ -4,6 +4,8 @@ public struct CapturedPacket: Sendable {
     public var timestamp: Double
     /// The IPv4 or IPv6 datagram.
     public var ip: ArraySlice<UInt8>
+
+    public init(timestamp: Double, ip: ArraySlice<UInt8>) { self.timestamp = timestamp; self.ip = ip }
 }
 
 public enum CaptureFile {

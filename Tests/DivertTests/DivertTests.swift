@@ -204,7 +204,7 @@ final class RecordBox: @unchecked Sendable {
     func framed(_ message: [UInt8]) -> [UInt8] { [UInt8(message.count >> 8), UInt8(message.count & 0xFF)] + message }
 
     @Test func messagesAcrossAndWithinSegments() throws {
-        var streams = DNSStreams()
+        var streams = DNSStreams<FlowKey>()
         let a = TestPackets.dnsAnswer("a.test", "192.0.2.1"), b = TestPackets.dnsAnswer("b.test", "192.0.2.2")
         let bytes = framed(a) + framed(b)
         #expect(streams.feed(try segment(0xFFFF_FFF0, 0x10, bytes), key: key).isEmpty, "no SYN-ACK seen: not followed")
@@ -219,7 +219,7 @@ final class RecordBox: @unchecked Sendable {
     }
 
     @Test func aGapEndsTheStream() throws {
-        var streams = DNSStreams()
+        var streams = DNSStreams<FlowKey>()
         let a = framed(TestPackets.dnsAnswer("a.test", "192.0.2.1"))
         _ = streams.feed(try segment(100, 0x12), key: key)
         #expect(streams.feed(try segment(105, 0x18, Array(a[4...])), key: key).isEmpty && streams.count == 0, "a missing segment: unframable")
@@ -227,12 +227,12 @@ final class RecordBox: @unchecked Sendable {
     }
 
     @Test func boundedStreamsAndTheLargestMessage() throws {
-        var streams = DNSStreams(capacity: 2)
+        var streams = DNSStreams<FlowKey>(capacity: 2)
         for port in 40000..<40005 {
             _ = streams.feed(try segment(1, 0x12), key: FlowKey(src: server, dst: FlowFacts.Endpoint("10.0.0.1:\(port)")!))
         }
         #expect(streams.count == 2, "at most `capacity` streams followed")
-        var big = DNSStreams()
+        var big = DNSStreams<FlowKey>()
         _ = big.feed(try segment(0, 0x12), key: key)
         // A length prefix announcing 65,535 bytes: held until they are all there.
         #expect(big.feed(try segment(1, 0x18, [0xFF, 0xFF] + [UInt8](repeating: 0, count: 40_000)), key: key).isEmpty && big.count == 1)

@@ -2,6 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 import TOML
+import Wire
 @testable import Policy
 
 func policy(_ rules: String, defaults: String = "connect = \"allow\"\nhello = \"bump\"\nrequest = \"allow\"", lists: String = "") throws -> Policy {
@@ -431,5 +432,23 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
                 #expect(error.description.contains("'identity' (a client certificate for the upstream) belongs to hello rules that bump"), "\(error)")
             }
         }
+    }
+}
+
+/// A capture whose name was resolved over TCP: the replayed flow carries it, as live.
+@Suite struct CaptureReplayTests {
+    @Test func namesLearntOverTCPNameTheNextFlow() {
+        let answer = TestPackets.dnsAnswer("tcp.example", "192.0.2.9")
+        let framed = [UInt8(answer.count >> 8), UInt8(answer.count & 0xFF)] + answer
+        let packets: [[UInt8]] = [
+            TestPackets.tcp(from: "10.0.0.1", 40000, to: "10.0.0.53", 53, seq: 1, flags: 0x02),
+            TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: 500, flags: 0x12),
+            TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: 501, flags: 0x18, payload: Array(framed[..<7])),
+            TestPackets.tcp(from: "10.0.0.53", 53, to: "10.0.0.1", 40000, seq: 508, flags: 0x18, payload: Array(framed[7...])),
+            TestPackets.tcpSYN(from: "10.0.0.1", 40001, to: "192.0.2.9", 443),
+        ]
+        let flows = CaptureReplay.flows(packets.enumerated().map { CapturedPacket(timestamp: 1000 + Double($0.offset), ip: $0.element[...]) })
+        #expect(flows.map { $0.facts.dst?.description } == ["10.0.0.53:53", "192.0.2.9:443"], "the DNS connection and the flow, nothing from the answers")
+        #expect(flows.last?.facts.names == ["tcp.example"])
     }
 }

@@ -1,13 +1,13 @@
-import Wire
-
 /// DNS answers carried over TCP (RFC 7766: each message behind a two-byte length), put back
 /// together from the segments the DNS queue sees, so names learnt over TCP (truncated answers
 /// retried, `dig +tcp`, resolvers that prefer TCP) decide flows as UDP answers do. Sans-IO: feed
 /// segments, get whole messages. A stream is followed only from its SYN-ACK (only then is its
 /// first byte known to start a message); a gap — a segment missed or reordered — ends the
 /// snooping of that stream. The connection itself is never touched: every segment is accepted.
-struct DNSStreams {
-    private struct Stream {
+/// The same for the live queue (Divert) and for captures replayed (Policy), so both learn the
+/// same names. `Key` names a stream's direction, server to client.
+public struct DNSStreams<Key: Hashable>: Sendable where Key: Sendable {
+    private struct Stream: Sendable {
         /// Sequence number of the next byte expected.
         var next: UInt32
         /// At most one unfinished message and its length prefix (< 2 + 65,535 bytes): whatever
@@ -15,15 +15,15 @@ struct DNSStreams {
         var buffer: [UInt8] = []
     }
 
-    private var streams: [FlowKey: Stream] = [:]
-    let capacity: Int
+    private var streams: [Key: Stream] = [:]
+    public let capacity: Int
 
-    init(capacity: Int = 1024) { self.capacity = max(1, capacity) }
+    public init(capacity: Int = 1024) { self.capacity = max(1, capacity) }
 
-    var count: Int { streams.count }
+    public var count: Int { streams.count }
 
     /// The whole DNS messages `segment` completes on the stream `key` (server to client).
-    mutating func feed(_ segment: TCPSegment, key: FlowKey) -> [[UInt8]] {
+    public mutating func feed(_ segment: TCPSegment, key: Key) -> [[UInt8]] {
         if segment.isSYN {
             guard segment.isACK else { return [] }
             // Connections to port 53 are opened by this host's own processes; when too many are
