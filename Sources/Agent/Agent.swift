@@ -199,6 +199,8 @@ public final class Agent: Sendable {
     /// Re-reads the policy and the store's current root (after `loupe ca rotate`) and replaces
     /// the ruleset; a bad policy or an unreadable root keeps what is running.
     public func reload() -> Result<String, AgentError> {
+        // The flow log's file is opened again (logrotate moved it away), whatever the policy does.
+        do { try feed.reopen() } catch { SystemLog.error("the flow log stays where it was: \(error)") }
         guard let path = options.config.policy else { return .failure(AgentError("no policy file to reload")) }
         let policy: Policy
         let cache: LeafCache, fingerprint: String, store: SealedStore, identities: [String: ClientIdentity]

@@ -38,6 +38,9 @@ public final class FlowFeed: Sendable {
     /// Returns once every line so far is in the file.
     public func flush() { writer?.flush() }
 
+    /// Opens the flow log's file again (see `LineWriter.reopen`).
+    public func reopen() throws { try writer?.reopen() }
+
     public func append(_ line: String) { append(rendering: { line }) }
 
     /// Renders the line only when a sink or follower needs it now.

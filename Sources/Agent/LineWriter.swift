@@ -14,12 +14,17 @@ public final class LineWriter: Sendable {
         var bytes: [UInt8] = []
         var dropped = 0
         var flushed: [DispatchSemaphore] = []
+        /// A file opened by `reopen`, for the writer to switch to after this batch.
+        var replacement: Int32?
     }
 
     private let pending = Mutex(Pending())
     private let wake = DispatchSemaphore(value: 0)
-    private let fd: Int32
+    /// Only the writer thread uses it (and switches it).
+    private nonisolated(unsafe) var fd: Int32
     private let limit: Int
+    /// The file's path, for `reopen`; nil for stdout or a given descriptor.
+    private let path: String?
 
     /// "-" is stdout; a file is opened for appending (0600 when created).
     public convenience init(path: String, limit: Int = LineWriter.defaultLimit) throws {
@@ -27,16 +32,36 @@ public final class LineWriter: Sendable {
             self.init(fd: STDOUT_FILENO, limit: limit)
             return
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw AgentError("\(path): cannot open the flow log: \(String(cString: strerror(errno)))") }
-        self.init(fd: fd, limit: limit)
+        self.init(fd: try Self.open(path), limit: limit, path: path)
     }
 
     /// Writes to `fd`, which stays open for the life of the process.
-    public init(fd: Int32, limit: Int = LineWriter.defaultLimit) {
+    public init(fd: Int32, limit: Int = LineWriter.defaultLimit, path: String? = nil) {
         self.fd = fd
         self.limit = limit
+        self.path = path
         Thread.detachNewThread { [self] in run() }
+    }
+
+    private static func open(_ path: String) throws -> Int32 {
+        let fd = Glibc.open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw AgentError("\(path): cannot open the flow log: \(String(cString: strerror(errno)))") }
+        return fd
+    }
+
+    /// Opens the file's path again (after logrotate moved it away): lines queued so far go to
+    /// the old file, later ones to the new. Nothing to do for stdout.
+    public func reopen() throws {
+        guard let path else { return }
+        let fresh = try Self.open(path)
+        let done = DispatchSemaphore(value: 0)
+        pending.withLock { p in
+            if let unused = p.replacement { close(unused) }
+            p.replacement = fresh
+            p.flushed.append(done)
+        }
+        wake.signal()
+        done.wait()
     }
 
     /// Queues `line` (a newline is added). Never blocks on the file.
@@ -66,9 +91,9 @@ public final class LineWriter: Sendable {
     private func run() {
         while true {
             wake.wait()
-            let (batch, dropped, flushed) = pending.withLock { p in
-                defer { p = Pending(bytes: [], dropped: 0, flushed: []) }
-                return (p.bytes, p.dropped, p.flushed)
+            let (batch, dropped, flushed, replacement) = pending.withLock { p in
+                defer { p = Pending() }
+                return (p.bytes, p.dropped, p.flushed, p.replacement)
             }
             var lost = dropped
             if lost > 0 {
@@ -81,6 +106,10 @@ public final class LineWriter: Sendable {
             if !batch.isEmpty, !writeAll(batch) { lost += batch.count(where: { $0 == 0x0A }) }
             // Lines that could not be written are reported with the next overflow line.
             if lost > 0 { pending.withLock { $0.dropped += lost } }
+            if let replacement {
+                close(fd)
+                fd = replacement
+            }
             for waiter in flushed { waiter.signal() }
         }
     }

@@ -8,7 +8,7 @@ struct RunCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
         abstract: "Run the agent: ruleset, queue, proxy and control socket (root).",
-        discussion: "SIGHUP or 'loupe reload' reloads the policy; SIGTERM/SIGINT removes the ruleset and exits.")
+        discussion: "SIGHUP or 'loupe reload' reloads the policy and opens the flow log's file again (logrotate); SIGTERM/SIGINT removes the ruleset and exits.")
 
     @Option(help: "Agent settings (loupe.toml).") var config: String?
     @OptionGroup var state: StateOptions

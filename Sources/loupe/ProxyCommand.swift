@@ -67,10 +67,15 @@ struct ProxyCommand: AsyncParsableCommand {
             let server = ProxyServer(configuration: configuration)
             let channel = try await server.start(host: host, port: port)
             printError("loupe proxy: listening on \(channel.localAddress?.description ?? listen), root \(root.certificate.sha256Fingerprint.prefix(16))…")
-            // SIGTERM and SIGINT end the proxy once the flow log's queued lines are written.
+            // SIGHUP opens the flow log's file again (logrotate); SIGTERM and SIGINT end the
+            // proxy once its queued lines are written.
             let signals = AgentSignals()
             Task {
-                for await signal in signals.stream where signal != SIGHUP {
+                for await signal in signals.stream {
+                    if signal == SIGHUP {
+                        do { try writer?.reopen() } catch { printError("loupe proxy: \(error)") }
+                        continue
+                    }
                     writer?.flush()
                     Foundation.exit(0)
                 }

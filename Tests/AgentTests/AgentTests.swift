@@ -124,6 +124,24 @@ final class Lines: @unchecked Sendable {
         #expect(stat(path, &info) == 0 && info.st_mode & 0o777 == 0o600)
     }
 
+    /// logrotate moves the file away and asks for a reload: lines written before go to the
+    /// moved file, later ones to a new file at the path.
+    @Test func reopenFollowsTheRotation() throws {
+        let path = NSTemporaryDirectory() + "loupe-rotate-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).jsonl"
+        defer { unlink(path); unlink(path + ".1") }
+        let writer = try LineWriter(path: path)
+        writer.write("before")
+        writer.flush()
+        #expect(rename(path, path + ".1") == 0)
+        writer.write("queued before the reload")
+        try writer.reopen()
+        writer.write("after")
+        writer.flush()
+        #expect(try String(contentsOfFile: path + ".1", encoding: .utf8) == "before\nqueued before the reload\n")
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "after\n")
+        try LineWriter(fd: STDOUT_FILENO).reopen()  // stdout: nothing to reopen
+    }
+
     /// A reader that stops reading never holds up the writers: past the limit lines are dropped,
     /// and once the reader drains the pipe the count of dropped lines arrives as a line of its own.
     @Test func aStuckReaderCostsLinesNotTime() throws {
