@@ -214,6 +214,7 @@ import Testing
         #expect(line("UNTRUSTED") == "UNTRUSTED 000 rc=60", "without Loupe's root the client refuses: \(out)")
         #expect(line("QUIC") == "QUIC refused", "UDP/443 to an inspected destination is refused: \(out)")
         #expect(line("STATUS").contains("\"queue_backend\":\"iptables-nft\"") || line("STATUS").contains("\"queue_backend\":\"nft\""), "\(out)")
+        #expect(line("STATUS").contains("\"mark_mask\":\"0xf000000\""), "the mark field is reported: \(line("STATUS"))")
         #expect(line("MEMBER").contains("dns_addresses"), "group loupe may read: \(out)")
         let export = line("MEMBEREXPORT").split(separator: " ")
         #expect(export.count == 3 && export[1] == export[2] && export[1].count == 95, "group loupe exports the root through the agent: \(out)")
