@@ -192,7 +192,7 @@ public final class Agent: Sendable {
         try? await proxy.shutdown()
         try? await controlGroup.shutdownGracefully()
         try? FileManager.default.removeItem(atPath: options.config.controlSocket)
-        feed.flush()
+        feed.flush(seconds: 2)
         SystemLog.info("stopped; ruleset removed")
     }
 

@@ -35,8 +35,8 @@ public final class FlowFeed: Sendable {
         self.writer = writer
     }
 
-    /// Returns once every line so far is in the file.
-    public func flush() { writer?.flush() }
+    /// Returns once every line so far is in the file, or after `seconds`.
+    public func flush(seconds: Double? = nil) { writer?.flush(seconds: seconds) }
 
     /// Opens the flow log's file again (see `LineWriter.reopen`).
     public func reopen() throws { try writer?.reopen() }

@@ -80,12 +80,14 @@ public final class LineWriter: Sendable {
         if first { wake.signal() }
     }
 
-    /// Returns once every line queued before the call is written (or found unwritable).
-    public func flush() {
+    /// Returns once every line queued before the call is written (or found unwritable), or
+    /// after `seconds` if given — on the way out, a reader that takes nothing must not keep the
+    /// process from ending.
+    public func flush(seconds: Double? = nil) {
         let done = DispatchSemaphore(value: 0)
         pending.withLock { $0.flushed.append(done) }
         wake.signal()
-        done.wait()
+        if let seconds { _ = done.wait(timeout: .now() + seconds) } else { done.wait() }
     }
 
     private func run() {

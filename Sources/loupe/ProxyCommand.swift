@@ -76,7 +76,7 @@ struct ProxyCommand: AsyncParsableCommand {
                         do { try writer?.reopen() } catch { printError("loupe proxy: \(error)") }
                         continue
                     }
-                    writer?.flush()
+                    writer?.flush(seconds: 2)
                     Foundation.exit(0)
                 }
             }

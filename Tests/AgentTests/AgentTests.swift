@@ -157,6 +157,10 @@ final class Lines: @unchecked Sendable {
         }
         // The pipe holds 64 KiB and nobody reads it: the writes must still all return.
         #expect(writing.wait(timeout: .now() + 30) == .success, "write() blocked on a pipe nobody reads")
+        // On the way out a flush gives up on a reader that takes nothing.
+        let gaveUp = DispatchSemaphore(value: 0)
+        DispatchQueue.global().async { writer.flush(seconds: 0.2); gaveUp.signal() }
+        #expect(gaveUp.wait(timeout: .now() + 10) == .success, "flush(seconds:) must return while the pipe is still full")
         // Now read: the writer drains what it queued, then (with the next batch) the count.
         var received: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65_536)
