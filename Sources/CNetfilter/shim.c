@@ -108,7 +108,7 @@ ssize_t loupe_nfq_send(struct mnl_socket *nl, const void *buf, size_t len) {
 #include <unistd.h>
 
 int loupe_sock_diag_lookup(int family, int protocol, const uint8_t *src, uint16_t sport,
-                           const uint8_t *dst, uint16_t dport, uint64_t *inode, uint32_t *uid) {
+                           const uint8_t *dst, uint16_t dport, uint64_t *inode) {
     int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
     if (fd < 0) return -errno;
     // The kernel answers at once; the timeout only guards against a reply that never comes.
@@ -152,6 +152,5 @@ int loupe_sock_diag_lookup(int family, int protocol, const uint8_t *src, uint16_
     if (h->nlmsg_type != SOCK_DIAG_BY_FAMILY || h->nlmsg_len < NLMSG_LENGTH(sizeof(struct inet_diag_msg))) return -EIO;
     struct inet_diag_msg *found = NLMSG_DATA(h);
     *inode = found->idiag_inode;
-    *uid = found->idiag_uid;
     return 0;
 }

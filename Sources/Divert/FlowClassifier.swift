@@ -22,8 +22,7 @@ public enum FlowClassifier {
         switch ip.transport {
         case 6:
             guard let tcp = try? TCPSegment.parse(ip.payload) else { return .other("truncated TCP header") }
-            // From a DNS server (the DNS queue's TCP); a bare SYN from port 53 starts a flow.
-            if tcp.sourcePort == 53, !(tcp.isSYN && !tcp.isACK) {
+            if tcp.isFromDNSServer {
                 return .dnsSegment(tcp, from: FlowFacts.Endpoint(address: ip.source, port: tcp.sourcePort),
                                    to: FlowFacts.Endpoint(address: ip.destination, port: tcp.destinationPort))
             }

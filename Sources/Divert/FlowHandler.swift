@@ -100,23 +100,15 @@ public final class FlowHandler: Sendable {
             case .newFlow(var facts):
                 answer = decide(&facts, policy: policy, resolveProcess: resolveProcesses, at: now)
             }
-            // The verdict writes only Loupe's field of the mark (0: cleared); the packet keeps
-            // the bits other tools set.
+            // The verdict writes only Loupe's field of the mark; the packet keeps other tools' bits.
             guard let mark = answer.mark else { return answer }
-            let original = packet.mark ?? 0
-            // An allowed packet another tool marked (a socket's SO_MARK: WireGuard's 0xca6c,
-            // Istio's 0x539) leaves with exactly that mark: the kernel re-routes a queued packet
-            // whose mark changed, by the new mark, and rules matching the whole value would miss
-            // it. Its flow is then not kept in the conntrack mark: a TCP flow is past its first
-            // packet anyway; UDP packets before an answer come back, and the repeat table answers.
-            if mark == marks.allow, original & ~marks.mask != 0 { return .accept(mark: marks.setting(0, in: original)) }
-            return PacketVerdict(accept: answer.accept, mark: marks.setting(mark, in: original))
+            return PacketVerdict(accept: answer.accept, mark: marks.verdict(mark, forPacketMarked: packet.mark ?? 0))
         }
     }
 
     func decide(_ facts: inout FlowFacts, policy: Policy, resolveProcess: Bool, at now: Date) -> PacketVerdict {
-        if let src = facts.src, let dst = facts.dst, let seen = repeats.withLock({ $0.find(FlowKey(src: src, dst: dst)) }),
-           seen.proto == facts.proto, now.timeIntervalSince1970 - seen.time < Self.repeatWindow {
+        let key = facts.src.flatMap { src in facts.dst.map { FlowKey(src: src, dst: $0) } }
+        if let key, let seen = repeats.withLock({ $0.find(key) }), seen.proto == facts.proto, now.timeIntervalSince1970 - seen.time < Self.repeatWindow {
             return seen.packet
         }
         if let dst = facts.dst { facts.names = names.withLock { $0.names(for: dst.address, at: now.timeIntervalSince1970) } }
@@ -129,9 +121,8 @@ public final class FlowHandler: Sendable {
         }
         let outcome = ConnectOutcome.of(policy.decide(.connect, facts), facts: facts, marks: marks)
         let entry = ConnectRecord(flow: nextFlow.wrappingAdd(1, ordering: .relaxed).oldValue, time: now, facts: facts, pid: pid, outcome: outcome)
-        if let src = facts.src, let dst = facts.dst {
-            if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry, src: src, dst: dst) } }
-            let key = FlowKey(src: src, dst: dst)
+        if let key {
+            if outcome.decision.verdict == .inspect { recent.withLock { $0.insert(entry, for: key) } }
             repeats.withLock { $0.insert(RepeatCache.Entry(key: key, proto: facts.proto, time: now.timeIntervalSince1970, packet: outcome.packet)) }
         }
         counters.withLock { $0.byVerdict[outcome.decision.verdict.rawValue, default: 0] += 1 }
@@ -201,9 +192,7 @@ struct RecentFlows<Value> {
 
     init(capacity: Int) { byKey = BoundedMap(capacity: capacity) }
 
-    mutating func insert(_ value: Value, src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) {
-        byKey.insert(value, for: FlowKey(src: src, dst: dst))
-    }
+    mutating func insert(_ value: Value, for key: FlowKey) { byKey.insert(value, for: key) }
 
     func find(src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> Value? {
         byKey[FlowKey(src: src, dst: dst)]

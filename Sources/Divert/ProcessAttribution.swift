@@ -50,18 +50,18 @@ public enum ProcNetTable {
     }
 }
 
-/// The socket owning a flow, by its exact 5-tuple (sock_diag netlink): tens of µs where reading
-/// /proc/net's tables costs up to a millisecond on a busy host.
+/// The socket owning a flow, by its exact 5-tuple (sock_diag netlink): ~10 µs, where reading
+/// /proc/net/tcp took 37.5 ms with 4,001 sockets open (`loupe-bench flows`).
 public enum SocketDiag {
     /// The inode of the local socket `src` → `dst` (`src` the local end); nil if none (or if
     /// the kernel has no sock_diag for the protocol — the caller falls back to /proc/net).
     public static func inode(proto: FlowFacts.Proto, src: FlowFacts.Endpoint, dst: FlowFacts.Endpoint) -> UInt64? {
         guard src.address.count == dst.address.count, src.address.count == 4 || src.address.count == 16 else { return nil }
-        var inode: UInt64 = 0, uid: UInt32 = 0
+        var inode: UInt64 = 0
         let family = src.address.count == 4 ? AF_INET : AF_INET6
         let rc = src.address.withUnsafeBufferPointer { s in
             dst.address.withUnsafeBufferPointer { d in
-                loupe_sock_diag_lookup(family, Int32(proto == .tcp ? IPPROTO_TCP : IPPROTO_UDP), s.baseAddress, src.port, d.baseAddress, dst.port, &inode, &uid)
+                loupe_sock_diag_lookup(family, Int32(proto == .tcp ? IPPROTO_TCP : IPPROTO_UDP), s.baseAddress, src.port, d.baseAddress, dst.port, &inode)
             }
         }
         return rc == 0 && inode != 0 ? inode : nil

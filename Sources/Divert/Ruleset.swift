@@ -40,6 +40,17 @@ public struct Marks: Sendable, Equatable {
 
     /// `mark` with Loupe's field set to `value` (0 clears it); other bits kept.
     public func setting(_ value: UInt32, in mark: UInt32) -> UInt32 { mark & ~mask | value }
+
+    /// The mark a queue verdict gives a packet queued with `original`: Loupe's field set to
+    /// `value`, other bits kept — except an allowed packet another tool marked (a socket's
+    /// SO_MARK: WireGuard's 0xca6c, Istio's 0x539), which leaves with exactly its own mark: the
+    /// kernel re-routes a queued packet whose mark changed, by the new mark, and rules matching
+    /// the whole value would miss it. Its flow is then not kept in the conntrack mark: a TCP
+    /// flow is past its first packet anyway; UDP packets before an answer come back, and the
+    /// repeat table answers them.
+    public func verdict(_ value: UInt32, forPacketMarked original: UInt32) -> UInt32 {
+        setting(value == allow && original & ~mask != 0 ? 0 : value, in: original)
+    }
 }
 
 /// How the queue rule reaches the kernel: native nft `queue`, or (kernels without nft_queue)
@@ -130,14 +141,10 @@ public struct Ruleset: Sendable {
             let flags = [queueFlags, queues.count > 1 ? "fanout" : ""].filter { !$0.isEmpty }.joined(separator: ",")
             return "        \(field("meta", mark)) queue \(flags.isEmpty ? "" : "flags \(flags) ")to \(numbers)\n"
         }
-        let verdict = """
-                \(field("meta", m.queue)) \(set("meta", 0)) comment "queue bypassed: no agent, fail open"
-                \(field("meta", m.reject)) meta l4proto tcp reject with tcp reset
-                \(field("meta", m.reject)) reject with icmpx admin-prohibited
-                \(field("meta", m.allow)) \(set("ct", m.allow))
-                \(field("meta", m.inspect)) \(set("ct", m.inspect))
-
-        """
+        // Allow and inspect are kept in the conntrack mark, so the flow never revisits the queue.
+        let keepVerdict = "        \(field("meta", m.allow)) \(set("ct", m.allow))\n        \(field("meta", m.inspect)) \(set("ct", m.inspect))\n"
+        let reject = "        \(field("meta", m.reject)) meta l4proto tcp reject with tcp reset\n        \(field("meta", m.reject)) reject with icmpx admin-prohibited\n"
+        let verdict = "        \(field("meta", m.queue)) \(set("meta", 0)) comment \"queue bypassed: no agent, fail open\"\n" + reject + keepVerdict
         let redirect = "        \(field("meta", m.inspect)) meta l4proto tcp redirect to :\(s.proxyPort)\n"
 
         out += "    chain output_classify {\n        type filter hook output priority -160; policy accept;\n" + classify("output") + "    }\n"
@@ -160,12 +167,8 @@ public struct Ruleset: Sendable {
             }
             // Reject is not allowed in prerouting: keep the mark there, reject in forward.
             out += "    chain prerouting_verdict {\n        type filter hook prerouting priority -140; policy accept;\n"
-            out += "        \(field("meta", m.queue)) \(set("meta", 0))\n"
-            out += "        \(field("meta", m.allow)) \(set("ct", m.allow))\n"
-            out += "        \(field("meta", m.inspect)) \(set("ct", m.inspect))\n    }\n"
-            out += "    chain forward_verdict {\n        type filter hook forward priority -140; policy accept;\n"
-            out += "        \(field("meta", m.reject)) meta l4proto tcp reject with tcp reset\n"
-            out += "        \(field("meta", m.reject)) reject with icmpx admin-prohibited\n    }\n"
+            out += "        \(field("meta", m.queue)) \(set("meta", 0))\n" + keepVerdict + "    }\n"
+            out += "    chain forward_verdict {\n        type filter hook forward priority -140; policy accept;\n" + reject + "    }\n"
             out += "    chain prerouting_nat {\n        type nat hook prerouting priority -100; policy accept;\n" + redirect + "    }\n"
         }
         out += "}\n"

@@ -49,7 +49,7 @@ public enum CaptureReplay {
             case 6:
                 guard let segment = try? TCPSegment.parse(ip.payload) else { continue }
                 // Answers over TCP, framed back together as the live agent does.
-                if segment.sourcePort == 53, !(segment.isSYN && !segment.isACK) {
+                if segment.isFromDNSServer {
                     let stream = Key(proto: 6, a: ip.source, aPort: 53, b: ip.destination, bPort: segment.destinationPort)
                     for bytes in dnsOverTCP.feed(segment, key: stream) {
                         if let message = try? DNSMessage.parse(bytes[...]) { dns.learn(message, at: packet.timestamp) }

@@ -1,8 +1,8 @@
 /// A dictionary that keeps at most `capacity` keys, the oldest inserted going first (replacing
 /// a key's value keeps its place): for caches keyed by what the network brings, which would
-/// otherwise grow with every new peer. Not synchronised; callers lock. Inlinable: the queue
-/// consumer inserts per packet, and an unspecialised generic from another module looked its
-/// metadata up at run time on every call.
+/// otherwise grow with every new peer. Not synchronised; callers lock. Inlinable: used from
+/// other modules on hot paths (the queue's inspected flows, the upstream session cache), where
+/// an unspecialised generic looked its metadata up at run time on every call.
 public struct BoundedMap<Key: Hashable, Value> {
     public let capacity: Int
     @usableFromInline var values: [Key: Value] = [:]

@@ -87,6 +87,9 @@ public struct TCPSegment: Sendable, Equatable {
     public var isACK: Bool { flags & 0x10 != 0 }
     public var isFIN: Bool { flags & 0x01 != 0 }
     public var isRST: Bool { flags & 0x04 != 0 }
+    /// Sent by a DNS server over TCP (answers to reassemble, see DNSStreams); a bare SYN from
+    /// port 53 starts a flow instead.
+    public var isFromDNSServer: Bool { sourcePort == 53 && !(isSYN && !isACK) }
 
     public static func parse(_ bytes: ArraySlice<UInt8>) throws(WireError) -> TCPSegment {
         var r = ByteReader(bytes)

@@ -470,6 +470,8 @@ final class RecordBox: @unchecked Sendable {
         #expect(Set(values).count == 6 && values.allSatisfy { $0 & ~m.mask == 0 && $0 != 0 })
         #expect(values.allSatisfy { $0 & 0x4000 == 0 }, "not kube-proxy's masquerade bit (0x4c41… had it)")
         #expect(m.setting(m.allow, in: 0x0004_4000 | m.queue) == 0x0004_4000 | m.allow && m.setting(0, in: 0xCA6C | m.dns) == 0xCA6C)
+        #expect(m.verdict(m.allow, forPacketMarked: 0xCA6C | m.queue) == 0xCA6C && m.verdict(m.allow, forPacketMarked: m.queue) == m.allow
+                && m.verdict(m.reject, forPacketMarked: 0xCA6C | m.queue) == 0xCA6C | m.reject, "allowed foreign-marked packets keep their own mark")
         let low = Marks(mask: 0x70)
         #expect(low.allow == 0x10 && low.bypass == 0x60)
         for bad: UInt32 in [0, 0x3, 0x5, 0x8000_0000, 0xC000_0000] { #expect(Marks.problem(with: bad) != nil, "\(bad)") }

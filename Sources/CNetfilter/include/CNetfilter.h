@@ -57,6 +57,6 @@ enum {
 /// The socket owning a flow (sock_diag, NETLINK_SOCK_DIAG): one exact lookup by 5-tuple
 /// instead of reading /proc/net's whole tables. `family` AF_INET/AF_INET6, `protocol`
 /// IPPROTO_TCP/UDP, addresses in network order (4 or 16 bytes), ports in host order; `src` is
-/// the local end. 0 with the socket's inode and owner, or a negative errno (-ENOENT: none).
+/// the local end. 0 with the socket's inode, or a negative errno (-ENOENT: none).
 int loupe_sock_diag_lookup(int family, int protocol, const uint8_t *src, uint16_t sport,
-                           const uint8_t *dst, uint16_t dport, uint64_t *inode, uint32_t *uid);
+                           const uint8_t *dst, uint16_t dport, uint64_t *inode);
