@@ -51,7 +51,7 @@ public enum ProcNetTable {
 }
 
 /// The socket owning a flow, by its exact 5-tuple (sock_diag netlink): ~10 µs, where reading
-/// /proc/net/tcp took 37.5 ms with 4,001 sockets open (`loupe-bench flows`).
+/// /proc/net/tcp took 30–37.5 ms with 4,001 sockets open (`loupe-bench flows`).
 public enum SocketDiag {
     /// The inode of the local socket `src` → `dst` (`src` the local end); nil if none (or if
     /// the kernel has no sock_diag for the protocol — the caller falls back to /proc/net).
