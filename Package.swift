@@ -51,7 +51,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy", "Divert"]),
+        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy", "Divert", "Proxy"]),
         .target(name: "TestSupport", dependencies: ["Platform", "TLS", "Wire"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "Wire", "TestSupport"]),
