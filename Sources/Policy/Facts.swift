@@ -89,8 +89,11 @@ public struct FlowFacts: Sendable, Equatable {
 public enum URLPath {
     /// `url` with the part after its authority in canonical form.
     public static func canonicalURL(_ url: String) -> String {
-        let (authority, rest) = split(url)
-        return rest.isEmpty ? url : authority + canonical(rest[...])
+        guard let start = authorityStart(url) else { return url }
+        let end = authorityEnd(url[start...])
+        let rest = url[end...]
+        // Most URLs are canonical already ("/app.js?v=2"): checked in place, nothing built.
+        return rest.isEmpty || isCanonical(rest) ? url : String(url[..<end]) + canonical(rest)
     }
 
     /// "scheme://authority" and the rest (path, query, fragment).
@@ -121,12 +124,9 @@ public enum URLPath {
     }
 
     public static func canonical(_ pathAndQuery: Substring) -> String {
+        if isCanonical(pathAndQuery) { return String(pathAndQuery) }
         let end = pathAndQuery.utf8.firstIndex { $0 == 0x3F || $0 == 0x23 } ?? pathAndQuery.endIndex
         let path = pathAndQuery[..<end]
-        // The common case costs one scan: nothing to decode, merge or resolve.
-        if !path.utf8.contains(where: { $0 == 0x25 || $0 == 0x2E }), !zip(path.utf8, path.utf8.dropFirst()).contains(where: { $0 == 0x2F && $1 == 0x2F }) {
-            return String(pathAndQuery)
-        }
         var segments: [Substring] = []
         let decoded = percentDecoded(path)
         let parts = decoded.split(separator: "/", omittingEmptySubsequences: true)
@@ -141,6 +141,31 @@ public enum URLPath {
         // A trailing slash (or a trailing dot segment, which names a directory) stays.
         if !segments.isEmpty, decoded.hasSuffix("/") || decoded.hasSuffix("/.") || decoded.hasSuffix("/..") { out += "/" }
         return out + pathAndQuery[end...]
+    }
+
+    /// Whether `canonical` would return the path as it is, by one scan of the path: no escape to
+    /// decode, no empty segment to merge, no "." or ".." segment to resolve (a dot inside a
+    /// segment, as in "app.js", is none) — for a path from its "/" (a relative one only
+    /// without dots, as `canonical` gives it a leading "/" when it resolves anything).
+    static func isCanonical(_ pathAndQuery: Substring) -> Bool {
+        var length = 0, dots = 0, previous: UInt8 = 0, sawDot = false
+        /// The segment that just ended was "." or "..".
+        var dotSegment: Bool { length > 0 && length == dots && dots <= 2 }
+        for c in pathAndQuery.utf8 {
+            if c == 0x3F || c == 0x23 { break }  // the query and fragment are kept as they came
+            switch c {
+            case 0x25: return false
+            case 0x2F:
+                if previous == 0x2F || dotSegment { return false }
+                length = 0
+                dots = 0
+            default:
+                length += 1
+                if c == 0x2E { dots += 1; sawDot = true }
+            }
+            previous = c
+        }
+        return !dotSegment && (!sawDot || pathAndQuery.utf8.first == 0x2F)
     }
 
     /// %XX escapes turned into their bytes (invalid UTF-8 becomes U+FFFD); a stray % stays.

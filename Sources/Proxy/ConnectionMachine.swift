@@ -601,7 +601,12 @@ public final class ConnectionMachine {
     /// The absolute URL of a request: origin-form targets get the Host header's authority.
     static func url(target: String, host: String) -> String {
         if target.hasPrefix("http://") || target.hasPrefix("https://") { return target }
-        return "https://\(host)\(target.hasPrefix("/") ? target : "/" + target)"
+        // Built by appending into one allocation (interpolation grows its buffer step by step).
+        var url = "https://"
+        url.reserveCapacity(url.utf8.count + host.utf8.count + target.utf8.count + 1)
+        url += host
+        if !target.hasPrefix("/") { url += "/" }
+        return url + target
     }
 
     /// Under a quarantine leaf: whatever the client asks gets a 502 naming the failure, then a

@@ -123,6 +123,17 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(p.decide(.request, facts { $0.url = "https://FILES.example.com/./private/%72eport.pdf" }).rule == "by-url")
         #expect(URLPath.canonical("/a//b/./c/../d?x=/../y") == "/a/b/d?x=/../y")
         #expect(URLPath.canonical("/a/b/..") == "/a/" && URLPath.canonical("/..") == "/" && URLPath.canonical("/%zz%4") == "/%zz%4")
+        // Dots inside segments are no dot segments: such paths are canonical as they are; a "."
+        // or ".." segment anywhere, or a dot in a path without its leading "/", is resolved.
+        for kept in ["/app.min.js?v=1.2", "/.well-known/x", "/a/.b/..c/...", "/a./b..", "/x?../y", "/", ""] {
+            #expect(URLPath.canonical(kept[...]) == kept, "\(kept)")
+            #expect(URLPath.canonicalURL("https://h.example\(kept)") == "https://h.example\(kept)", "\(kept)")
+        }
+        for (path, canonical) in [("/.", "/"), ("/a/.", "/a/"), ("/a/..", "/"), ("/a/./b.js", "/a/b.js"), ("/a.b/../c", "/c"), ("/a/.%2e/b", "/b")] {
+            #expect(URLPath.canonical(path[...]) == canonical, "\(path)")
+            #expect(URLPath.canonicalURL("https://h.example\(path)") == "https://h.example\(canonical)", "\(path)")
+        }
+        #expect(URLPath.canonical("a.b") == "/a.b" && URLPath.canonical("ab") == "ab", "relative paths as before")
     }
 
     /// A request URL's host and path, as rules see them: userinfo, ports, IPv6 literals, and an
