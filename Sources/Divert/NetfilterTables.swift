@@ -52,7 +52,7 @@ public enum NetfilterTables {
         let chain = settings.iptablesChain
         for tool in ["iptables-nft", "ip6tables-nft"] where Subprocess.which(tool) != nil {
             guard (try? Subprocess.run(tool, ["-w", "-t", "mangle", "-n", "-L", chain]))?.status == 0 else { continue }
-            for hook in ["OUTPUT", "INPUT", "PREROUTING"] {
+            for hook in ["OUTPUT", "INPUT", "PREROUTING", "FORWARD"] {
                 var rounds = 0
                 while rounds < 16, (try? Subprocess.run(tool, ["-w", "-t", "mangle", "-D", hook, "-j", chain]))?.status == 0 { rounds += 1 }
             }

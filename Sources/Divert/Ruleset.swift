@@ -153,12 +153,14 @@ public struct Ruleset: Sendable {
         }
         out += "    chain output_verdict {\n        type filter hook output priority -140; policy accept;\n" + verdict + "    }\n"
         out += "    chain output_nat {\n        type nat hook output priority -100; policy accept;\n" + redirect + "    }\n"
-        // DNS answers to this host (and to its local resolver, over lo) are snooped for names.
-        out += "    chain input_dns {\n        type filter hook input priority -160; policy accept;\n"
-        out += "        udp sport 53 \(set("meta", m.dns))\n"
-        out += "        tcp sport 53 \(set("meta", m.dns)) comment \"answers over TCP, reassembled\"\n    }\n"
+        // DNS answers to this host (and to its local resolver, over lo) are snooped for names;
+        // on a gateway, also those it forwards to the hosts behind it.
+        let markAnswers = "        udp sport 53 \(set("meta", m.dns))\n"
+            + "        tcp sport 53 \(set("meta", m.dns)) comment \"answers over TCP, reassembled\"\n"
+        let queueAnswers = queueRule(m.dns, s.dnsQueue...s.dnsQueue)
+        out += "    chain input_dns {\n        type filter hook input priority -160; policy accept;\n" + markAnswers + "    }\n"
         if s.backend == .nft {
-            out += "    chain input_queue {\n        type filter hook input priority -150; policy accept;\n" + queueRule(m.dns, s.dnsQueue...s.dnsQueue) + "    }\n"
+            out += "    chain input_queue {\n        type filter hook input priority -150; policy accept;\n" + queueAnswers + "    }\n"
         }
         if s.gateway {
             out += "    chain prerouting_classify {\n        type filter hook prerouting priority -160; policy accept;\n" + classify("prerouting") + "    }\n"
@@ -170,6 +172,10 @@ public struct Ruleset: Sendable {
             out += "        \(field("meta", m.queue)) \(set("meta", 0))\n" + keepVerdict + "    }\n"
             out += "    chain forward_verdict {\n        type filter hook forward priority -140; policy accept;\n" + reject + "    }\n"
             out += "    chain prerouting_nat {\n        type nat hook prerouting priority -100; policy accept;\n" + redirect + "    }\n"
+            out += "    chain forward_dns {\n        type filter hook forward priority -160; policy accept;\n" + markAnswers + "    }\n"
+            if s.backend == .nft {
+                out += "    chain forward_queue {\n        type filter hook forward priority -150; policy accept;\n" + queueAnswers + "    }\n"
+            }
         }
         out += "}\n"
         return out
@@ -185,8 +191,8 @@ public struct Ruleset: Sendable {
         var chains = ["output_classify", "output_verdict", "input_dns"]
         if s.backend == .nft { chains += ["output_queue", "input_queue"] }
         if s.gateway {
-            chains += ["prerouting_classify", "prerouting_verdict", "forward_verdict"]
-            if s.backend == .nft { chains.append("prerouting_queue") }
+            chains += ["prerouting_classify", "prerouting_verdict", "forward_verdict", "forward_dns"]
+            if s.backend == .nft { chains += ["prerouting_queue", "forward_queue"] }
         }
         return chains.map { "delete chain inet \(s.table) \($0)\n" }.joined()
     }
@@ -205,7 +211,7 @@ public struct Ruleset: Sendable {
         out += "-A \(s.iptablesChain) -m mark --mark \(hex(m.queue))/\(hex(m.mask)) -j NFQUEUE \(queues)\(bypass)\n"
         out += "-A \(s.iptablesChain) -m mark --mark \(hex(m.dns))/\(hex(m.mask)) -j NFQUEUE --queue-num \(s.dnsQueue)\(bypass)\n"
         out += "-I OUTPUT 1 -j \(s.iptablesChain)\n-I INPUT 1 -j \(s.iptablesChain)\n"
-        if s.gateway { out += "-I PREROUTING 1 -j \(s.iptablesChain)\n" }
+        if s.gateway { out += "-I PREROUTING 1 -j \(s.iptablesChain)\n-I FORWARD 1 -j \(s.iptablesChain)\n" }
         out += "COMMIT\n"
         return out
     }

@@ -452,11 +452,16 @@ final class RecordBox: @unchecked Sendable {
         let text = Ruleset(s).nftScript
         #expect(!text.contains("flags bypass") && text.contains("queue to 0"))
         #expect(text.contains("hook prerouting") && text.contains("fib daddr type local accept") && text.contains("hook forward"))
+        // DNS answers the gateway forwards are snooped as its own are (names for forwarded flows).
+        let forwardDNS = text.components(separatedBy: "chain forward_dns {").dropFirst().first?.components(separatedBy: "}").first ?? ""
+        #expect(forwardDNS.contains("udp sport 53 meta mark set") && forwardDNS.contains("tcp sport 53 meta mark set"), "\(text)")
+        #expect(text.contains("chain forward_queue {") && text.contains("hook forward priority -150"))
         s.backend = .iptablesNFT
         let fallback = Ruleset(s)
         #expect(!fallback.nftScript.contains(" queue "), "the queue rule moves to iptables-nft")
         #expect(fallback.iptablesRestoreScript.contains("-j NFQUEUE --queue-num 0\n") && !fallback.iptablesRestoreScript.contains("bypass"))
-        #expect(fallback.iptablesRestoreScript.contains("-I PREROUTING 1 -j LOUPE-QUEUE"))
+        #expect(fallback.iptablesRestoreScript.contains("-I PREROUTING 1 -j LOUPE-QUEUE") && fallback.iptablesRestoreScript.contains("-I FORWARD 1 -j LOUPE-QUEUE"))
+        #expect(!fallback.nftScript.contains("forward_queue") && fallback.nftScript.contains("forward_dns"))
         s.failClosed = false
         s.queues = 0...1
         #expect(Ruleset(s).iptablesRestoreScript.contains("--queue-balance 0:1 --queue-bypass"))
@@ -526,7 +531,7 @@ final class RecordBox: @unchecked Sendable {
         #expect(drain.status == 0, "\(drain.err)")
         let draining = TestEnv.sh("ip netns exec \(ns) nft list table inet loupe").out
         #expect(draining.contains("chain output_nat") && draining.contains("chain prerouting_nat") && !draining.contains("classify")
-                && !draining.contains("verdict") && !draining.contains("input_dns"), "draining keeps only the nat chains: \(draining)")
+                && !draining.contains("verdict") && !draining.contains("input_dns") && !draining.contains("forward_dns"), "draining keeps only the nat chains: \(draining)")
         #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftRemoveScript.utf8)).status == 0)
         #expect(TestEnv.sh("ip netns exec \(ns) nft -f -", stdin: Array(Ruleset(s).nftRemoveScript.utf8)).status == 0, "removing twice is fine")
         let after = TestEnv.sh("ip netns exec \(ns) nft list ruleset").out
