@@ -109,9 +109,6 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    // Reads and writes on the client socket both count: every byte either way
-                    // passes through it. Two quiet seconds of reads: buffers are given back.
-                    try channel.pipeline.syncOperations.addHandler(IdleStateHandler(readTimeout: .seconds(2), allTimeout: configuration.idleTimeout))
                     try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration, trimmer: trimmer))
                     open.count.add(1, ordering: .relaxed)
                     channel.closeFuture.whenComplete { _ in
@@ -194,6 +191,11 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var bytesFromClient = 0
     var bytesFromUpstream = 0
     var receiveBuffers = ReceiveBuffers()
+    /// Reads and writes on the client socket both count: every byte either way passes through
+    /// it. Two quiet seconds: buffers are given back; `idleTimeout`: the connection is closed.
+    var activity: ActivityClock?
+    var activityCheck: Scheduled<Void>?
+    static let quietAfter = TimeAmount.seconds(2)
 
     init(configuration: ProxyServer.Configuration, trimmer: ProxyServer.HeapTrimmer) {
         self.configuration = configuration
@@ -203,6 +205,9 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         let channel = context.channel
+        let now = NIODeadline.now().uptimeNanoseconds
+        activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(configuration.idleTimeout.nanoseconds), now: now)
+        checkActivity()
         OriginalDestination.of(channel).whenComplete { [self] result in
             let local = channel.localAddress
             let ownAddress = local.flatMap { a -> FlowFacts.Endpoint? in
@@ -243,18 +248,31 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         receiveBuffers.sawRead(buffer)
+        activity?.moved(at: NIODeadline.now().uptimeNanoseconds)
         bytesFromClient += buffer.readableBytes
         handle(.clientData(buffer.readBytes(length: buffer.readableBytes) ?? []))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed { handle(.clientClosed) }
-        if let idle = event as? IdleStateHandler.IdleStateEvent {
-            handle(idle == .all ? .idle : .quiet)
-            // The quiet connection gave its buffers back; the pages follow once others did too.
-            if idle != .all { trimmer.request(on: context.eventLoop) }
-        }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    /// Tells the machine what the activity clock says is due, and asks again when it says.
+    func checkActivity() {
+        guard var clock = activity, let loop = context?.eventLoop else { return }
+        let (due, next) = clock.check(at: NIODeadline.now().uptimeNanoseconds)
+        activity = clock
+        switch due {
+        case .idle?: handle(.idle)
+        case .quiet?:
+            handle(.quiet)
+            // The quiet connection gave its buffers back; the pages follow once others did too.
+            trimmer.request(on: loop)
+        case nil: break
+        }
+        guard machine?.phase != .closed else { return }
+        activityCheck = loop.scheduleTask(deadline: .uptimeNanoseconds(next)) { [self] in checkActivity() }
     }
 
     /// Backpressure: while the client cannot take more, stop reading the upstream (and so
@@ -268,6 +286,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         if machine?.phase != .closed { handle(.clientClosed) }
         upstream?.close(promise: nil)
         deadline?.cancel()
+        activityCheck?.cancel()
     }
 
     /// The channel is gone: drop what points back at it. The context (which holds this handler)
@@ -276,6 +295,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         deadline = nil
+        activityCheck?.cancel()
+        activityCheck = nil
         upstream?.close(promise: nil)
         upstream = nil
         self.context = nil
@@ -303,6 +324,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .connectUpstream(let destination):
             connect(to: destination, on: context.eventLoop)
         case .sendClient(let bytes):
+            activity?.moved(at: NIODeadline.now().uptimeNanoseconds)
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
         case .sendUpstream(let bytes):
             guard let upstream else { return }
