@@ -42,19 +42,27 @@ import Testing
             for ns in $C $G $O; do ip -n $ns link set lo up; done
             ip -n $C link set \(n)a up && ip -n $G link set \(n)b up && ip -n $G link set \(n)x up && ip -n $O link set \(n)y up
             ip -n $C route add default via 10.221.1.1 && ip -n $O route add default via 10.221.2.1
-            ip netns exec $G sysctl -qw net.ipv4.ip_forward=1
+            ip -n $C addr add fd00:221:1::2/64 dev \(n)a nodad && ip -n $G addr add fd00:221:1::1/64 dev \(n)b nodad
+            ip -n $G addr add fd00:221:2::1/64 dev \(n)x nodad && ip -n $O addr add fd00:221:2::2/64 dev \(n)y nodad
+            ip -n $C -6 route add default via fd00:221:1::1 && ip -n $O -6 route add default via fd00:221:2::1
+            ip netns exec $G sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
             mkdir -p $D/www /etc/netns/$C && echo "nameserver 10.221.2.2" > /etc/netns/$C/resolv.conf
             echo hello > $D/www/index.html && mkdir -p $D/www/admin && echo secret > $D/www/admin/index.html
             $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
-            $L ca mint --state-dir $D/origin origin.test 10.221.2.2 --with-key --out $D/origin.pem >/dev/null
+            $L ca mint --state-dir $D/origin origin.test 10.221.2.2 fd00:221:2::2 --with-key --out $D/origin.pem >/dev/null
             $L ca init --state-dir $D/state --provider host-key >/dev/null && $L ca export --state-dir $D/state --out $D/loupe-root.pem
             cat > $D/serve.py <<'PY'
-            import http.server, sys, threading, os
+            import http.server, socket, sys, threading, os
             os.chdir(sys.argv[1])
+            class S(http.server.ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+                def server_bind(self):
+                    self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                    super().server_bind()
             class H(http.server.SimpleHTTPRequestHandler):
                 def log_message(self, *a): pass
             for p in (80, 81, 82):
-                threading.Thread(target=http.server.ThreadingHTTPServer(("0.0.0.0", p), H).serve_forever, daemon=True).start()
+                threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
             threading.Event().wait()
             PY
             ip netns exec $O python3 $D/serve.py $D/www >/dev/null 2>&1 & echo $! > $D/http.pid
@@ -78,6 +86,9 @@ import Testing
             echo "BUMP $(ip netns exec $C curl -sS -v --max-time 5 --cacert $D/loupe-root.pem --resolve origin.test:443:10.221.2.2 https://origin.test/index.html -o /dev/null 2>&1 | grep -c 'issuer: .*Loupe Root CA') $(c --cacert $D/loupe-root.pem --resolve origin.test:443:10.221.2.2 https://origin.test/index.html)"
             echo "ADMIN $(c --cacert $D/loupe-root.pem --resolve origin.test:443:10.221.2.2 https://origin.test/admin/index.html)"
             echo "UNTRUSTED $(c --resolve origin.test:443:10.221.2.2 https://origin.test/)"
+            echo "ALLOW6 $(c 'http://[fd00:221:2::2]/')"
+            echo "REJECT6 $(c 'http://[fd00:221:2::2]:82/')"
+            echo "BUMP6 $(c --cacert $D/loupe-root.pem --resolve 'origin.test:443:[fd00:221:2::2]' https://origin.test/index.html)"
             echo "OWN $(ip netns exec $G curl -sS --max-time 5 http://10.221.2.2:82/ -o /dev/null -w '%{http_code}' 2>/dev/null; echo " rc=$?")"
             kill -TERM $(cat $D/agent.pid); for i in $(seq 50); do kill -0 $(cat $D/agent.pid) 2>/dev/null || break; sleep 0.1; done
             echo "AFTERSTOP $(ip netns exec $G nft list table inet loupe >/dev/null 2>&1 && echo table-left || echo table-gone) $(ip netns exec $G iptables-nft -t mangle -n -L LOUPE-QUEUE >/dev/null 2>&1 && echo chain-left || echo chain-gone) $(c http://10.221.2.2:82/)"
@@ -95,6 +106,8 @@ import Testing
         #expect(r.line("BUMP") == "BUMP 1 200 rc=0", "forwarded TLS is inspected: \(out)")
         #expect(r.line("ADMIN") == "ADMIN 403 rc=0", "and its requests decided: \(out)")
         #expect(r.line("UNTRUSTED") == "UNTRUSTED 000 rc=60", "\(out)")
+        #expect(r.line("ALLOW6") == "ALLOW6 200 rc=0" && r.line("REJECT6") == "REJECT6 000 rc=7", "forwarded IPv6 is decided: \(out)")
+        #expect(r.line("BUMP6") == "BUMP6 200 rc=0", "…and inspected: \(out)")
         #expect(r.line("OWN") == "OWN 000 rc=7", "the gateway's own flows are decided too: \(out)")
         #expect(r.line("AFTERSTOP") == "AFTERSTOP table-gone chain-gone 200 rc=0", "SIGTERM removes the ruleset (the FORWARD jump too) and forwarding goes on: \(out)")
         #expect(r.line("HOSTCLEAN") == "HOSTCLEAN 0", "the host's own ruleset is untouched")
