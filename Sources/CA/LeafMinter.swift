@@ -5,11 +5,12 @@ import TLS
 /// The key a masquerade leaf carries. P-256 ECDSA serves nearly every client and signs in
 /// microseconds; RSA is for clients whose hello cannot verify P-256 ECDSA (Wire's
 /// `ClientHello.acceptsP256ECDSA`), which would otherwise fail where a direct RSA origin works;
-/// P-384 for the few that verify ECDSA only on P-384 and no RSA at all.
+/// P-384 (else P-521) for the few that verify ECDSA only on that curve and no RSA at all.
 public enum LeafKeyType: String, Sendable, Hashable, CaseIterable {
     case ecdsaP256 = "ec-p256"
     case rsa2048 = "rsa-2048"
     case ecdsaP384 = "ec-p384"
+    case ecdsaP521 = "ec-p521"
 }
 
 /// What a leaf should say. Pure description; `LeafMinter` turns it into a certificate.
@@ -143,10 +144,14 @@ public final class LeafMinter: Sendable {
     private func sharedKey(_ type: LeafKeyType) throws -> SharedKey {
         switch type {
         case .ecdsaP256: return ecdsa
-        case .rsa2048, .ecdsaP384:
+        case .rsa2048, .ecdsaP384, .ecdsaP521:
             return try lateKeys.withLock { made in
                 if let key = made[type] { return key }
-                let fresh = type == .rsa2048 ? try PrivateKey.generateRSA(bits: 2048) : try PrivateKey.generate(.ecP384).legacyEC()
+                let fresh = switch type {
+                case .ecdsaP384: try PrivateKey.generate(.ecP384).legacyEC()
+                case .ecdsaP521: try PrivateKey.generateP521().legacyEC()
+                default: try PrivateKey.generateRSA(bits: 2048)
+                }
                 let key = try SharedKey(fresh, root: root.certificate)
                 made[type] = key
                 return key

@@ -392,10 +392,13 @@ public final class ConnectionMachine {
     }
 
     /// P-256 for every client that verifies it; otherwise RSA, unless the client plainly takes
-    /// no RSA but ECDSA on P-384 (a key it cannot use fails a handshake that works direct).
+    /// no RSA but ECDSA on P-384 or P-521 (a key it cannot use fails a handshake that works direct).
     static func leafKey(for hello: ClientHello, at version: UInt16) -> LeafKeyType {
         if hello.acceptsP256ECDSA(at: version) { return .ecdsaP256 }
-        if hello.refusesRSA(at: version), hello.acceptsECDSA(curve: 0x0018, at: version) { return .ecdsaP384 }
+        if hello.refusesRSA(at: version) {
+            if hello.acceptsECDSA(curve: 0x0018, at: version) { return .ecdsaP384 }
+            if hello.acceptsECDSA(curve: 0x0019, at: version) { return .ecdsaP521 }
+        }
         return .rsa2048
     }
 

@@ -26,6 +26,14 @@ public final class PrivateKey: @unchecked Sendable {
         return PrivateKey(taking: made)
     }
 
+    /// A P-521 key (the masquerade leaf key for clients that verify ECDSA on P-521 alone; never
+    /// a root's, so not a `KeyAlgorithm`).
+    public static func generateP521() throws(OpenSSLError) -> PrivateKey {
+        ERR_clear_error()
+        guard let made = loupe_EVP_EC_gen("P-521") else { throw OpenSSLError.drain("generating a P-521 key") }
+        return PrivateKey(taking: made)
+    }
+
     /// An RSA key of `bits` (the masquerade leaf key for clients that cannot take ECDSA).
     public static func generateRSA(bits: UInt32) throws(OpenSSLError) -> PrivateKey {
         ERR_clear_error()

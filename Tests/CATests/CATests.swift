@@ -241,6 +241,8 @@ func writeFile(_ path: String, _ text: String) throws { try text.write(toFile: p
             let p384 = try minter.mint(.mirroring(upstream, keyType: .ecdsaP384))
             #expect(try p384.certificate.keyDescription == "EC P-384" && p384.certificate.publicKeyDER == p384.key.publicKeyDER())
             #expect(try minter.mint(.mirroring(upstream, keyType: .ecdsaP384)).key.publicKeyDER() == (try p384.key.publicKeyDER()), "one shared P-384 key")
+            let p521 = try minter.mint(.mirroring(upstream, keyType: .ecdsaP521))
+            #expect(try p521.certificate.keyDescription == "EC P-521" && p521.certificate.publicKeyDER == p521.key.publicKeyDER())
             let dir = TestEnv.scratch("rsa-leaf")
             defer { TestEnv.remove(dir) }
             try writeFile("\(dir)/root.pem", root.certificate.pem)

@@ -38,6 +38,12 @@ import TLS
           -tls1_3 -sigalgs ecdsa_secp384r1_sha384 </dev/null >/dev/null 2>&1
         """
 
+    /// The same on P-521.
+    static let p521OnlyClient = """
+        openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
+          -tls1_3 -sigalgs ecdsa_secp521r1_sha512 </dev/null >/dev/null 2>&1
+        """
+
     /// A client retrying at TLS 1.2 after a failed attempt, announcing it (RFC 7507).
     static let fallbackClient = """
         openssl s_client -connect $2:$3 -servername origin.test -CAfile $1 -verify_return_error -verify_hostname origin.test \\
@@ -190,6 +196,10 @@ import TLS
                               directShouldWork: true, client: Self.p384OnlyClient))
         origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.2 client offering only ECDHE-ECDSA on P-384", chain: [p384Origin], key: p384Key,
                               directShouldWork: true, clientFlags: "--tls-max 1.2 --ciphers ECDHE-ECDSA-AES128-GCM-SHA256 --curves secp384r1"))
+        let p521Key = try PrivateKey.generateP521()
+        origins.append(Origin(name: "P-521 ECDSA origin, TLS 1.3 client verifying only P-521 ECDSA",
+                              chain: [try Self.sign(name, key: p521Key, issuer: (root, rootKey))], key: p521Key,
+                              directShouldWork: true, client: Self.p521OnlyClient))
 
         try root.pem.write(toFile: "\(dir)/origin-root.pem", atomically: true, encoding: .utf8)
         var servers = ""

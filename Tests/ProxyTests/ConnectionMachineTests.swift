@@ -153,7 +153,7 @@ final class Playbook {
 
 @Suite struct ConnectionMachineTests {
     /// The client leg's key is one the client can verify at the version it will speak: P-256
-    /// when it can, else RSA, else (no RSA at all) P-384 — or it fails where direct works.
+    /// when it can, else RSA, else (no RSA at all) P-384 or P-521 — or it fails where direct works.
     @Test func leafKeyFollowsWhatTheClientCanVerify() {
         func hello(_ suites: [UInt16], _ schemes: [UInt16], _ groups: [UInt16], versions: [UInt16] = [0x0304, 0x0303]) -> ClientHello {
             ClientHello(supportedVersions: versions, cipherSuites: suites, signatureAlgorithms: schemes, supportedGroups: groups)
@@ -161,7 +161,10 @@ final class Playbook {
         #expect(ConnectionMachine.leafKey(for: hello([0x1301, 0xC02B], [0x0403, 0x0804], [0x001D]), at: 0x0304) == .ecdsaP256)
         #expect(ConnectionMachine.leafKey(for: hello([0x1301], [0x0804, 0x0503], [0x001D]), at: 0x0304) == .rsa2048)
         #expect(ConnectionMachine.leafKey(for: hello([0x1301], [0x0503], [0x001D]), at: 0x0304) == .ecdsaP384)
-        #expect(ConnectionMachine.leafKey(for: hello([0x1301], [0x0603], [0x001D]), at: 0x0304) == .rsa2048, "no key of Loupe's fits: RSA as before")
+        #expect(ConnectionMachine.leafKey(for: hello([0x1301], [0x0603], [0x001D]), at: 0x0304) == .ecdsaP521)
+        #expect(ConnectionMachine.leafKey(for: hello([0x1301], [0x0603, 0x0503], [0x001D]), at: 0x0304) == .ecdsaP384, "P-384 first")
+        #expect(ConnectionMachine.leafKey(for: hello([0xC02C], [0x0603], [0x0019], versions: [0x0303]), at: 0x0303) == .ecdsaP521)
+        #expect(ConnectionMachine.leafKey(for: hello([0x1301], [0x0807], [0x001D]), at: 0x0304) == .rsa2048, "no key of Loupe's fits (Ed25519 only): RSA as before")
         #expect(ConnectionMachine.leafKey(for: hello([0xC02C, 0x00FF], [0x0503], [0x0018], versions: [0x0303]), at: 0x0303) == .ecdsaP384)
         #expect(ConnectionMachine.leafKey(for: hello([0xC02C, 0xC030], [0x0503, 0x0401], [0x0018], versions: [0x0303]), at: 0x0303) == .rsa2048)
     }
