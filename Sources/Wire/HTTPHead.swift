@@ -141,6 +141,7 @@ public struct HTTPHead: Sendable, Equatable {
             version = String(decoding: bytes[start.lowerBound..<firstSpace], as: UTF8.self)
         }
         var headers: [(name: String, value: String)] = []
+        headers.reserveCapacity(24)  // a browser's request carries 15–20 fields: one allocation
         while let line = nextLine() {
             guard headers.count < maximumFields else { return .malformed(.malformed("more than \(maximumFields) header fields")) }
             guard let colon = bytes[line].firstIndex(of: 0x3A) else { return .malformed(.malformed("header line without ':'")) }

@@ -16,7 +16,8 @@
 // relay:  one bumped HTTP/1.1 connection's ConnectionMachine in memory, per keep-alive request
 //         (decrypt, frame and decide the request, encrypt it upstream; the same for the
 //         response) — the proxy's user-space work for a request without sockets, NIO or the
-//         kernel, which on this machine move its end-to-end figure by a third between runs.
+//         kernel, which on this machine move its end-to-end figure by a third between runs;
+//         LOUPE_BENCH_BROWSER=1 sends a browser's 17-field request head instead of a short one.
 import CA
 import Divert
 import Dispatch
@@ -74,6 +75,18 @@ struct Bench {
         return (authority, try LeafMinter(root: root, profile: CAProfile()), bundle)
     }
 
+    /// A browser's request head as Chrome sends one (17 fields, a cookie): LOUPE_BENCH_BROWSER=1.
+    static let browserRequest = [
+        "GET /assets/app.4f9c2e1b.js?v=20261201 HTTP/1.1", "Host: origin.test", "Connection: keep-alive",
+        "sec-ch-ua: \"Chromium\";v=\"131\", \"Not_A Brand\";v=\"24\"", "sec-ch-ua-mobile: ?0", "sec-ch-ua-platform: \"Linux\"",
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+        "Accept: */*", "Sec-Fetch-Site: same-origin", "Sec-Fetch-Mode: no-cors", "Sec-Fetch-Dest: script",
+        "Referer: https://origin.test/dashboard/overview", "Accept-Encoding: gzip, deflate, br, zstd",
+        "Accept-Language: en-GB,en;q=0.9,de;q=0.8", "If-None-Match: \"5f3a9c-18a2b3\"", "If-Modified-Since: Sun, 29 Nov 2026 10:12:44 GMT",
+        "Cookie: session=3c9f1e2a7b4d4e0f9a8b7c6d5e4f3a2b; theme=dark; _ga=GA1.1.123456789.1764500000; consent=yes",
+        "Priority: u=1",
+    ].joined(separator: "\r\n") + "\r\n\r\n"
+
     static func relay(count: Int) throws {
         let dir = NSTemporaryDirectory() + "loupe-bench-relay-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -114,7 +127,9 @@ struct Bench {
             _ = client.read()  // the client's side of the handshake (and its session tickets)
         }
         precondition(machine.phase == .relaying && client.state == .established, "the bench connection did not reach relaying")
-        let request = Array("GET /index.html?q=1 HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: loupe-bench\r\nAccept: */*\r\n\r\n".utf8)
+        let request = ProcessInfo.processInfo.environment["LOUPE_BENCH_BROWSER"] == nil
+            ? Array("GET /index.html?q=1 HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: loupe-bench\r\nAccept: */*\r\n\r\n".utf8)
+            : Array(Self.browserRequest.utf8)
         let response = Array("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\n".utf8) + Array(repeating: 0x78, count: 100)
         var up: [UInt64] = [], down: [UInt64] = []
         for _ in 0..<count {
