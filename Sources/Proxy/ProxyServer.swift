@@ -135,11 +135,13 @@ public final class ProxyServer: Sendable {
 /// Keeps a socket's receive buffer from outliving the read that needed it. NIO keeps the buffer
 /// it last read into for the next read, at the largest size it ever grew to: after one 64 KiB
 /// read (any download), an idle connection held 64 KiB for good — 116 KiB a bumped pair that had
-/// moved 2 MiB, against 42 fresh. Holding on to the socket's first (small) buffer makes NIO's
-/// pool find it shared, so with one buffer per wakeup each read gets a buffer of the size the
-/// adaptive allocator predicts, freed once the bytes are copied out.
+/// moved 2 MiB, against 42 fresh. Holding on to the socket's first buffer makes NIO's pool find
+/// it shared, so with one buffer per wakeup each read gets a buffer of the size the adaptive
+/// allocator predicts, freed once the bytes are copied out. That first buffer is made tiny (its
+/// read takes the first 16 bytes of a hello): held for the connection's life, a 1 KiB one cost
+/// 2 KiB a pair.
 struct ReceiveBuffers {
-    static let allocator = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65_536)
+    static let allocator = FirstReadSmall()
     /// One read per readiness event: the pool then never stores a second buffer (epoll is level
     /// triggered, so more data waiting only means the next wait returns at once).
     static let readsPerWakeup: UInt = 1
@@ -147,6 +149,27 @@ struct ReceiveBuffers {
 
     mutating func sawRead(_ buffer: ByteBuffer) {
         if first == nil { first = buffer }
+    }
+
+    /// NIO's adaptive sizes (1 KiB to start, up to 64 KiB), after a first buffer of 16 bytes.
+    struct FirstReadSmall: RecvByteBufferAllocator {
+        static let firstSize = 16
+        private var adaptive = AdaptiveRecvByteBufferAllocator(minimum: 64, initial: 1024, maximum: 65_536)
+        private var first = true
+
+        func buffer(allocator: ByteBufferAllocator) -> ByteBuffer {
+            first ? allocator.buffer(capacity: Self.firstSize) : adaptive.buffer(allocator: allocator)
+        }
+
+        func nextBufferSize() -> Int? { first ? Self.firstSize : adaptive.nextBufferSize() }
+
+        mutating func record(actualReadBytes: Int) -> Bool {
+            guard !first else {
+                first = false
+                return true
+            }
+            return adaptive.record(actualReadBytes: actualReadBytes)
+        }
     }
 }
 
