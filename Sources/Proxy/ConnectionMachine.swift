@@ -93,7 +93,12 @@ public final class ConnectionMachine {
     /// …and the responses, so each request's line gets a status and size.
     private var responses: HTTPResponseTracker?
     /// Present on bumped HTTP/2 flows: each request's header block likewise.
-    private var http2: HTTP2RequestFilter?
+    private var http2: HTTP2Box?
+    /// The HTTP/2 filter behind a reference: held inline, its ~600 bytes (HPACK state) sat in
+    /// every connection's machine, HTTP/1.1 and spliced ones too.
+    private final class HTTP2Box {
+        var filter = HTTP2RequestFilter()
+    }
     private var clientClosed = false
     private var upstreamClosed = false
     /// Whether any application data came from the upstream.
@@ -442,7 +447,7 @@ public final class ConnectionMachine {
                 requests = HTTPRequestTracker()
                 responses = HTTPResponseTracker()
             }
-            if client.alpn == "h2" { http2 = HTTP2RequestFilter() }
+            if client.alpn == "h2" { http2 = HTTP2Box() }
             // Anything either side already sent past the handshake flows now; the handshake's
             // buffers go.
             out += forwardPlaintext()
@@ -489,8 +494,8 @@ public final class ConnectionMachine {
         guard let client = clientTLS, let upstream = upstreamTLS else { return [] }
         var out: [Command] = []
         let up = client.read()
-        if !up.isEmpty, http2 != nil {
-            let filtered = http2!.fromClient(up) { method, url in
+        if !up.isEmpty, let http2 {
+            let filtered = http2.filter.fromClient(up) { method, url in
                 facts.method = method
                 facts.url = url
                 return decideRequest()
@@ -516,8 +521,8 @@ public final class ConnectionMachine {
                let end = relayRequests(requests!.upstreamAnswered(switched: switched), client, upstream, into: &out) {
                 return out + end
             }
-            if http2 != nil {
-                let seen = http2!.fromUpstream(down)
+            if let http2 {
+                let seen = http2.filter.fromUpstream(down)
                 out += seen.answered.map(Command.answered)
                 if let failure = seen.failure { return out + finish(failure) }
                 try? client.write(down)
