@@ -209,7 +209,6 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var context: ChannelHandlerContext?
     var upstream: Channel?
     var pending: [ConnectionMachine.Event] = []
-    var deadline: Scheduled<Void>?
     let started = Date()
     var bytesFromClient = 0
     var bytesFromUpstream = 0
@@ -230,6 +229,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         let channel = context.channel
         let now = NIODeadline.now().uptimeNanoseconds
         activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(configuration.idleTimeout.nanoseconds), now: now)
+        activity?.expect(by: now + UInt64(configuration.handshakeTimeout.nanoseconds))
         checkActivity()
         OriginalDestination.of(channel).whenComplete { [self] result in
             let local = channel.localAddress
@@ -258,9 +258,6 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             settings.clientIdentities = configuration.liveClientIdentities?() ?? configuration.clientIdentities
             settings.quarantineFailures = configuration.quarantine != nil
             machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
-            deadline = channel.eventLoop.scheduleTask(in: configuration.handshakeTimeout) { [self] in
-                if machine?.phase != .relaying { handle(.timeout) }
-            }
             let queued = pending
             pending = []
             for event in queued { handle(event) }
@@ -287,6 +284,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         let (due, next) = clock.check(at: NIODeadline.now().uptimeNanoseconds)
         activity = clock
         switch due {
+        case .deadline?: if machine?.phase != .relaying { handle(.timeout) }
         case .idle?: handle(.idle)
         case .quiet?:
             handle(.quiet)
@@ -308,7 +306,6 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         if machine?.phase != .closed { handle(.clientClosed) }
         upstream?.close(promise: nil)
-        deadline?.cancel()
         activityCheck?.cancel()
     }
 
@@ -316,8 +313,6 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     /// and the upstream channel (whose handler holds this one) would otherwise keep every
     /// ended connection — its sessions, machine and both channels — alive for good.
     func handlerRemoved(context: ChannelHandlerContext) {
-        deadline?.cancel()
-        deadline = nil
         activityCheck?.cancel()
         activityCheck = nil
         upstream?.close(promise: nil)
@@ -334,11 +329,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func handle(_ event: ConnectionMachine.Event) {
         guard let machine else { pending.append(event); return }
         for command in machine.handle(event) { execute(command) }
-        // Handshakes done: the idle timeout rules from here; the deadline's closure goes.
-        if deadline != nil, machine.phase == .relaying {
-            deadline?.cancel()
-            deadline = nil
-        }
+        // Handshakes done: the idle timeout rules from here.
+        if machine.phase == .relaying, activity?.deadline != nil { activity?.expect(by: nil) }
     }
 
     func execute(_ command: ConnectionMachine.Command) {
@@ -378,7 +370,6 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             if machine?.phase == .closed { return }
             upstream?.close(mode: .output, promise: nil)
         case .finished(let reason):
-            deadline?.cancel()
             configuration.onFinished?(machine?.mode?.rawValue ?? "none", reason)
             // The close line reads certificates and fingerprints: only when someone logs.
             if configuration.flowLog != nil {

@@ -17,6 +17,22 @@ import Testing
         #expect(clock.check(at: 116 * s) == (.idle, 126 * s), "ten seconds with nothing moved: idle")
     }
 
+    /// The handshake deadline shares the clock's one timer: due once when it passes, lifted when
+    /// the handshakes are done.
+    @Test func theHandshakeDeadlineIsOneMoreTimeToAskAt() {
+        let s = Self.s
+        var clock = ActivityClock(quiet: 2 * s, idle: 10 * s, now: 0)
+        clock.expect(by: 1 * s)
+        #expect(clock.check(at: s / 2) == (nil, 1 * s), "the deadline comes before quiet")
+        #expect(clock.check(at: 1 * s) == (.deadline, 1 * s) && clock.deadline == nil, "told once")
+        #expect(clock.check(at: 1 * s) == (nil, 2 * s))
+        var lifted = ActivityClock(quiet: 2 * s, idle: 10 * s, now: 0)
+        lifted.expect(by: 5 * s)
+        #expect(lifted.check(at: 2 * s) == (.quiet, 5 * s))
+        lifted.expect(by: nil)  // relaying: only quiet and idle from here
+        #expect(lifted.check(at: 6 * s) == (nil, 10 * s))
+    }
+
     @Test func movingKeepsTheConnectionFromQuietAndIdle() {
         let s = Self.s
         var clock = ActivityClock(quiet: 2 * s, idle: 10 * s, now: 0)
