@@ -106,9 +106,8 @@ public struct HTTPRequestTracker: Sendable {
                     if head.fieldValues("upgrade").contains(where: { $0.lowercased() == "h2c" }) {
                         return pieces + refuse("an upgrade to h2c: its requests could not be decided")
                     }
-                    let raw = Array(buffer.prefix(head.length))
                     buffer.removeFirst(head.length)
-                    pieces.append(.head(head, raw: raw))
+                    pieces.append(.head(head, raw: head.bytes))  // the head's own copy, shared
                     sawHTTP = true
                     afterBody = Self.asksToSwitch(head) ? .awaitingSwitch : .head
                     if case .head = next { state = afterBody } else { state = next }

@@ -6,22 +6,39 @@ public struct HTTPHead: Sendable, Equatable {
     }
     public var kind: Kind
     public var version: String
-    public var headers: [(name: String, value: String)]
     /// Bytes taken by the head, including the blank line.
     public var length: Int
+    /// The head as it came, and where each field's name and (trimmed) value lie in it: field
+    /// strings are made only for the fields asked for (a browser's request carries 15–20, and
+    /// every request and response on a bumped connection is parsed).
+    public let bytes: [UInt8]
+    private let fields: [Field]
+
+    /// Where one field's name and value lie in `bytes`.
+    struct Field: Sendable, Equatable {
+        var name: Range<Int>
+        var value: Range<Int>
+    }
+
+    /// Every field, in order.
+    public var headers: [(name: String, value: String)] {
+        fields.map { (string(at: $0.name), string(at: $0.value)) }
+    }
 
     public static func == (a: HTTPHead, b: HTTPHead) -> Bool {
         a.kind == b.kind && a.version == b.version && a.length == b.length
             && a.headers.map(\.name) == b.headers.map(\.name) && a.headers.map(\.value) == b.headers.map(\.value)
     }
 
+    private func string(at range: Range<Int>) -> String { String(decoding: bytes[range], as: UTF8.self) }
+
     /// The first field named `name` (ASCII case-insensitive; compared without allocating).
     public func header(_ name: String) -> String? {
-        headers.first { Self.sameName($0.name, name) }?.value
+        fields.first { Self.sameName(bytes[$0.name], name) }.map { string(at: $0.value) }
     }
 
-    static func sameName(_ a: String, _ b: String) -> Bool {
-        a.utf8.count == b.utf8.count && zip(a.utf8, b.utf8).allSatisfy { x, y in x | 0x20 == y | 0x20 && (x == y || Self.isLetter(x)) }
+    static func sameName(_ a: ArraySlice<UInt8>, _ b: String) -> Bool {
+        a.count == b.utf8.count && zip(a, b.utf8).allSatisfy { x, y in x | 0x20 == y | 0x20 && (x == y || Self.isLetter(x)) }
     }
 
     private static func isLetter(_ c: UInt8) -> Bool { (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) }
@@ -67,8 +84,8 @@ public struct HTTPHead: Sendable, Equatable {
     /// Every comma-separated element of every field named `name`, trimmed (RFC 9110 5.6.1;
     /// empty elements dropped).
     public func fieldValues(_ name: String) -> [String] {
-        headers.filter { Self.sameName($0.name, name) }.flatMap { field in
-            field.value.split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
+        fields.filter { Self.sameName(bytes[$0.name], name) }.flatMap { field in
+            string(at: field.value).split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
         }
     }
 
@@ -140,10 +157,11 @@ public struct HTTPHead: Sendable, Equatable {
             kind = .response(status: status, reason: reason)
             version = String(decoding: bytes[start.lowerBound..<firstSpace], as: UTF8.self)
         }
-        var headers: [(name: String, value: String)] = []
-        headers.reserveCapacity(24)  // a browser's request carries 15–20 fields: one allocation
+        let base = bytes.startIndex
+        var fields: [Field] = []
+        fields.reserveCapacity(24)  // a browser's request carries 15–20 fields: one allocation
         while let line = nextLine() {
-            guard headers.count < maximumFields else { return .malformed(.malformed("more than \(maximumFields) header fields")) }
+            guard fields.count < maximumFields else { return .malformed(.malformed("more than \(maximumFields) header fields")) }
             guard let colon = bytes[line].firstIndex(of: 0x3A) else { return .malformed(.malformed("header line without ':'")) }
             let name = bytes[line.lowerBound..<colon]
             // RFC 9112: no whitespace between the name and the colon; obsolete folding refused.
@@ -155,9 +173,9 @@ public struct HTTPHead: Sendable, Equatable {
             }
             while !value.isEmpty, bytes[value.lowerBound] == 0x20 || bytes[value.lowerBound] == 0x09 { value = (value.lowerBound + 1)..<value.upperBound }
             while !value.isEmpty, bytes[value.upperBound - 1] == 0x20 || bytes[value.upperBound - 1] == 0x09 { value = value.lowerBound..<(value.upperBound - 1) }
-            headers.append((String(decoding: name, as: UTF8.self), String(decoding: bytes[value], as: UTF8.self)))
+            fields.append(Field(name: (name.startIndex - base)..<(name.endIndex - base), value: (value.lowerBound - base)..<(value.upperBound - base)))
         }
-        return .head(HTTPHead(kind: kind, version: version, headers: headers, length: end - bytes.startIndex))
+        return .head(HTTPHead(kind: kind, version: version, length: end - base, bytes: Array(bytes[base..<end]), fields: fields))
     }
 
     /// "HTTP/1." and one digit, nothing after it (HTTP/1.x heads only).
