@@ -338,12 +338,19 @@ final class RecordBox: @unchecked Sendable {
 }
 
 /// sock_diag against real sockets of this process: the inode it names is the socket's own
-/// (fstat's st_ino), and the attribution finds this process.
+/// (fstat's st_ino), and the attribution finds this process. Every socket is close-on-exec: a
+/// test running beside this one spawns processes, which would otherwise inherit them — and hold
+/// the same socket, a newer holder than this process (a CI run found pid 4615, a child).
 @Suite struct SocketDiagTests {
+    /// socket(2) with SOCK_CLOEXEC.
+    func privateSocket(_ family: Int32, _ type: Int32) -> Int32 {
+        socket(family, type | Int32(SOCK_CLOEXEC.rawValue), 0)
+    }
+
     /// A socket bound to `address` (an ephemeral port), with its local endpoint.
     func bound(_ type: Int32, _ address: String) throws -> (fd: Int32, local: FlowFacts.Endpoint) {
         let v6 = address.contains(":")
-        let fd = socket(v6 ? AF_INET6 : AF_INET, type, 0)
+        let fd = privateSocket(v6 ? AF_INET6 : AF_INET, type)
         try #require(fd >= 0)
         var storage = sockaddr_storage()
         var length: socklen_t
@@ -395,7 +402,7 @@ final class RecordBox: @unchecked Sendable {
         let server = try bound(Int32(SOCK_STREAM.rawValue), address)
         defer { close(server.fd) }
         try #require(listen(server.fd, 256) == 0)
-        let client = socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let client = privateSocket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue))
         defer { close(client) }
         try #require(connect(client, to: server.local) == 0)
         let clientEnd = try local(client)
@@ -412,10 +419,10 @@ final class RecordBox: @unchecked Sendable {
         var others: [Int32] = []
         defer { for fd in others { close(fd) } }
         for _ in 0..<100 {
-            let fd = socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            let fd = privateSocket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue))
             if connect(fd, to: server.local) == 0 { others.append(fd) } else { close(fd) }
         }
-        let late = socket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let late = privateSocket(address.contains(":") ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue))
         defer { close(late) }
         try #require(connect(late, to: server.local) == 0)
         #expect(ProcNetTable.inode(proto: .tcp, local: try local(late)) == inode(late), "found in /proc/net past its first page")
