@@ -79,21 +79,7 @@ import Testing
             $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
             $L ca mint --state-dir $D/origin origin.test \(v4).2 \(v6)2 --with-key --out $D/origin.pem >/dev/null
             $L ca init --state-dir $D/state --provider host-key >/dev/null && $L ca export --state-dir $D/state --out $D/loupe-root.pem
-            cat > $D/serve.py <<'PY'
-            import http.server, socket, sys, threading, os
-            os.chdir(sys.argv[1])
-            class S(http.server.ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-                def server_bind(self):
-                    self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                    super().server_bind()
-            class H(http.server.SimpleHTTPRequestHandler):
-                def log_message(self, *a): pass
-            for p in (80, 81, 82, 8081):
-                threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
-            threading.Event().wait()
-            PY
-            ip netns exec $B python3 $D/serve.py $D/www >/dev/null 2>&1 & echo $! > $D/http.pid
+            \(TestEnv.httpOrigins(in: "$B", ports: [80, 81, 82, 8081]))
             (cd $D/www && exec ip netns exec $B openssl s_server -accept 443 -cert $D/origin.pem -key $D/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $D/tls.pid
             ip netns exec $B dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=\(v4).2 --bind-interfaces \\
               --address=/ok.test/\(v4).2 --address=/blocked.test/\(v4).3 --address=/tcponly.test/\(v4).4 --pid-file=$D/dnsmasq.real.pid >/dev/null 2>&1 & echo $! > $D/dnsmasq.pid

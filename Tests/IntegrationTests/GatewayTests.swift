@@ -51,21 +51,7 @@ import Testing
             $L ca init --state-dir $D/origin --provider host-key >/dev/null && $L ca export --state-dir $D/origin --out $D/origin-root.pem
             $L ca mint --state-dir $D/origin origin.test 10.221.2.2 fd00:221:2::2 --with-key --out $D/origin.pem >/dev/null
             $L ca init --state-dir $D/state --provider host-key >/dev/null && $L ca export --state-dir $D/state --out $D/loupe-root.pem
-            cat > $D/serve.py <<'PY'
-            import http.server, socket, sys, threading, os
-            os.chdir(sys.argv[1])
-            class S(http.server.ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-                def server_bind(self):
-                    self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-                    super().server_bind()
-            class H(http.server.SimpleHTTPRequestHandler):
-                def log_message(self, *a): pass
-            for p in (80, 81, 82):
-                threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
-            threading.Event().wait()
-            PY
-            ip netns exec $O python3 $D/serve.py $D/www >/dev/null 2>&1 & echo $! > $D/http.pid
+            \(TestEnv.httpOrigins(in: "$O", ports: [80, 81, 82]))
             (cd $D/www && exec ip netns exec $O openssl s_server -accept 443 -cert $D/origin.pem -key $D/origin.pem -WWW -quiet) >/dev/null 2>&1 & echo $! > $D/tls.pid
             ip netns exec $O dnsmasq --keep-in-foreground --no-resolv --no-hosts --listen-address=10.221.2.2 --bind-interfaces \\
               --address=/ok.test/10.221.2.2 --address=/blocked.test/10.221.2.3 --pid-file=$D/dnsmasq.real.pid >/dev/null 2>&1 & echo $! > $D/dnsmasq.pid

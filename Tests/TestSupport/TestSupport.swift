@@ -155,6 +155,28 @@ extension TestEnv {
         ip -n $A link set \(name)x up && ip -n $B link set \(name)y up
         """
     }
+
+    /// Bash lines that serve `$D/www` over plain HTTP on `ports` (IPv4 and IPv6) in `namespace`,
+    /// the server's pid in `$D/http.pid`.
+    public static func httpOrigins(in namespace: String, ports: [Int]) -> String {
+        """
+        cat > $D/serve.py <<'PY'
+        import http.server, socket, sys, threading, os
+        os.chdir(sys.argv[1])
+        class S(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6
+            def server_bind(self):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                super().server_bind()
+        class H(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *a): pass
+        for p in (\(ports.map(String.init).joined(separator: ", ")),):
+            threading.Thread(target=S(("::", p), H).serve_forever, daemon=True).start()
+        threading.Event().wait()
+        PY
+        ip netns exec \(namespace) python3 $D/serve.py $D/www >/dev/null 2>&1 & echo $! > $D/http.pid
+        """
+    }
 }
 
 /// Origins in namespace B on ports 4431…(4430 + `origins`), `$D/loupe` initialised, and
