@@ -108,6 +108,11 @@ public struct Ruleset: Sendable {
         "\(source) mark set \(source) mark & \(hex(~settings.marks.mask))" + (value == 0 ? "" : " | \(hex(value))")
     }
 
+    /// One base chain of Loupe's table: `rules` (each line indented, newline-ended) on `hook`.
+    func chain(_ name: String, hook: String, priority: Int, type: String = "filter", _ rules: String) -> String {
+        "    chain \(name) {\n        type \(type) hook \(hook) priority \(priority); policy accept;\n" + rules + "    }\n"
+    }
+
     /// Replaces Loupe's table atomically (one transaction: create-if-missing, delete, define).
     public var nftScript: String {
         let s = settings, m = s.marks
@@ -147,34 +152,33 @@ public struct Ruleset: Sendable {
         let verdict = "        \(field("meta", m.queue)) \(set("meta", 0)) comment \"queue bypassed: no agent, fail open\"\n" + reject + keepVerdict
         let redirect = "        \(field("meta", m.inspect)) meta l4proto tcp redirect to :\(s.proxyPort)\n"
 
-        out += "    chain output_classify {\n        type filter hook output priority -160; policy accept;\n" + classify("output") + "    }\n"
+        out += chain("output_classify", hook: "output", priority: -160, classify("output"))
         if s.backend == .nft {
-            out += "    chain output_queue {\n        type filter hook output priority -150; policy accept;\n" + queueRule(m.queue, s.queues) + "    }\n"
+            out += chain("output_queue", hook: "output", priority: -150, queueRule(m.queue, s.queues))
         }
-        out += "    chain output_verdict {\n        type filter hook output priority -140; policy accept;\n" + verdict + "    }\n"
-        out += "    chain output_nat {\n        type nat hook output priority -100; policy accept;\n" + redirect + "    }\n"
+        out += chain("output_verdict", hook: "output", priority: -140, verdict)
+        out += chain("output_nat", hook: "output", priority: -100, type: "nat", redirect)
         // DNS answers to this host (and to its local resolver, over lo) are snooped for names;
         // on a gateway, also those it forwards to the hosts behind it.
         let markAnswers = "        udp sport 53 \(set("meta", m.dns))\n"
             + "        tcp sport 53 \(set("meta", m.dns)) comment \"answers over TCP, reassembled\"\n"
         let queueAnswers = queueRule(m.dns, s.dnsQueue...s.dnsQueue)
-        out += "    chain input_dns {\n        type filter hook input priority -160; policy accept;\n" + markAnswers + "    }\n"
+        out += chain("input_dns", hook: "input", priority: -160, markAnswers)
         if s.backend == .nft {
-            out += "    chain input_queue {\n        type filter hook input priority -150; policy accept;\n" + queueAnswers + "    }\n"
+            out += chain("input_queue", hook: "input", priority: -150, queueAnswers)
         }
         if s.gateway {
-            out += "    chain prerouting_classify {\n        type filter hook prerouting priority -160; policy accept;\n" + classify("prerouting") + "    }\n"
+            out += chain("prerouting_classify", hook: "prerouting", priority: -160, classify("prerouting"))
             if s.backend == .nft {
-                out += "    chain prerouting_queue {\n        type filter hook prerouting priority -150; policy accept;\n" + queueRule(m.queue, s.queues) + "    }\n"
+                out += chain("prerouting_queue", hook: "prerouting", priority: -150, queueRule(m.queue, s.queues))
             }
             // Reject is not allowed in prerouting: keep the mark there, reject in forward.
-            out += "    chain prerouting_verdict {\n        type filter hook prerouting priority -140; policy accept;\n"
-            out += "        \(field("meta", m.queue)) \(set("meta", 0))\n" + keepVerdict + "    }\n"
-            out += "    chain forward_verdict {\n        type filter hook forward priority -140; policy accept;\n" + reject + "    }\n"
-            out += "    chain prerouting_nat {\n        type nat hook prerouting priority -100; policy accept;\n" + redirect + "    }\n"
-            out += "    chain forward_dns {\n        type filter hook forward priority -160; policy accept;\n" + markAnswers + "    }\n"
+            out += chain("prerouting_verdict", hook: "prerouting", priority: -140, "        \(field("meta", m.queue)) \(set("meta", 0))\n" + keepVerdict)
+            out += chain("forward_verdict", hook: "forward", priority: -140, reject)
+            out += chain("prerouting_nat", hook: "prerouting", priority: -100, type: "nat", redirect)
+            out += chain("forward_dns", hook: "forward", priority: -160, markAnswers)
             if s.backend == .nft {
-                out += "    chain forward_queue {\n        type filter hook forward priority -150; policy accept;\n" + queueAnswers + "    }\n"
+                out += chain("forward_queue", hook: "forward", priority: -150, queueAnswers)
             }
         }
         out += "}\n"
