@@ -105,8 +105,8 @@ public final class LeafMinter: Sendable {
     public var leafKey: PrivateKey { ecdsa.key }
     private let signingKey: PrivateKey
     private let ecdsa: SharedKey
-    /// RSA and P-384 keys, made on first need: few clients ask for them, and making an RSA-2048
-    /// key takes 0.2–0.6 s here.
+    /// RSA, P-384 and P-521 keys, made on first need: few clients ask for them, and making an
+    /// RSA-2048 key takes 0.2–0.6 s here.
     private let lateKeys = Mutex<[LeafKeyType: SharedKey]>([:])
     // Read once: parsing ASN1 times on every mint is measurable.
     private let rootNotBefore: Date
@@ -148,8 +148,8 @@ public final class LeafMinter: Sendable {
             return try lateKeys.withLock { made in
                 if let key = made[type] { return key }
                 let fresh = switch type {
-                case .ecdsaP384: try PrivateKey.generate(.ecP384).legacyEC()
-                case .ecdsaP521: try PrivateKey.generateP521().legacyEC()
+                case .ecdsaP384: try PrivateKey.generateEC(curve: "P-384").legacyEC()
+                case .ecdsaP521: try PrivateKey.generateEC(curve: "P-521").legacyEC()
                 default: try PrivateKey.generateRSA(bits: 2048)
                 }
                 let key = try SharedKey(fresh, root: root.certificate)

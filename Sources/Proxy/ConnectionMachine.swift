@@ -401,8 +401,8 @@ public final class ConnectionMachine {
     static func leafKey(for hello: ClientHello, at version: UInt16) -> LeafKeyType {
         if hello.acceptsP256ECDSA(at: version) { return .ecdsaP256 }
         if hello.refusesRSA(at: version) {
-            if hello.acceptsECDSA(curve: 0x0018, at: version) { return .ecdsaP384 }
-            if hello.acceptsECDSA(curve: 0x0019, at: version) { return .ecdsaP521 }
+            if hello.acceptsECDSA(curve: ClientHello.p384, at: version) { return .ecdsaP384 }
+            if hello.acceptsECDSA(curve: ClientHello.p521, at: version) { return .ecdsaP521 }
         }
         return .rsa2048
     }

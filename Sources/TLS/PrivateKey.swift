@@ -16,21 +16,18 @@ public final class PrivateKey: @unchecked Sendable {
     deinit { EVP_PKEY_free(pkey) }
 
     public static func generate(_ algorithm: KeyAlgorithm) throws(OpenSSLError) -> PrivateKey {
-        ERR_clear_error()
-        let made: OpaquePointer? = switch algorithm {
-        case .ecP256: loupe_EVP_EC_gen("P-256")
-        case .ecP384: loupe_EVP_EC_gen("P-384")
-        case .rsa3072: loupe_EVP_RSA_gen(3072)
+        switch algorithm {
+        case .ecP256: try generateEC(curve: "P-256")
+        case .ecP384: try generateEC(curve: "P-384")
+        case .rsa3072: try generateRSA(bits: 3072)
         }
-        guard let made else { throw OpenSSLError.drain("generating a \(algorithm.rawValue) key") }
-        return PrivateKey(taking: made)
     }
 
-    /// A P-521 key (the masquerade leaf key for clients that verify ECDSA on P-521 alone; never
-    /// a root's, so not a `KeyAlgorithm`).
-    public static func generateP521() throws(OpenSSLError) -> PrivateKey {
+    /// An EC key on a named curve: a root's (P-256, P-384), or a masquerade leaf's — P-521 too,
+    /// for clients that verify ECDSA on it alone (never a root's, so not a `KeyAlgorithm`).
+    public static func generateEC(curve: String) throws(OpenSSLError) -> PrivateKey {
         ERR_clear_error()
-        guard let made = loupe_EVP_EC_gen("P-521") else { throw OpenSSLError.drain("generating a P-521 key") }
+        guard let made = loupe_EVP_EC_gen(curve) else { throw OpenSSLError.drain("generating an EC \(curve) key") }
         return PrivateKey(taking: made)
     }
 

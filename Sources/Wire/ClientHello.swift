@@ -35,9 +35,12 @@ extension ClientHello {
     /// Whether this client can accept a server certificate with a P-256 ECDSA key when the
     /// handshake settles on `version` (0x0304 = TLS 1.3). A masquerade leaf the client cannot use
     /// would fail a handshake that works directly; clients answering `false` get another key.
-    public func acceptsP256ECDSA(at version: UInt16) -> Bool { acceptsECDSA(curve: 0x0017, at: version) }
+    public func acceptsP256ECDSA(at version: UInt16) -> Bool { acceptsECDSA(curve: Self.p256, at: version) }
 
-    /// The same for an ECDSA key on `curve` (a TLS group: 0x0017 P-256, 0x0018 P-384).
+    /// The TLS groups (supported_groups code points) of the curves Loupe's ECDSA leaves use.
+    public static let p256: UInt16 = 0x0017, p384: UInt16 = 0x0018, p521: UInt16 = 0x0019
+
+    /// The same for an ECDSA key on `curve` (`p256`, `p384`, `p521`).
     public func acceptsECDSA(curve: UInt16, at version: UInt16) -> Bool {
         if speaksTLS13(at: version) {
             // RFC 8446 4.2.3: each ECDSA scheme names the one curve it signs with.
@@ -62,7 +65,7 @@ extension ClientHello {
 
     private func speaksTLS13(at version: UInt16) -> Bool { version >= 0x0304 && supportedVersions.contains(0x0304) }
 
-    static let tls13ECDSAScheme: [UInt16: UInt16] = [0x0017: 0x0403, 0x0018: 0x0503, 0x0019: 0x0603]
+    static let tls13ECDSAScheme: [UInt16: UInt16] = [p256: 0x0403, p384: 0x0503, p521: 0x0603]
     /// TLS_EMPTY_RENEGOTIATION_INFO_SCSV and TLS_FALLBACK_SCSV: not ways to authenticate.
     static let signallingSuites: Set<UInt16> = [0x00FF, 0x5600]
     static func isGREASE(_ value: UInt16) -> Bool { value & 0x0F0F == 0x0A0A && value >> 8 == value & 0xFF }

@@ -6,13 +6,13 @@ public struct HTTPHead: Sendable, Equatable {
     }
     public var kind: Kind
     public var version: String
-    /// Bytes taken by the head, including the blank line.
-    public var length: Int
     /// The head as it came, and where each field's name and (trimmed) value lie in it: field
     /// strings are made only for the fields asked for (a browser's request carries 15–20, and
     /// every request and response on a bumped connection is parsed).
     public let bytes: [UInt8]
     private let fields: [Field]
+    /// Bytes taken by the head, including the blank line.
+    public var length: Int { bytes.count }
 
     /// Where one field's name and value lie in `bytes`.
     struct Field: Sendable, Equatable {
@@ -175,7 +175,7 @@ public struct HTTPHead: Sendable, Equatable {
             while !value.isEmpty, bytes[value.upperBound - 1] == 0x20 || bytes[value.upperBound - 1] == 0x09 { value = value.lowerBound..<(value.upperBound - 1) }
             fields.append(Field(name: (name.startIndex - base)..<(name.endIndex - base), value: (value.lowerBound - base)..<(value.upperBound - base)))
         }
-        return .head(HTTPHead(kind: kind, version: version, length: end - base, bytes: Array(bytes[base..<end]), fields: fields))
+        return .head(HTTPHead(kind: kind, version: version, bytes: Array(bytes[base..<end]), fields: fields))
     }
 
     /// "HTTP/1." and one digit, nothing after it (HTTP/1.x heads only).

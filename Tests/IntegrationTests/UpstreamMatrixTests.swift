@@ -196,7 +196,7 @@ import TLS
                               directShouldWork: true, client: Self.p384OnlyClient))
         origins.append(Origin(name: "P-384 ECDSA origin, TLS 1.2 client offering only ECDHE-ECDSA on P-384", chain: [p384Origin], key: p384Key,
                               directShouldWork: true, clientFlags: "--tls-max 1.2 --ciphers ECDHE-ECDSA-AES128-GCM-SHA256 --curves secp384r1"))
-        let p521Key = try PrivateKey.generateP521()
+        let p521Key = try PrivateKey.generateEC(curve: "P-521")
         origins.append(Origin(name: "P-521 ECDSA origin, TLS 1.3 client verifying only P-521 ECDSA",
                               chain: [try Self.sign(name, key: p521Key, issuer: (root, rootKey))], key: p521Key,
                               directShouldWork: true, client: Self.p521OnlyClient))
