@@ -215,21 +215,22 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var receiveBuffers = ReceiveBuffers()
     /// Reads and writes on the client socket both count: every byte either way passes through
     /// it. Two quiet seconds: buffers are given back; `idleTimeout`: the connection is closed.
-    var activity: ActivityClock?
+    var activity: ActivityClock
     var activityCheck: Scheduled<Void>?
     static let quietAfter = TimeAmount.seconds(2)
 
     init(configuration: ProxyServer.Configuration, trimmer: ProxyServer.HeapTrimmer) {
         self.configuration = configuration
         self.trimmer = trimmer
+        // Made with the accepted socket, just before it turns active: the deadline counts from here.
+        let now = NIODeadline.now().uptimeNanoseconds
+        activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(configuration.idleTimeout.nanoseconds), now: now)
+        activity.expect(by: now + UInt64(configuration.handshakeTimeout.nanoseconds))
     }
 
     func channelActive(context: ChannelHandlerContext) {
         self.context = context
         let channel = context.channel
-        let now = NIODeadline.now().uptimeNanoseconds
-        activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(configuration.idleTimeout.nanoseconds), now: now)
-        activity?.expect(by: now + UInt64(configuration.handshakeTimeout.nanoseconds))
         checkActivity()
         OriginalDestination.of(channel).whenComplete { [self] result in
             let local = channel.localAddress
@@ -268,7 +269,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         receiveBuffers.sawRead(buffer)
-        activity?.moved(at: NIODeadline.now().uptimeNanoseconds)
+        activity.moved(at: NIODeadline.now().uptimeNanoseconds)
         bytesFromClient += buffer.readableBytes
         handle(.clientData(buffer.readBytes(length: buffer.readableBytes) ?? []))
     }
@@ -280,9 +281,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     /// Tells the machine what the activity clock says is due, and asks again when it says.
     func checkActivity() {
-        guard var clock = activity, let loop = context?.eventLoop else { return }
-        let (due, next) = clock.check(at: NIODeadline.now().uptimeNanoseconds)
-        activity = clock
+        guard let loop = context?.eventLoop else { return }
+        let (due, next) = activity.check(at: NIODeadline.now().uptimeNanoseconds)
         switch due {
         case .deadline?: if machine?.phase != .relaying { handle(.timeout) }
         case .idle?: handle(.idle)
@@ -330,7 +330,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         guard let machine else { pending.append(event); return }
         for command in machine.handle(event) { execute(command) }
         // Handshakes done: the idle timeout rules from here.
-        if machine.phase == .relaying, activity?.deadline != nil { activity?.expect(by: nil) }
+        if machine.phase == .relaying, activity.deadline != nil { activity.expect(by: nil) }
     }
 
     func execute(_ command: ConnectionMachine.Command) {
@@ -339,7 +339,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .connectUpstream(let destination):
             connect(to: destination, on: context.eventLoop)
         case .sendClient(let bytes):
-            activity?.moved(at: NIODeadline.now().uptimeNanoseconds)
+            activity.moved(at: NIODeadline.now().uptimeNanoseconds)
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
         case .sendUpstream(let bytes):
             guard let upstream else { return }
