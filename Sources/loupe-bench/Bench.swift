@@ -65,14 +65,15 @@ struct Bench {
         if mode == "relay" || mode == "all" { try relay(count: max(count, 20_000)) }
     }
 
-    /// A root of its own in a scratch store, and a leaf under it.
-    static func authority(_ dir: String) throws -> (RootAuthority, LeafMinter, bundle: String) {
+    /// A root of its own in a scratch store at `dir`: its minter, the root as a PEM bundle file,
+    /// and what key the root has.
+    static func authority(_ dir: String, algorithm: KeyAlgorithm = .ecP256) throws -> (minter: LeafMinter, bundle: String, rootKey: String) {
         let authority = RootAuthority(store: try SealedStore.create(stateDirectory: dir, provider: .hostKey), profile: CAProfile())
-        _ = try authority.initialize(algorithm: .ecP256)
+        _ = try authority.initialize(algorithm: algorithm)
         let root = try authority.root()!
         let bundle = dir + "/root.pem"
         try root.certificate.pem.write(toFile: bundle, atomically: true, encoding: .utf8)
-        return (authority, try LeafMinter(root: root, profile: CAProfile()), bundle)
+        return (try LeafMinter(root: root, profile: CAProfile()), bundle, root.certificate.keyDescription)
     }
 
     /// A browser's request head as Chrome sends one (17 fields, a cookie): LOUPE_BENCH_BROWSER=1.
@@ -90,8 +91,8 @@ struct Bench {
     static func relay(count: Int) throws {
         let dir = NSTemporaryDirectory() + "loupe-bench-relay-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let (_, loupe, loupeBundle) = try authority(dir + "/loupe")
-        let (_, originCA, originBundle) = try authority(dir + "/origin")
+        let (loupe, loupeBundle, _) = try authority(dir + "/loupe")
+        let (originCA, originBundle, _) = try authority(dir + "/origin")
         let originLeaf = try originCA.mint(.forNames(["origin.test"]))
         let origin = try TLSSession.server(try TLSContext.server(), chain: [originLeaf.certificate], key: originLeaf.key, alpn: ["http/1.1"])
         let client = try TLSSession.client(try TLSContext.client(trustBundle: loupeBundle), serverName: "origin.test", alpn: ["http/1.1"])
@@ -155,16 +156,11 @@ struct Bench {
     static func handshakes(count: Int, rootKey: KeyAlgorithm) throws {
         let state = NSTemporaryDirectory() + "loupe-bench-hs-\(getpid())"
         defer { try? FileManager.default.removeItem(atPath: state) }
-        let store = try SealedStore.create(stateDirectory: state, provider: .hostKey)
-        let authority = RootAuthority(store: store, profile: CAProfile())
-        _ = try authority.initialize(algorithm: rootKey)
-        let root = try authority.root()!
-        let leaf = try LeafMinter(root: root, profile: CAProfile()).mint(.forNames(["origin.test"]))
-        let bundle = state + "/root.pem"
-        try root.certificate.pem.write(toFile: bundle, atomically: true, encoding: .utf8)
+        let (minter, bundle, rootDescription) = try authority(state, algorithm: rootKey)
+        let leaf = try minter.mint(.forNames(["origin.test"]))
         let serverContext = try TLSContext.server()
         let clientContext = try TLSContext.client(trustBundle: bundle)
-        print("TLS handshakes in memory, leaf \(leaf.key.typeDescription) under a \(root.certificate.keyDescription) root, \(count) each")
+        print("TLS handshakes in memory, leaf \(leaf.key.typeDescription) under a \(rootDescription) root, \(count) each")
         var creation: [UInt64] = []
         for _ in 0..<count {
             let t = now()
@@ -306,12 +302,9 @@ struct Bench {
 
     static func mint(count: Int, rootKey: KeyAlgorithm) async throws {
         let state = NSTemporaryDirectory() + "loupe-bench-\(getpid())"
-        let store = try SealedStore.create(stateDirectory: state, provider: .hostKey)
-        let authority = RootAuthority(store: store, profile: CAProfile())
-        _ = try authority.initialize(algorithm: rootKey)
-        let root = try authority.root()!
-        let minter = try LeafMinter(root: root, profile: CAProfile())
-        print("leaf minting under a \(root.certificate.keyDescription) root; leaf key \(minter.leafKey.typeDescription) (legacy EC_KEY), \(count) hosts")
+        defer { try? FileManager.default.removeItem(atPath: state) }
+        let (minter, _, rootDescription) = try authority(state, algorithm: rootKey)
+        print("leaf minting under a \(rootDescription) root; leaf key \(minter.leafKey.typeDescription) (legacy EC_KEY), \(count) hosts")
 
         // Warm-up, then every mint is a new host name.
         for i in 0..<50 { _ = try minter.mint(.forNames(["warm\(i).bench.test"])) }
