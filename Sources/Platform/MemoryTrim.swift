@@ -17,6 +17,25 @@ public enum MemoryTrim {
         #endif
     }()
 
+    private static let mallopt: (@convention(c) (Int32, Int32) -> Int32)? = {
+        #if canImport(Glibc)
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "mallopt") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (Int32, Int32) -> Int32).self)
+        #else
+        return nil
+        #endif
+    }()
+
+    /// Lets up to `bytes` of freed memory stay in the heap instead of going back to the kernel on
+    /// every free: a relay allocating and freeing its 64 KiB buffers on every read otherwise
+    /// page-faults each fresh one in again. Allocations below `bytes` come from the heap (glibc
+    /// maps larger ones, 128 KiB and up once any threshold is set, each faulted in anew) and
+    /// freed memory stays until `releaseFreePages` gives it all back.
+    public static func holdFreedPages(upTo bytes: Int32) {
+        _ = mallopt?(-3, bytes)  // M_MMAP_THRESHOLD
+        _ = mallopt?(-1, bytes)  // M_TRIM_THRESHOLD
+    }
+
     /// Whether this platform can trim at all.
     public static var isAvailable: Bool { mallocTrim != nil }
 

@@ -113,7 +113,8 @@ public final class ConnectionMachine {
     /// The client's hello, until the upstream leg's offer is made from it.
     private var clientHello: ClientHello?
     /// The upstream leg offers only the client's suites, schemes and groups, so an origin the
-    /// client could not have negotiated with refuses it through Loupe too.
+    /// client could not have negotiated with refuses it through Loupe too (until the session
+    /// is made from it).
     private var upstreamOffer: UpstreamOffer?
     private var helloDecision: Decision?
     /// The upstream's verified certificate: every request must name a host it covers.
@@ -358,6 +359,7 @@ public final class ConnectionMachine {
             let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key,
                                                  identity: identity, maximum: clientMaximum, offer: upstreamOffer)
             upstreamTLS = upstream
+            upstreamOffer = nil  // in the session now; an idle flow keeps no copy
             phase = .upstreamHandshake
             upstream.advanceHandshake()
             return send(upstream: upstream.takeOutput())

@@ -60,6 +60,17 @@ public final class ProxyServer: Sendable {
     let group: MultiThreadedEventLoopGroup
     let open: OpenConnections
 
+    /// What every connection of a server shares, held by reference: a copy of the configuration
+    /// in each connection's handler was ~400 bytes an idle pair.
+    final class Shared: Sendable {
+        let configuration: Configuration
+        let trimmer: HeapTrimmer
+        init(configuration: Configuration, trimmer: HeapTrimmer) {
+            self.configuration = configuration
+            self.trimmer = trimmer
+        }
+    }
+
     /// Client connections currently held (for draining on shutdown).
     final class OpenConnections: Sendable {
         let count = Atomic<Int>(0)
@@ -87,6 +98,8 @@ public final class ProxyServer: Sendable {
 
     public init(configuration: Configuration, threads: Int = System.coreCount) {
         OpenFileLimit.raiseToHardLimit()
+        // Relay buffers come and go on every read; the trimmer gives the pages back once quiet.
+        MemoryTrim.holdFreedPages(upTo: 4 << 20)
         var configuration = configuration
         if configuration.nameProbe == nil {
             configuration.nameProbe = NameProbe(context: configuration.upstreamContext, bypassMark: configuration.bypassMark)
@@ -98,9 +111,8 @@ public final class ProxyServer: Sendable {
 
     /// Binds and serves; the returned channel's closeFuture ends with the server.
     public func start(host: String, port: Int) async throws -> Channel {
-        let configuration = self.configuration
+        let shared = Shared(configuration: configuration, trimmer: trimmer)
         let open = self.open
-        let trimmer = self.trimmer
         return try await ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -109,11 +121,11 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ClientSide(configuration: configuration, trimmer: trimmer))
+                    try channel.pipeline.syncOperations.addHandler(ClientSide(shared))
                     open.count.add(1, ordering: .relaxed)
                     channel.closeFuture.whenComplete { _ in
                         open.count.subtract(1, ordering: .relaxed)
-                        trimmer.request(on: channel.eventLoop)
+                        shared.trimmer.request(on: channel.eventLoop)
                     }
                 }
             }
@@ -202,8 +214,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    let configuration: ProxyServer.Configuration
-    let trimmer: ProxyServer.HeapTrimmer
+    let shared: ProxyServer.Shared
+    var configuration: ProxyServer.Configuration { shared.configuration }
     var machine: ConnectionMachine?
     var cache: LeafCache?
     var context: ChannelHandlerContext?
@@ -219,9 +231,9 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var activityCheck: Scheduled<Void>?
     static let quietAfter = TimeAmount.seconds(2)
 
-    init(configuration: ProxyServer.Configuration, trimmer: ProxyServer.HeapTrimmer) {
-        self.configuration = configuration
-        self.trimmer = trimmer
+    init(_ shared: ProxyServer.Shared) {
+        self.shared = shared
+        let configuration = shared.configuration
         // Made with the accepted socket, just before it turns active: the deadline counts from here.
         let now = NIODeadline.now().uptimeNanoseconds
         activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(configuration.idleTimeout.nanoseconds), now: now)
@@ -289,7 +301,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .quiet?:
             handle(.quiet)
             // The quiet connection gave its buffers back; the pages follow once others did too.
-            trimmer.request(on: loop)
+            shared.trimmer.request(on: loop)
         case nil: break
         }
         guard machine?.phase != .closed else { return }

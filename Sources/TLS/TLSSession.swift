@@ -37,7 +37,7 @@ public final class TLSContext: @unchecked Sendable {
         self.isServer = server
         try check("minimum TLS version", loupe_SSL_CTX_set_min_proto_version(ctx, minimum.rawValue) == 1)
         if let maximum { try check("maximum TLS version", loupe_SSL_CTX_set_max_proto_version(ctx, maximum.rawValue) == 1) }
-        // Memory BIOs: partial writes are fine and the write buffer may move between retries;
+        // Writes may complete in parts and their buffer move between retries (`write` loops);
         // idle connections give their record buffers back (memory per idle bumped pair).
         _ = loupe_SSL_CTX_set_mode(ctx, Int(SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS))
         if server {
@@ -187,7 +187,7 @@ private let alpnSelect: @convention(c) (OpaquePointer?, UnsafeMutablePointer<Uns
     return SSL_TLSEXT_ERR_NOACK
 }
 
-/// One TLS connection driven sans-IO over memory BIOs: network bytes in with `receive`,
+/// One TLS connection driven sans-IO over its own byte queues (SessionBIO): network bytes in with `receive`,
 /// network bytes out with `takeOutput`, plaintext through `read` and `write`. The owner (a NIO
 /// handler, or a test pumping two sessions together) moves the bytes; this type never does I/O.
 public final class TLSSession: @unchecked Sendable {
@@ -200,8 +200,11 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     let ssl: OpaquePointer
-    private var networkIn: OpaquePointer   // we write peer bytes here; OpenSSL reads them
-    private var networkOut: OpaquePointer  // OpenSSL writes here; we send these to the peer
+    /// Peer bytes OpenSSL reads through SessionBIO, from `inputRead` on.
+    var input: [UInt8] = []
+    var inputRead = 0
+    /// Records OpenSSL wrote through SessionBIO, for the owner to send.
+    var output: [UInt8] = []
     public private(set) var state: State = .handshaking
     /// Server side: protocols this session may select (wire form, without length prefixes).
     var allowedALPN: [[UInt8]]?
@@ -223,16 +226,11 @@ public final class TLSSession: @unchecked Sendable {
     private init(context: TLSContext, resumptionKey: String? = nil) throws(OpenSSLError) {
         ERR_clear_error()
         guard let ssl = SSL_new(context.ctx) else { throw OpenSSLError.drain("SSL_new") }
-        guard let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else {
-            SSL_free(ssl)
-            throw OpenSSLError.drain("BIO_new")
-        }
-        SSL_set_bio(ssl, rbio, wbio)
         self.ssl = ssl
-        self.networkIn = rbio
-        self.networkOut = wbio
         self.context = context
         self.resumptionKey = resumptionKey
+        guard let bio = SessionBIO.make(for: self) else { throw OpenSSLError.drain("BIO_new") }  // deinit frees the SSL
+        SSL_set_bio(ssl, bio, bio)  // one BIO both ways: the SSL holds its one reference
         SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
     }
 
@@ -322,17 +320,15 @@ public final class TLSSession: @unchecked Sendable {
     /// Bytes from the peer.
     public func receive(_ bytes: [UInt8]) {
         guard !bytes.isEmpty else { return }
-        _ = bytes.withUnsafeBytes { BIO_write(networkIn, $0.baseAddress, Int32($0.count)) }
+        queueInput(bytes)
         advanceHandshake()
     }
 
     /// Bytes to send to the peer (handshake records, application data, alerts).
     public func takeOutput() -> [UInt8] {
-        let pending = Int(BIO_ctrl_pending(networkOut))
-        guard pending > 0 else { return [] }
-        return [UInt8](unsafeUninitializedCapacity: pending) { buffer, count in
-            count = max(0, Int(BIO_read(networkOut, buffer.baseAddress, Int32(pending))))
-        }
+        var taken: [UInt8] = []
+        swap(&taken, &output)
+        return taken
     }
 
     /// Starts (client) or continues the handshake; call after `receive`.
@@ -360,7 +356,7 @@ public final class TLSSession: @unchecked Sendable {
         while true {
             // Nothing received and nothing decrypted waiting: no call into OpenSSL at all (the
             // relay asks both legs after every event).
-            let available = Int(BIO_ctrl_pending(networkIn)) + Int(SSL_pending(ssl))
+            let available = inputPending + Int(SSL_pending(ssl))
             guard available > 0 || SSL_has_pending(ssl) == 1 else { return out }
             ERR_clear_error()
             // Every record into one uninitialised array sized by what can be there (plaintext is
@@ -393,6 +389,9 @@ public final class TLSSession: @unchecked Sendable {
     /// Encrypts `plaintext`; the records appear in `takeOutput()`.
     public func write(_ plaintext: [UInt8]) throws(OpenSSLError) {
         guard state == .established else { throw OpenSSLError(operation: "writing before the handshake completed", details: []) }
+        // Room for the records up front (a record's header, nonce, tag and padding fit in 64
+        // bytes with the suites Loupe speaks): no regrowth while they are appended.
+        output.reserveCapacity(output.count + plaintext.count + (plaintext.count / 16_384 + 1) * 64)
         var offset = 0
         while offset < plaintext.count {
             ERR_clear_error()
@@ -403,30 +402,14 @@ public final class TLSSession: @unchecked Sendable {
         }
     }
 
-    /// Gives back what a quiet connection need not hold: memory BIOs keep the capacity of the
-    /// largest flight or burst they ever carried, and OpenSSL its record buffers. Only when
-    /// nothing is waiting in either direction; fresh BIOs grow again on demand.
+    /// Gives back what a quiet connection need not hold: OpenSSL's record buffers (it frees
+    /// them only when nothing is buffered in them). The byte queues are let go as they empty.
     public func releaseBuffers() {
         _ = SSL_free_buffers(ssl)
-        // Idle connections are told this every few seconds: BIOs that grew nothing since the
-        // last release stay as they are.
-        guard BIO_ctrl_pending(networkIn) == 0, BIO_ctrl_pending(networkOut) == 0,
-              bufferedCapacity > 0,
-              let rbio = BIO_new(BIO_s_mem()), let wbio = BIO_new(BIO_s_mem()) else { return }
-        SSL_set_bio(ssl, rbio, wbio)  // frees the old pair
-        networkIn = rbio
-        networkOut = wbio
     }
 
-    /// What the two memory BIOs hold allocated now.
-    var bufferedCapacity: Int { Self.capacity(networkIn) + Self.capacity(networkOut) }
-
-    /// Bytes a memory BIO holds allocated (0 for a fresh one).
-    private static func capacity(_ bio: OpaquePointer) -> Int {
-        var memory: UnsafeMutablePointer<BUF_MEM>?
-        _ = BIO_ctrl(bio, BIO_C_GET_BUF_MEM_PTR, 0, &memory)
-        return memory.map { Int($0.pointee.max) } ?? 0
-    }
+    /// What the byte queues hold allocated now (nothing, once read and taken).
+    var bufferedCapacity: Int { input.capacity + output.capacity }
 
     /// Sends close_notify.
     public func close() {

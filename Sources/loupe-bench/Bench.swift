@@ -18,6 +18,11 @@
 //         response) — the proxy's user-space work for a request without sockets, NIO or the
 //         kernel, which on this machine move its end-to-end figure by a third between runs;
 //         LOUPE_BENCH_BROWSER=1 sends a browser's 17-field request head instead of a short one.
+//         LOUPE_BENCH_BODY=N answers with an N-byte body instead of 100 bytes, delivered in
+//         64 KiB reads (N = 1048576: the bulk path's copies and crypto, per MiB). The bench runs
+//         on the main thread's arena, which glibc trims on every large free: for figures like
+//         the proxy's, run it with GLIBC_TUNABLES=glibc.malloc.trim_threshold=4194304:glibc.malloc.mmap_threshold=4194304
+//         (the proxy sets the same thresholds itself).
 import CA
 import Divert
 import Dispatch
@@ -131,9 +136,11 @@ struct Bench {
         let request = ProcessInfo.processInfo.environment["LOUPE_BENCH_BROWSER"] == nil
             ? Array("GET /index.html?q=1 HTTP/1.1\r\nHost: origin.test\r\nUser-Agent: loupe-bench\r\nAccept: */*\r\n\r\n".utf8)
             : Array(Self.browserRequest.utf8)
-        let response = Array("HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\n".utf8) + Array(repeating: 0x78, count: 100)
+        let body = ProcessInfo.processInfo.environment["LOUPE_BENCH_BODY"].flatMap { Int($0) } ?? 100
+        let response = Array("HTTP/1.1 200 OK\r\nContent-Length: \(body)\r\nContent-Type: text/plain\r\n\r\n".utf8) + Array(repeating: 0x78, count: body)
         var up: [UInt64] = [], down: [UInt64] = []
-        for _ in 0..<count {
+        let rounds = body > 65_536 ? 500 : count  // bulk bodies: fewer, each long
+        for _ in 0..<rounds {
             try client.write(request)
             let fromClient = client.takeOutput()
             var t = now()
@@ -142,12 +149,21 @@ struct Bench {
             precondition(origin.read() == request, "the request did not arrive intact")
             try origin.write(response)
             let fromOrigin = origin.takeOutput()
-            t = now()
-            _ = try handle(.upstreamData(fromOrigin))
-            down.append(now() - t)
-            precondition(client.read() == response, "the response did not arrive intact")
+            // In socket-sized reads (NIO reads at most 64 KiB at once), the client reading them
+            // as they come.
+            var spent: UInt64 = 0
+            var received: [UInt8] = []
+            for start in stride(from: 0, to: fromOrigin.count, by: 65_536) {
+                let read = Array(fromOrigin[start..<min(start + 65_536, fromOrigin.count)])
+                t = now()
+                _ = try handle(.upstreamData(read))
+                spent += now() - t
+                received += client.read()
+            }
+            down.append(spent)
+            precondition(received == response, "the response did not arrive intact")
         }
-        print("one bumped HTTP/1.1 connection in memory, \(count) keep-alive requests (\(request.count)-byte request, \(response.count)-byte response)")
+        print("one bumped HTTP/1.1 connection in memory, \(rounds) keep-alive requests (\(request.count)-byte request, \(response.count)-byte response)")
         report("request: decrypt, decide, encrypt", up)
         report("response: decrypt, frame, encrypt", down)
         report("both, per request", zip(up, down).map { $0 + $1 })
@@ -194,7 +210,7 @@ struct Bench {
             report(resumed ? "upstream leg (client), resumed" : "upstream leg (client), full", clientSide)
         }
         // Heap held by established, idle session pairs (what an idle bumped connection keeps
-        // in OpenSSL and the memory BIOs), after a small exchange like one request.
+        // in OpenSSL and the sessions' byte queues), after a small exchange like one request.
         var held: [(TLSSession, TLSSession)] = []
         let pairs = 500
         let heapBefore = residentKiB()

@@ -83,7 +83,7 @@ void loupe_sk_SSL_CIPHER_free(STACK_OF(SSL_CIPHER) *ciphers);
 /// SSL_set_tlsext_host_name (macro over SSL_ctrl): the SNI a client sends.
 int loupe_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
 
-/// SSL_CTX_set_mode (macro): partial writes and moving buffers suit memory BIOs.
+/// SSL_CTX_set_mode (macro): partial writes, moving write buffers, released record buffers.
 long loupe_SSL_CTX_set_mode(SSL_CTX *ctx, long mode);
 
 /// Keys a session-ticket HMAC (SHA-256) with `key`, through OSSL_PARAMs (for the ticket callback).

@@ -1,0 +1,88 @@
+import COpenSSL
+
+/// The one BIO under a session: OpenSSL reads the peer's bytes straight from the array the owner
+/// handed to `receive`, and writes its records straight into the array `takeOutput` hands back.
+/// Memory BIOs cost two copies of every byte more (in and out of their own buffers), kept the
+/// size of the largest burst until replaced, and four of them (with locks and buffer headers)
+/// were ~1 KiB of every idle bumped pair.
+enum SessionBIO {
+    /// Set up once, then only read by OpenSSL.
+    nonisolated(unsafe) static let method: OpaquePointer = {
+        guard let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "loupe session") else {
+            fatalError("BIO_meth_new failed: OpenSSL is out of memory at start-up")
+        }
+        _ = BIO_meth_set_create(method) { bio in
+            BIO_set_init(bio, 1)
+            return 1
+        }
+        _ = BIO_meth_set_destroy(method) { _ in 1 }  // the session owns the bytes
+        _ = BIO_meth_set_read_ex(method) { bio, buffer, wanted, done in
+            BIO_clear_flags(bio, retryFlags)
+            let taken = session(of: bio).takeInput(into: buffer!, upTo: wanted)
+            done!.pointee = taken
+            guard taken > 0 else {
+                BIO_set_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_SHOULD_RETRY)  // more may come
+                return 0
+            }
+            return 1
+        }
+        _ = BIO_meth_set_write_ex(method) { bio, bytes, count, done in
+            BIO_clear_flags(bio, retryFlags)
+            // Typed, so the append is one copy (a raw buffer is appended byte by byte).
+            session(of: bio).output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes!).assumingMemoryBound(to: UInt8.self), count: count))
+            done!.pointee = count
+            return 1
+        }
+        _ = BIO_meth_set_ctrl(method) { bio, command, _, _ in
+            switch command {
+            case BIO_CTRL_PENDING: Int(session(of: bio).inputPending)
+            case BIO_CTRL_WPENDING: Int(session(of: bio).output.count)
+            case BIO_CTRL_FLUSH: 1  // nothing is held back
+            default: 0
+            }
+        }
+        return method
+    }()
+
+    static let retryFlags = BIO_FLAGS_READ | BIO_FLAGS_WRITE | BIO_FLAGS_IO_SPECIAL | BIO_FLAGS_SHOULD_RETRY
+
+    /// A BIO for `session` (which must outlive it: its SSL, which owns the BIO, is freed first).
+    static func make(for session: TLSSession) -> OpaquePointer? {
+        guard let bio = BIO_new(method) else { return nil }
+        BIO_set_data(bio, Unmanaged.passUnretained(session).toOpaque())
+        return bio
+    }
+
+    private static func session(of bio: OpaquePointer?) -> TLSSession {
+        Unmanaged<TLSSession>.fromOpaque(BIO_get_data(bio)!).takeUnretainedValue()
+    }
+}
+
+extension TLSSession {
+    /// Bytes from the peer OpenSSL has not read yet.
+    var inputPending: Int { input.count - inputRead }
+
+    /// Queues the peer's bytes; the array itself when nothing is left of the last one.
+    func queueInput(_ bytes: [UInt8]) {
+        if inputPending == 0 {
+            input = bytes
+        } else {
+            input.removeSubrange(0..<inputRead)
+            input += bytes
+        }
+        inputRead = 0
+    }
+
+    /// Copies up to `wanted` queued bytes for OpenSSL; once all are read the array is let go.
+    func takeInput(into buffer: UnsafeMutablePointer<CChar>, upTo wanted: Int) -> Int {
+        let count = min(wanted, inputPending)
+        guard count > 0 else { return 0 }
+        input.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress! + inputRead, byteCount: count) }
+        inputRead += count
+        if inputRead == input.count {
+            input = []
+            inputRead = 0
+        }
+        return count
+    }
+}
