@@ -18,8 +18,11 @@ enum SessionBIO {
         _ = BIO_meth_set_destroy(method) { _ in 1 }  // the session owns the bytes
         _ = BIO_meth_set_read_ex(method) { bio, buffer, wanted, done in
             BIO_clear_flags(bio, retryFlags)
-            let taken = session(of: bio).takeInput(into: buffer!, upTo: wanted)
-            done!.pointee = taken
+            var taken = 0
+            if let buffer, wanted > 0, let session = session(of: bio) {
+                taken = session.takeInput(into: buffer, upTo: wanted)
+            }
+            done?.pointee = taken
             guard taken > 0 else {
                 BIO_set_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_SHOULD_RETRY)  // more may come
                 return 0
@@ -28,17 +31,20 @@ enum SessionBIO {
         }
         _ = BIO_meth_set_write_ex(method) { bio, bytes, count, done in
             BIO_clear_flags(bio, retryFlags)
-            // Typed, so the append is one copy (a raw buffer is appended byte by byte).
-            session(of: bio).output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes!).assumingMemoryBound(to: UInt8.self), count: count))
-            done!.pointee = count
+            guard let session = session(of: bio) else { return 0 }
+            if let bytes, count > 0 {
+                session.output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes).assumingMemoryBound(to: UInt8.self), count: count))
+            }
+            done?.pointee = count
             return 1
         }
         _ = BIO_meth_set_ctrl(method) { bio, command, _, _ in
+            guard let session = session(of: bio) else { return 0 }
             switch command {
-            case BIO_CTRL_PENDING: Int(session(of: bio).inputPending)
-            case BIO_CTRL_WPENDING: Int(session(of: bio).output.count)
-            case BIO_CTRL_FLUSH: 1  // nothing is held back
-            default: 0
+            case BIO_CTRL_PENDING: return Int(session.inputPending)
+            case BIO_CTRL_WPENDING: return Int(session.output.count)
+            case BIO_CTRL_FLUSH: return 1  // nothing is held back
+            default: return 0
             }
         }
         return method
@@ -53,8 +59,9 @@ enum SessionBIO {
         return bio
     }
 
-    private static func session(of bio: OpaquePointer?) -> TLSSession {
-        Unmanaged<TLSSession>.fromOpaque(BIO_get_data(bio)!).takeUnretainedValue()
+    /// The session a BIO of this method was made for (none before `make` set it).
+    private static func session(of bio: OpaquePointer?) -> TLSSession? {
+        BIO_get_data(bio).map { Unmanaged<TLSSession>.fromOpaque($0).takeUnretainedValue() }
     }
 }
 
