@@ -109,20 +109,33 @@ public struct Ruleset: Sendable {
     }
 
     /// One base chain of Loupe's table: `rules` (each line indented, newline-ended) on `hook`.
-    func chain(_ name: String, hook: String, priority: Int, type: String = "filter", _ rules: String) -> String {
-        "    chain \(name) {\n        type \(type) hook \(hook) priority \(priority); policy accept;\n" + rules + "    }\n"
+    struct BaseChain {
+        let name: String
+        let type: String
+        let text: String
+
+        init(_ name: String, hook: String, priority: Int, type: String = "filter", _ rules: String) {
+            self.name = name
+            self.type = type
+            text = "    chain \(name) {\n        type \(type) hook \(hook) priority \(priority); policy accept;\n" + rules + "    }\n"
+        }
     }
 
     /// Replaces Loupe's table atomically (one transaction: create-if-missing, delete, define).
     public var nftScript: String {
-        let s = settings, m = s.marks
-        var out = """
+        let s = settings
+        return """
         # Loupe's diversion ruleset (generated; replaced as a whole on every start and reload).
         table inet \(s.table)
         delete table inet \(s.table)
         table inet \(s.table) {
 
-        """
+        """ + baseChains.map(\.text).joined() + "}\n"
+    }
+
+    /// Every base chain of the table, in order: the same list defines and (draining) removes them.
+    var baseChains: [BaseChain] {
+        let s = settings, m = s.marks
         func classify(_ hook: String) -> String {
             var rules = """
                     \(field("meta", m.bypass)) accept comment "Loupe's own sockets"
@@ -152,37 +165,36 @@ public struct Ruleset: Sendable {
         let verdict = "        \(field("meta", m.queue)) \(set("meta", 0)) comment \"queue bypassed: no agent, fail open\"\n" + reject + keepVerdict
         let redirect = "        \(field("meta", m.inspect)) meta l4proto tcp redirect to :\(s.proxyPort)\n"
 
-        out += chain("output_classify", hook: "output", priority: -160, classify("output"))
+        var chains = [BaseChain("output_classify", hook: "output", priority: -160, classify("output"))]
         if s.backend == .nft {
-            out += chain("output_queue", hook: "output", priority: -150, queueRule(m.queue, s.queues))
+            chains.append(BaseChain("output_queue", hook: "output", priority: -150, queueRule(m.queue, s.queues)))
         }
-        out += chain("output_verdict", hook: "output", priority: -140, verdict)
-        out += chain("output_nat", hook: "output", priority: -100, type: "nat", redirect)
+        chains.append(BaseChain("output_verdict", hook: "output", priority: -140, verdict))
+        chains.append(BaseChain("output_nat", hook: "output", priority: -100, type: "nat", redirect))
         // DNS answers to this host (and to its local resolver, over lo) are snooped for names;
         // on a gateway, also those it forwards to the hosts behind it.
         let markAnswers = "        udp sport 53 \(set("meta", m.dns))\n"
             + "        tcp sport 53 \(set("meta", m.dns)) comment \"answers over TCP, reassembled\"\n"
         let queueAnswers = queueRule(m.dns, s.dnsQueue...s.dnsQueue)
-        out += chain("input_dns", hook: "input", priority: -160, markAnswers)
+        chains.append(BaseChain("input_dns", hook: "input", priority: -160, markAnswers))
         if s.backend == .nft {
-            out += chain("input_queue", hook: "input", priority: -150, queueAnswers)
+            chains.append(BaseChain("input_queue", hook: "input", priority: -150, queueAnswers))
         }
         if s.gateway {
-            out += chain("prerouting_classify", hook: "prerouting", priority: -160, classify("prerouting"))
+            chains.append(BaseChain("prerouting_classify", hook: "prerouting", priority: -160, classify("prerouting")))
             if s.backend == .nft {
-                out += chain("prerouting_queue", hook: "prerouting", priority: -150, queueRule(m.queue, s.queues))
+                chains.append(BaseChain("prerouting_queue", hook: "prerouting", priority: -150, queueRule(m.queue, s.queues)))
             }
             // Reject is not allowed in prerouting: keep the mark there, reject in forward.
-            out += chain("prerouting_verdict", hook: "prerouting", priority: -140, "        \(field("meta", m.queue)) \(set("meta", 0))\n" + keepVerdict)
-            out += chain("forward_verdict", hook: "forward", priority: -140, reject)
-            out += chain("prerouting_nat", hook: "prerouting", priority: -100, type: "nat", redirect)
-            out += chain("forward_dns", hook: "forward", priority: -160, markAnswers)
+            chains.append(BaseChain("prerouting_verdict", hook: "prerouting", priority: -140, "        \(field("meta", m.queue)) \(set("meta", 0))\n" + keepVerdict))
+            chains.append(BaseChain("forward_verdict", hook: "forward", priority: -140, reject))
+            chains.append(BaseChain("prerouting_nat", hook: "prerouting", priority: -100, type: "nat", redirect))
+            chains.append(BaseChain("forward_dns", hook: "forward", priority: -160, markAnswers))
             if s.backend == .nft {
-                out += chain("forward_queue", hook: "forward", priority: -150, queueAnswers)
+                chains.append(BaseChain("forward_queue", hook: "forward", priority: -150, queueAnswers))
             }
         }
-        out += "}\n"
-        return out
+        return chains
     }
 
     /// What stays while the agent drains on its way out: Loupe's table with only its nat chains.
@@ -191,14 +203,7 @@ public struct Ruleset: Sendable {
     /// and the kernel translates only while a nat chain is registered: those connections would
     /// be reset).
     public var nftDrainingScript: String {
-        let s = settings
-        var chains = ["output_classify", "output_verdict", "input_dns"]
-        if s.backend == .nft { chains += ["output_queue", "input_queue"] }
-        if s.gateway {
-            chains += ["prerouting_classify", "prerouting_verdict", "forward_verdict", "forward_dns"]
-            if s.backend == .nft { chains += ["prerouting_queue", "forward_queue"] }
-        }
-        return chains.map { "delete chain inet \(s.table) \($0)\n" }.joined()
+        baseChains.filter { $0.type != "nat" }.map { "delete chain inet \(settings.table) \($0.name)\n" }.joined()
     }
 
     /// Removes Loupe's table (create-if-missing first, so removing twice is not an error).

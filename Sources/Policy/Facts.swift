@@ -64,9 +64,9 @@ public struct FlowFacts: Sendable, Equatable {
 
     /// The request's path (with query), from `url`, as an origin resolves it (`URLPath.canonical`).
     public var path: String? {
-        guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }
         // From where the authority ends: a "/" inside a query is not where the path starts.
-        let tail = url[URLPath.authorityEnd(url[start...])...]
+        guard let url = canonicalURL, let end = URLPath.pathStart(url) else { return nil }
+        let tail = url[end...]
         return tail.utf8.first == 0x2F ? String(tail) : "/" + tail
     }
 
@@ -89,18 +89,21 @@ public struct FlowFacts: Sendable, Equatable {
 public enum URLPath {
     /// `url` with the part after its authority in canonical form.
     public static func canonicalURL(_ url: String) -> String {
-        guard let start = authorityStart(url) else { return url }
-        let end = authorityEnd(url[start...])
+        guard let end = pathStart(url) else { return url }
         let rest = url[end...]
         // Most URLs are canonical already ("/app.js?v=2"): checked in place, nothing built.
-        return rest.isEmpty || isCanonical(rest) ? url : String(url[..<end]) + canonical(rest)
+        return rest.isEmpty || isCanonical(rest) ? url : String(url[..<end]) + resolved(rest)
     }
 
     /// "scheme://authority" and the rest (path, query, fragment).
     public static func split(_ url: String) -> (authority: String, rest: String) {
-        guard let start = authorityStart(url) else { return (url, "") }
-        let end = authorityEnd(url[start...])
+        guard let end = pathStart(url) else { return (url, "") }
         return (String(url[..<end]), String(url[end...]))
+    }
+
+    /// Where what follows the authority begins (nil without a "://").
+    static func pathStart(_ url: String) -> String.Index? {
+        authorityStart(url).map { authorityEnd(url[$0...]) }
     }
 
     // Every request's URL passes through these: byte scans, not Foundation's range(of:), which
@@ -124,7 +127,11 @@ public enum URLPath {
     }
 
     public static func canonical(_ pathAndQuery: Substring) -> String {
-        if isCanonical(pathAndQuery) { return String(pathAndQuery) }
+        isCanonical(pathAndQuery) ? String(pathAndQuery) : resolved(pathAndQuery)
+    }
+
+    /// `canonical` for a path that is not canonical already.
+    private static func resolved(_ pathAndQuery: Substring) -> String {
         let end = pathAndQuery.utf8.firstIndex { $0 == 0x3F || $0 == 0x23 } ?? pathAndQuery.endIndex
         let path = pathAndQuery[..<end]
         var segments: [Substring] = []

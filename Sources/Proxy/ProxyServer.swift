@@ -233,11 +233,10 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
 
     init(_ shared: ProxyServer.Shared) {
         self.shared = shared
-        let configuration = shared.configuration
         // Made with the accepted socket, just before it turns active: the deadline counts from here.
         let now = NIODeadline.now().uptimeNanoseconds
-        activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(configuration.idleTimeout.nanoseconds), now: now)
-        activity.expect(by: now + UInt64(configuration.handshakeTimeout.nanoseconds))
+        activity = ActivityClock(quiet: UInt64(Self.quietAfter.nanoseconds), idle: UInt64(shared.configuration.idleTimeout.nanoseconds), now: now)
+        activity.expect(by: now + UInt64(shared.configuration.handshakeTimeout.nanoseconds))
     }
 
     func channelActive(context: ChannelHandlerContext) {

@@ -11,11 +11,6 @@ enum SessionBIO {
         guard let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "loupe session") else {
             fatalError("BIO_meth_new failed: OpenSSL is out of memory at start-up")
         }
-        _ = BIO_meth_set_create(method) { bio in
-            BIO_set_init(bio, 1)
-            return 1
-        }
-        _ = BIO_meth_set_destroy(method) { _ in 1 }  // the session owns the bytes
         _ = BIO_meth_set_read_ex(method) { bio, buffer, wanted, done in
             BIO_clear_flags(bio, retryFlags)
             var taken = 0
@@ -56,6 +51,7 @@ enum SessionBIO {
     static func make(for session: TLSSession) -> OpaquePointer? {
         guard let bio = BIO_new(method) else { return nil }
         BIO_set_data(bio, Unmanaged.passUnretained(session).toOpaque())
+        BIO_set_init(bio, 1)  // nothing to free with it: the session owns the bytes
         return bio
     }
 

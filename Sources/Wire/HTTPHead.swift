@@ -26,8 +26,7 @@ public struct HTTPHead: Sendable, Equatable {
     }
 
     public static func == (a: HTTPHead, b: HTTPHead) -> Bool {
-        a.kind == b.kind && a.version == b.version && a.length == b.length
-            && a.headers.map(\.name) == b.headers.map(\.name) && a.headers.map(\.value) == b.headers.map(\.value)
+        a.kind == b.kind && a.version == b.version && a.length == b.length && a.headers.elementsEqual(b.headers, by: ==)
     }
 
     private func string(at range: Range<Int>) -> String { String(decoding: bytes[range], as: UTF8.self) }
