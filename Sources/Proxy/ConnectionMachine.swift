@@ -30,6 +30,8 @@ public final class ConnectionMachine {
         case idle
         /// The client has been quiet for a moment: a chance to give buffers back.
         case quiet
+        /// The commands before `.afterSending` are carried out.
+        case sent
     }
 
     public enum Command: Equatable, Sendable {
@@ -52,6 +54,9 @@ public final class ConnectionMachine {
         case mintQuarantineLeaf(LeafRequest)
         /// The host was learnt into the auto-splice set (for the log).
         case learntSplice(host: String, reason: String)
+        /// Hand the machine `.sent` once the commands before this one are carried out: for work
+        /// that must not hold them up (the upstream's hello leaves first).
+        case afterSending
     }
 
     public enum Phase: Equatable, Sendable {
@@ -72,6 +77,9 @@ public final class ConnectionMachine {
         public var quarantineFailures = false
         /// Client identities by store label, for hello rules that name one (`identity`).
         public var clientIdentities: [String: ClientIdentity] = [:]
+        /// With these, a client-facing handshake like the last one to the same upstream is
+        /// worked out while the upstream answers (see `prepareClientHandshake`).
+        public var forecasts: HandshakeForecasts?
         public init(upstreamContext: TLSContext, clientContext: TLSContext) {
             self.upstreamContext = upstreamContext
             self.clientContext = clientContext
@@ -123,6 +131,15 @@ public final class ConnectionMachine {
     private var coveredHost: String?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
+    /// The upstream leg's resumption key, under which its handshake forecast is filed.
+    private var forecastKey: String?
+    /// The client-facing handshake worked out from a forecast, its flight held back.
+    private var prepared: PreparedClientHandshake?
+    private struct PreparedClientHandshake {
+        let session: TLSSession
+        let flight: [UInt8]
+        let forecast: HandshakeForecasts.Forecast
+    }
 
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
     /// ciphers and ALPN of both legs, the upstream certificate and its verification, the leaf.
@@ -184,6 +201,9 @@ public final class ConnectionMachine {
             return startUpstreamTLS()
         case (.connecting, .upstreamConnectFailed(let why)):
             return finish("upstream connect failed: \(why)", alert: mode == .bump ? 40 : nil)
+        case (.upstreamHandshake, .sent):
+            prepareClientHandshake()
+            return []
         case (.upstreamHandshake, .upstreamData(let bytes)):
             guard let upstream = upstreamTLS else { return [] }
             upstream.receive(bytes)
@@ -191,6 +211,7 @@ public final class ConnectionMachine {
             switch upstream.state {
             case .handshaking: return out
             case .failed(let why):
+                discardPrepared()
                 // Never launder: the client's handshake fails too — with an alert, or (quarantine)
                 // under a certificate nobody trusts, so a browser shows its own error page.
                 if let demand = failedForWantOfACertificate("upstream TLS failed: \(why)") { return out + demand }
@@ -360,9 +381,11 @@ public final class ConnectionMachine {
                                                  identity: identity, maximum: clientMaximum, offer: upstreamOffer)
             upstreamTLS = upstream
             upstreamOffer = nil  // in the session now; an idle flow keeps no copy
+            forecastKey = key
             phase = .upstreamHandshake
             upstream.advanceHandshake()
-            return send(upstream: upstream.takeOutput())
+            let hello = send(upstream: upstream.takeOutput())
+            return settings.forecasts?.forecast(for: key) == nil ? hello : hello + [.afterSending]
         } catch {
             return finish("cannot start the upstream TLS session: \(error)", alert: 80)
         }
@@ -371,6 +394,23 @@ public final class ConnectionMachine {
     private func startClientTLS(_ leaf: Leaf) -> [Command] {
         // Present exactly the protocol the upstream chose, or none.
         let alpn = upstreamTLS?.alpn.map { [$0] } ?? []
+        let maximum = upstreamTLS?.protocolVersion
+        if let ready = prepared {
+            prepared = nil
+            let same = quarantined == nil && ready.forecast.leaf.certificate === leaf.certificate && leaf.staple == nil
+                && ready.forecast.alpn == alpn && ready.forecast.maximum == maximum
+            settings.forecasts?.count(used: same)
+            if same {
+                clientTLS = ready.session
+                self.leaf = leaf.certificate
+                phase = .clientHandshake
+                hello = ClientHelloReader()
+                return send(client: ready.flight) + pumpClientHandshake([])
+            }
+        }
+        if quarantined == nil, leaf.staple == nil, let key = forecastKey {
+            settings.forecasts?.record(leaf: leaf, alpn: alpn, maximum: maximum, for: key)
+        }
         do {
             // The leaf alone: its issuer is the anchor the client already holds, and every extra
             // certificate costs the client a parse (hundreds of µs with OpenSSL 3).
@@ -380,7 +420,7 @@ public final class ConnectionMachine {
             // issuer among the certificates the server sent (curl --cert-status does).
             let chain = leaf.staple == nil ? [leaf.certificate] : [leaf.certificate] + leaf.chain
             let client = try TLSSession.server(settings.clientContext, chain: chain, key: leaf.key, alpn: alpn,
-                                               maximum: upstreamTLS?.protocolVersion, staple: leaf.staple)
+                                               maximum: maximum, staple: leaf.staple)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake
@@ -389,6 +429,28 @@ public final class ConnectionMachine {
         } catch {
             return finish("cannot start the client TLS session: \(error)", alert: 80)
         }
+    }
+
+    /// While the upstream answers, the client-facing handshake the forecast expects is worked
+    /// out — its key share, signature and flight — and held: nothing reaches the client before
+    /// the upstream is verified and has chosen the forecast's ALPN and version, and the leaf
+    /// minted for it is the forecast's (`startClientTLS`); otherwise it is thrown away unsent and
+    /// the handshake made afresh from the same hello. Not with a key log (a discarded
+    /// handshake's secrets would be filed under the client's random too).
+    private func prepareClientHandshake() {
+        guard prepared == nil, let key = forecastKey, let forecasts = settings.forecasts,
+              let forecast = forecasts.forecast(for: key), !settings.clientContext.logsKeys,
+              let session = try? TLSSession.server(settings.clientContext, chain: [forecast.leaf.certificate], key: forecast.leaf.key,
+                                                   alpn: forecast.alpn, maximum: forecast.maximum) else { return }
+        session.receive(hello.bytes)
+        guard session.state == .handshaking else { return forecasts.count(used: false) }
+        prepared = PreparedClientHandshake(session: session, flight: session.takeOutput(), forecast: forecast)
+    }
+
+    private func discardPrepared() {
+        guard prepared != nil else { return }
+        prepared = nil
+        settings.forecasts?.count(used: false)
     }
 
     /// P-256 ECDSA unless the client's hello rules it out at the version the client leg will
@@ -660,6 +722,7 @@ public final class ConnectionMachine {
     /// Ends the connection; with `alert`, first sends the client a fatal TLS alert record.
     private func finish(_ reason: String, alert: UInt8? = nil) -> [Command] {
         phase = .closed
+        discardPrepared()
         var out: [Command] = []
         if let alert { out.append(.sendClient([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert])) }
         return out + [.closeClient, .closeUpstream, .finished(reason: reason)]

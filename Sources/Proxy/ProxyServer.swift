@@ -43,6 +43,9 @@ public final class ProxyServer: Sendable {
         public var clientIdentities: [String: ClientIdentity] = [:]
         /// Hosts learnt for splicing (`[auto_splice]` in the policy); shared by all connections.
         public var autoSplice = AutoSplice()
+        /// Each upstream's last client-facing handshake, so the next is worked out while the
+        /// upstream answers; shared by all connections.
+        public var forecasts = HandshakeForecasts()
         /// Told how each connection ended (mode: bump, splice, block or none), for metrics.
         public var onFinished: (@Sendable (_ mode: String, _ reason: String) -> Void)?
         /// Told each request-stage verdict (allow, block), for metrics.
@@ -301,6 +304,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             cache = configuration.liveCache?() ?? configuration.cache
             var settings = ConnectionMachine.Settings(upstreamContext: configuration.upstreamContext, clientContext: configuration.clientContext)
             settings.autoSplice = configuration.autoSplice
+            settings.forecasts = configuration.forecasts
             settings.clientIdentities = configuration.liveClientIdentities?() ?? configuration.clientIdentities
             settings.quarantineFailures = configuration.quarantine != nil
             machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
@@ -399,6 +403,11 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             configuration.nameProbe?.probe(destination, name, on: loop) { verified, reason in
                 loop.execute { this.value.handle(.probed(verified: verified, reason: reason)) }
             }
+        case .afterSending:
+            // As a task: a write made while the connect completes is only flushed once the
+            // connect's callbacks return.
+            let this = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute { this.value.handle(.sent) }
         case .learntSplice(let host, let reason):
             log(["event": "auto_splice", "host": host, "reason": reason])
         case .answered(let exchange):

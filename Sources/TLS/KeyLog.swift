@@ -36,6 +36,9 @@ extension TLSContext {
         keyLogSink.withLock { $0 = keyLog }
         SSL_CTX_set_keylog_callback(ctx, keyLog == nil ? nil : keyLogLine)
     }
+
+    /// Whether handshakes on this context have their secrets logged.
+    public var logsKeys: Bool { keyLogSink.withLock { $0 != nil } }
 }
 
 private let keyLogLine: @convention(c) (OpaquePointer?, UnsafePointer<CChar>?) -> Void = { ssl, line in

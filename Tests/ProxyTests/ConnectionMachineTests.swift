@@ -20,6 +20,11 @@ final class Playbook {
     var connectFails: String?
     /// What answers a name probe at the destination (a fresh session of the same origin).
     var probeOrigin: (() throws -> TLSSession)?
+    /// Shared by the machines made here, as a proxy shares them between connections.
+    var forecasts: HandshakeForecasts?
+    /// Leaves minted once per request, as the proxy's leaf cache hands them out.
+    var reuseLeaves = false
+    private var leaves: [LeafRequest: Leaf] = [:]
 
     init() throws {
         loupeDir = TestEnv.scratch("proxy")
@@ -61,12 +66,15 @@ final class Playbook {
         reason = "admin uploads are not allowed"
         """
 
-    func machine(dst: String = "192.0.2.10:443", policy: String = Playbook.policyText, autoSplice: AutoSplice? = nil) throws -> ConnectionMachine {
+    func machine(dst: String = "192.0.2.10:443", policy: String = Playbook.policyText, autoSplice: AutoSplice? = nil,
+                 keyLog: KeyLog? = nil) throws -> ConnectionMachine {
         var facts = FlowFacts()
         facts.dst = FlowFacts.Endpoint(dst)
         var settings = ConnectionMachine.Settings(upstreamContext: try TLSContext.client(trustBundle: originPKI.bundle),
                                                   clientContext: try TLSContext.server())
         settings.autoSplice = autoSplice
+        settings.forecasts = forecasts
+        settings.clientContext.logKeys(to: keyLog)
         return ConnectionMachine(facts: facts, policy: try Policy.parse(policy, file: "p.toml"), settings: settings)
     }
 
@@ -109,7 +117,14 @@ final class Playbook {
                 case .probe(_, let name):
                     queue.append(probe(name))
                 case .mintLeaf(let request):
-                    do { queue.append(.leafReady(try minter.mint(request))) } catch { queue.append(.leafFailed("\(error)")) }
+                    do {
+                        let leaf = try leaves[request] ?? minter.mint(request)
+                        if reuseLeaves { leaves[request] = leaf }
+                        queue.append(.leafReady(leaf))
+                    } catch {
+                        queue.append(.leafFailed("\(error)"))
+                    }
+                case .afterSending: queue.append(.sent)
                 default: break
                 }
             }
