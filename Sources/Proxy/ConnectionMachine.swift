@@ -133,12 +133,18 @@ public final class ConnectionMachine {
     private var quarantined: String?
     /// The upstream leg's resumption key, under which its handshake forecast is filed.
     private var forecastKey: String?
-    /// The client-facing handshake worked out from a forecast, its flight held back.
+    /// The client-facing handshake worked out from a forecast, its flight held back (behind a
+    /// reference: it lives only while the upstream answers, and the machine lives on).
     private var prepared: PreparedClientHandshake?
-    private struct PreparedClientHandshake {
+    private final class PreparedClientHandshake {
         let session: TLSSession
         let flight: [UInt8]
         let forecast: HandshakeForecasts.Forecast
+        init(session: TLSSession, flight: [UInt8], forecast: HandshakeForecasts.Forecast) {
+            self.session = session
+            self.flight = flight
+            self.forecast = forecast
+        }
     }
 
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
@@ -400,6 +406,7 @@ public final class ConnectionMachine {
             let same = quarantined == nil && ready.forecast.leaf.certificate === leaf.certificate && leaf.staple == nil
                 && ready.forecast.alpn == alpn && ready.forecast.maximum == maximum
             settings.forecasts?.count(used: same)
+            forecastKey = nil
             if same {
                 clientTLS = ready.session
                 self.leaf = leaf.certificate
@@ -411,6 +418,7 @@ public final class ConnectionMachine {
         if quarantined == nil, leaf.staple == nil, let key = forecastKey {
             settings.forecasts?.record(leaf: leaf, alpn: alpn, maximum: maximum, for: key)
         }
+        forecastKey = nil  // filed; an idle flow keeps no copy
         do {
             // The leaf alone: its issuer is the anchor the client already holds, and every extra
             // certificate costs the client a parse (hundreds of µs with OpenSSL 3).
