@@ -10,6 +10,7 @@ public struct MetricsSnapshot: Sendable {
     public var flows = FlowCounters()
     public var queues: [QueueCounters] = []
     public var leafHits = 0, leafMisses = 0, leafMints = 0, leafFailures = 0
+    public var preparedUsed = 0, preparedDiscarded = 0
     /// Proxy connections by how they ended: (mode, reason class) → count.
     public var proxyEnds: [ProxyEnd: Int] = [:]
     /// Requests on bumped flows (HTTP/1.1 and HTTP/2) by request-stage verdict.
@@ -45,6 +46,9 @@ public struct MetricsSnapshot: Sendable {
         out += "loupe_verdict_seconds_sum \(verdictSeconds)\nloupe_verdict_seconds_count \(verdictPackets)\n"
         family("loupe_leaf_cache_total", "counter", "Masquerade leaf cache lookups and mints.",
                [("result=\"hit\"", "\(leafHits)"), ("result=\"miss\"", "\(leafMisses)"), ("result=\"mint\"", "\(leafMints)"), ("result=\"failure\"", "\(leafFailures)")])
+        family("loupe_prepared_handshakes_total", "counter",
+               "Client-facing handshakes worked out while the upstream answered: sent as prepared, or dropped unsent (the upstream failed or chose otherwise).",
+               [("result=\"used\"", "\(preparedUsed)"), ("result=\"discarded\"", "\(preparedDiscarded)")])
         family("loupe_proxy_connections_total", "counter", "Inspected connections by how they ended (handshake failures carry their reason).",
                proxyEnds.sorted { ($0.key.mode, $0.key.reason) < ($1.key.mode, $1.key.reason) }
                    .map { ("mode=\(Self.label($0.key.mode)),reason=\(Self.label($0.key.reason))", "\($0.value)") })

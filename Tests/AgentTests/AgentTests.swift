@@ -198,6 +198,7 @@ final class Lines: @unchecked Sendable {
         m.flows.byVerdict = ["allow": 3, "block": 1]
         m.queues = QueueCounters.parse("    0  12345     2 2   128     5     1    900  1\n  100  12346     0 2 65535     0     0     40  1\n")
         m.leafMints = 2
+        m.preparedUsed = 6
         m.proxyEnds[.init(mode: "bump", reason: MetricsSnapshot.reasonClass("upstream TLS failed: certificate verify failed: \"x\""))] = 4
         m.verdictSeconds = 0.5
         m.verdictPackets = 10
@@ -208,6 +209,7 @@ final class Lines: @unchecked Sendable {
         for expected in ["loupe_flows_total{verdict=\"allow\"} 3\n", "loupe_flows_total{verdict=\"block\"} 1\n",
                          "loupe_queue_dropped_total{queue=\"0\"} 5\n", "loupe_queue_waiting{queue=\"0\"} 2\n",
                          "loupe_leaf_cache_total{result=\"mint\"} 2\n",
+                         "loupe_prepared_handshakes_total{result=\"used\"} 6\n", "loupe_prepared_handshakes_total{result=\"discarded\"} 0\n",
                          "loupe_proxy_connections_total{mode=\"bump\",reason=\"upstream TLS failed\"} 4\n",
                          "loupe_verdict_seconds_count 10\n", "# TYPE loupe_flows_total counter\n",
                          "loupe_requests_total{verdict=\"block\"} 2\n"] {

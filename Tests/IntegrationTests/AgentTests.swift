@@ -228,6 +228,9 @@ import Testing
         let metrics = (try? String(contentsOfFile: "\(dir)/metrics.txt", encoding: .utf8)) ?? ""
         #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\"") && metrics.contains("loupe_requests_total{verdict=\"allow\"} "),
                 "Prometheus metrics on the configured address: \(metrics)")
+        // The second bumped request to origin.test had its client-facing handshake prepared.
+        let used = metrics.split(separator: "\n").first { $0.hasPrefix("loupe_prepared_handshakes_total{result=\"used\"} ") }
+        #expect(used.flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0 >= 1, "prepared handshakes used: \(metrics)")
         let viaControl = (try? String(contentsOfFile: "\(dir)/flows-control.jsonl", encoding: .utf8)) ?? ""
         #expect(line("FLOWSRC") == "FLOWSRC 0" && viaControl.contains("\"rule\":\"drop-81\""), "loupe flows streams the same log")
         #expect(!TestEnv.sh("ip netns list").out.contains(n), "namespaces must be removed")
