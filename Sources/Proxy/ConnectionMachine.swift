@@ -406,8 +406,8 @@ public final class ConnectionMachine {
             let same = quarantined == nil && ready.forecast.leaf.certificate === leaf.certificate && leaf.staple == nil
                 && ready.forecast.alpn == alpn && ready.forecast.maximum == maximum
             settings.forecasts?.count(used: same)
-            forecastKey = nil
             if same {
+                forecastKey = nil
                 clientTLS = ready.session
                 self.leaf = leaf.certificate
                 phase = .clientHandshake
@@ -415,6 +415,7 @@ public final class ConnectionMachine {
                 return send(client: ready.flight) + pumpClientHandshake([])
             }
         }
+        // What this handshake is made with forecasts the next one (a dropped forecast is replaced).
         if quarantined == nil, leaf.staple == nil, let key = forecastKey {
             settings.forecasts?.record(leaf: leaf, alpn: alpn, maximum: maximum, for: key)
         }

@@ -85,6 +85,11 @@ import TLS
         #expect(third.client.state == .established)
         #expect(third.client.peerCertificate?.subjectAltNames.contains(.dns("api.origin.test")) == true, "the leaf mirrors the new certificate")
         #expect(p.forecasts?.statistics == HandshakeForecasts.Statistics(used: 0, discarded: 2))
+        // A dropped forecast is replaced by what the handshake was made with: the next one holds.
+        let fourth = try connect(p, chain: renewed, originALPN: ["http/1.1"])
+        #expect(fourth.client.state == .established && fourth.client.alpn == "http/1.1")
+        #expect(fourth.client.peerCertificate?.sha256Fingerprint == third.client.peerCertificate?.sha256Fingerprint)
+        #expect(p.forecasts?.statistics == HandshakeForecasts.Statistics(used: 1, discarded: 2))
     }
 
     /// With a key log, nothing is prepared: a discarded handshake's secrets would be logged
