@@ -400,10 +400,12 @@ public final class ConnectionMachine {
     private func startClientTLS(_ leaf: Leaf) -> [Command] {
         // Present exactly the protocol the upstream chose, or none.
         let alpn = upstreamTLS?.alpn.map { [$0] } ?? []
+        // …and no newer TLS than the upstream spoke: a client that would refuse the real
+        // server's TLS 1.2 must refuse Loupe's too.
         let maximum = upstreamTLS?.protocolVersion
         if let ready = prepared {
             prepared = nil
-            let same = quarantined == nil && ready.forecast.leaf.certificate === leaf.certificate && leaf.staple == nil
+            let same = quarantined == nil && ready.forecast.leaf.certificate === leaf.certificate
                 && ready.forecast.alpn == alpn && ready.forecast.maximum == maximum
             settings.forecasts?.count(used: same)
             if same {
@@ -416,20 +418,12 @@ public final class ConnectionMachine {
             }
         }
         // What this handshake is made with forecasts the next one (a dropped forecast is replaced).
-        if quarantined == nil, leaf.staple == nil, let key = forecastKey {
+        if quarantined == nil, let key = forecastKey {
             settings.forecasts?.record(leaf: leaf, alpn: alpn, maximum: maximum, for: key)
         }
         forecastKey = nil  // filed; an idle flow keeps no copy
         do {
-            // The leaf alone: its issuer is the anchor the client already holds, and every extra
-            // certificate costs the client a parse (hundreds of µs with OpenSSL 3).
-            // …and no newer TLS than the upstream spoke: a client that would refuse the real
-            // server's TLS 1.2 must refuse Loupe's too.
-            // With a staple the root goes along: a client checking the OCSP response looks for its
-            // issuer among the certificates the server sent (curl --cert-status does).
-            let chain = leaf.staple == nil ? [leaf.certificate] : [leaf.certificate] + leaf.chain
-            let client = try TLSSession.server(settings.clientContext, chain: chain, key: leaf.key, alpn: alpn,
-                                               maximum: maximum, staple: leaf.staple)
+            let client = try clientSession(leaf, alpn: alpn, maximum: maximum)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake
@@ -440,17 +434,26 @@ public final class ConnectionMachine {
         }
     }
 
+    /// The client-facing session under `leaf`. The leaf alone: its issuer is the anchor the
+    /// client already holds, and every extra certificate costs the client a parse (hundreds of
+    /// µs with OpenSSL 3). With a staple the root goes along: a client checking the OCSP
+    /// response looks for its issuer among the certificates the server sent (curl
+    /// --cert-status does).
+    private func clientSession(_ leaf: Leaf, alpn: [String], maximum: TLSVersion?) throws(OpenSSLError) -> TLSSession {
+        let chain = leaf.staple == nil ? [leaf.certificate] : [leaf.certificate] + leaf.chain
+        return try TLSSession.server(settings.clientContext, chain: chain, key: leaf.key, alpn: alpn, maximum: maximum, staple: leaf.staple)
+    }
+
     /// While the upstream answers, the client-facing handshake the forecast expects is worked
     /// out — its key share, signature and flight — and held: nothing reaches the client before
     /// the upstream is verified and has chosen the forecast's ALPN and version, and the leaf
-    /// minted for it is the forecast's (`startClientTLS`); otherwise it is thrown away unsent and
-    /// the handshake made afresh from the same hello. Not with a key log (a discarded
-    /// handshake's secrets would be filed under the client's random too).
+    /// minted for it is the forecast's, staple and all (`startClientTLS`); otherwise it is thrown
+    /// away unsent and the handshake made afresh from the same hello. Not with a key log (a
+    /// discarded handshake's secrets would be filed under the client's random too).
     private func prepareClientHandshake() {
         guard prepared == nil, let key = forecastKey, let forecasts = settings.forecasts,
               let forecast = forecasts.forecast(for: key), !settings.clientContext.logsKeys,
-              let session = try? TLSSession.server(settings.clientContext, chain: [forecast.leaf.certificate], key: forecast.leaf.key,
-                                                   alpn: forecast.alpn, maximum: forecast.maximum) else { return }
+              let session = try? clientSession(forecast.leaf, alpn: forecast.alpn, maximum: forecast.maximum) else { return }
         session.receive(hello.bytes)
         guard session.state == .handshaking else { return forecasts.count(used: false) }
         prepared = PreparedClientHandshake(session: session, flight: session.takeOutput(), forecast: forecast)

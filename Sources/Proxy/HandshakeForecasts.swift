@@ -5,7 +5,8 @@ import Wire
 
 /// How the client-facing handshake of the last bumped connection to an upstream went — the leaf
 /// served, the ALPN and TLS ceiling the upstream set — by the upstream leg's resumption key
-/// (name, address, offer, identity). With a forecast, the next connection's client-facing
+/// (name, address, offer, identity; the offer mirrors the client's suites and schemes, so the
+/// leaf key it can take too). With a forecast, the next connection's client-facing
 /// handshake is worked out while the upstream's answer is on its way, and sent only once the
 /// upstream is verified and asked for exactly the same (ConnectionMachine). Shared by a proxy's
 /// connections; bounded, the oldest forecast going first.

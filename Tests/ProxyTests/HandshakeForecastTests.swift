@@ -14,12 +14,17 @@ import TLS
         var log: [ConnectionMachine.Command]
     }
 
-    /// One bumped connection through a fresh machine to an origin serving `chain`.
-    func connect(_ p: Playbook, chain: (Certificate, PrivateKey), originALPN: [String] = ["h2", "http/1.1"], keyLog: KeyLog? = nil) throws -> Round {
+    /// One bumped connection through a fresh machine to an origin serving `chain` (and
+    /// `staple`, to a client that asks for certificate status with `askStatus`).
+    func connect(_ p: Playbook, chain: (Certificate, PrivateKey), originALPN: [String] = ["h2", "http/1.1"], keyLog: KeyLog? = nil,
+                 staple: [UInt8]? = nil, askStatus: Bool = false) throws -> Round {
         p.log = []
         let m = try p.machine(keyLog: keyLog)
-        let origin = try TLSSession.server(try TLSContext.server(), chain: [chain.0], key: chain.1, alpn: originALPN)
-        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["h2", "http/1.1"])
+        let origin = try TLSSession.server(try TLSContext.server(), chain: [chain.0], key: chain.1, alpn: originALPN, staple: staple)
+        var offer = UpstreamOffer()
+        offer.statusRequest = askStatus
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["h2", "http/1.1"],
+                                           offer: offer)
         client.advanceHandshake()
         p.run(m, client: client, origin: origin)
         return Round(client: client, log: p.log)
@@ -90,6 +95,28 @@ import TLS
         #expect(fourth.client.state == .established && fourth.client.alpn == "http/1.1")
         #expect(fourth.client.peerCertificate?.sha256Fingerprint == third.client.peerCertificate?.sha256Fingerprint)
         #expect(p.forecasts?.statistics == HandshakeForecasts.Statistics(used: 1, discarded: 2))
+    }
+
+    /// A client asking for certificate status gets Loupe's staple in a prepared handshake as in
+    /// a fresh one; a revoked staple upstream fails the client with certificate_revoked and
+    /// nothing prepared is sent.
+    @Test func stapledLeavesAreForecastAndARevokedUpstreamStillFails() throws {
+        let p = try playbook()
+        let origin = try p.originPKI.leaf([.dns("www.origin.test")])
+        func staple(revoked: Bool) throws -> [UInt8] {
+            try OCSP.response(for: origin.0, issuer: p.originPKI.root, issuerKey: p.originPKI.rootKey, revoked: revoked,
+                              thisUpdate: Date().addingTimeInterval(-60), nextUpdate: Date().addingTimeInterval(86_400))
+        }
+        let first = try connect(p, chain: origin, staple: try staple(revoked: false), askStatus: true)
+        #expect(first.client.state == .established && first.client.stapledStatus == .good)
+        let second = try connect(p, chain: origin, staple: try staple(revoked: false), askStatus: true)
+        #expect(second.client.state == .established && second.client.stapledStatus == .good, "\(second.client.state)")
+        #expect(p.forecasts?.statistics == HandshakeForecasts.Statistics(used: 1, discarded: 0))
+        let revoked = try connect(p, chain: origin, staple: try staple(revoked: true), askStatus: true)
+        guard case .failed = revoked.client.state else { Issue.record("a revoked upstream must fail the client: \(revoked.client.state)"); return }
+        #expect(firstHandshakeToClient(revoked.log) == nil && revoked.log.contains(.sendClient([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 44])),
+                "certificate_revoked, and no prepared flight: \(revoked.log)")
+        #expect(p.forecasts?.statistics == HandshakeForecasts.Statistics(used: 1, discarded: 1))
     }
 
     /// With a key log, nothing is prepared: a discarded handshake's secrets would be logged
