@@ -11,17 +11,21 @@ public enum ListeningSockets {
         /// 4 bytes (IPv4) or 16 (IPv6), in network order; all zero for a wildcard.
         public var address: [UInt8]
         public var port: Int
+        /// The socket's inode (what fstat says of its descriptor).
+        public var inode: UInt64
         var isWildcard: Bool { address.allSatisfy { $0 == 0 } }
+    }
+
+    /// Every listening TCP socket the kernel shows this process (its network namespace).
+    public static func current() -> [Listener] {
+        ["/proc/net/tcp", "/proc/net/tcp6"].flatMap { read($0).map(listeners(in:)) ?? [] }
     }
 
     /// Whether something already listens on `port` at `address` (4 or 16 bytes) — or on a
     /// wildcard, or `address` is one and anything listens on the port.
     public static func inUse(port: Int, address: [UInt8]) -> Bool {
-        let wanted = Listener(address: address, port: port)
-        return ["/proc/net/tcp", "/proc/net/tcp6"].contains { path in
-            guard let table = read(path) else { return false }
-            return listeners(in: table).contains { $0.port == port && ($0.address == address || $0.isWildcard || wanted.isWildcard) }
-        }
+        let wanted = Listener(address: address, port: port, inode: 0)
+        return current().contains { $0.port == port && ($0.address == address || $0.isWildcard || wanted.isWildcard) }
     }
 
     /// The LISTEN rows (state 0A) of one table's text. Addresses are written as 32-bit words in
@@ -29,7 +33,7 @@ public enum ListeningSockets {
     static func listeners(in table: String) -> [Listener] {
         table.split(separator: "\n").dropFirst().compactMap { line in
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count > 3, fields[3] == "0A" else { return nil }
+            guard fields.count > 9, fields[3] == "0A", let inode = UInt64(fields[9]) else { return nil }
             let local = fields[1].split(separator: ":")
             guard local.count == 2, let port = Int(local[1], radix: 16), local[0].count == 8 || local[0].count == 32 else { return nil }
             var address: [UInt8] = []
@@ -39,7 +43,7 @@ public enum ListeningSockets {
                 address += [UInt8(word & 0xFF), UInt8(word >> 8 & 0xFF), UInt8(word >> 16 & 0xFF), UInt8(word >> 24)]
                 hex = hex.dropFirst(8)
             }
-            return Listener(address: address, port: port)
+            return Listener(address: address, port: port, inode: inode)
         }
     }
 

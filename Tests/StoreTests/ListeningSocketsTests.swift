@@ -13,19 +13,20 @@ import Testing
                2: 00000000:01BB 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 3 1 0 100 0 0 10 0
             """
         #expect(ListeningSockets.listeners(in: v4) == [
-            .init(address: [127, 0, 0, 1], port: 8080),
-            .init(address: [0, 0, 0, 0], port: 443),
+            .init(address: [127, 0, 0, 1], port: 8080, inode: 1),
+            .init(address: [0, 0, 0, 0], port: 443, inode: 3),
         ])
         let v6 = """
               sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
                0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4 1 0 100 0 0 10 0
                1: garbage
             """
-        #expect(ListeningSockets.listeners(in: v6) == [.init(address: Array(repeating: 0, count: 15) + [1], port: 8080)])
+        #expect(ListeningSockets.listeners(in: v6) == [.init(address: Array(repeating: 0, count: 15) + [1], port: 8080, inode: 4)])
     }
 
     /// A port this process listens on is in use, at its address and at the wildcard; the same
-    /// port on another address is not; once closed it is free.
+    /// port on another address is not; once closed, its socket is gone from the table (by
+    /// inode: other tests running meanwhile may be given the same port).
     @Test func aLiveListenerIsSeen() throws {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         #expect(fd >= 0)
@@ -38,11 +39,15 @@ import Testing
         }
         #expect(bound)
         let port = Int(UInt16(bigEndian: address.sin_port))
+        var info = stat()
+        #expect(fstat(fd, &info) == 0)
+        let inode = UInt64(info.st_ino)
+        #expect(ListeningSockets.current().contains { $0.inode == inode && $0.port == port && $0.address == [127, 0, 0, 1] })
         #expect(ListeningSockets.inUse(port: port, address: [127, 0, 0, 1]))
         #expect(ListeningSockets.inUse(port: port, address: [0, 0, 0, 0]))
         #expect(ListeningSockets.inUse(port: port, address: Array(repeating: 0, count: 16)))
         #expect(!ListeningSockets.inUse(port: port, address: [127, 0, 0, 2]))
         close(fd)
-        #expect(!ListeningSockets.inUse(port: port, address: [127, 0, 0, 1]))
+        #expect(!ListeningSockets.current().contains { $0.inode == inode })
     }
 }
