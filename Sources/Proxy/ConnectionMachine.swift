@@ -91,9 +91,6 @@ public final class ConnectionMachine {
     public private(set) var mode: Verdict?
     private let policy: Policy
     private let settings: Settings
-    private var hello = ClientHelloReader()
-    /// A name-based splice waiting for its probe.
-    private var pendingSplice: Decision?
     private var upstreamTLS: TLSSession?
     private var clientTLS: TLSSession?
     /// Present on bumped HTTP/1.1 flows: each request head is decided before it goes upstream.
@@ -112,39 +109,76 @@ public final class ConnectionMachine {
     /// Whether any application data came from the upstream.
     private var upstreamSentPlaintext = false
     private var leaf: Certificate?
-    /// The leaf key the client's hello can verify under TLS 1.3 and under 1.2 (the version
-    /// depends on the upstream; see `leafKeyType`).
-    private var leafKeys = (upToTLS13: LeafKeyType.ecdsaP256, atTLS12: LeafKeyType.ecdsaP256)
-    /// The newest TLS version the client offered: the upstream leg offers no newer, so an origin
-    /// that refuses it (TLS 1.3 only) refuses it through Loupe too.
-    private var clientMaximum: TLSVersion?
-    /// The client's hello, until the upstream leg's offer is made from it.
-    private var clientHello: ClientHello?
-    /// The upstream leg offers only the client's suites, schemes and groups, so an origin the
-    /// client could not have negotiated with refuses it through Loupe too (until the session
-    /// is made from it).
-    private var upstreamOffer: UpstreamOffer?
-    private var helloDecision: Decision?
     /// The upstream's verified certificate: every request must name a host it covers.
     private var upstreamCertificate: Certificate?
     /// The last host found covered (keep-alive requests name the same one again and again).
     private var coveredHost: String?
     /// Why the upstream failed, when the client is being served a quarantine leaf.
     private var quarantined: String?
-    /// The upstream leg's resumption key, under which its handshake forecast is filed.
-    private var forecastKey: String?
-    /// The client-facing handshake worked out from a forecast, its flight held back (behind a
-    /// reference: it lives only while the upstream answers, and the machine lives on).
-    private var prepared: PreparedClientHandshake?
-    private final class PreparedClientHandshake {
+    /// What only the set-up needs, behind a reference that goes once the connection relays or
+    /// ends: held inline it was ~350 bytes of every idle connection's machine.
+    private var setup: Setup? = Setup()
+    private final class Setup {
+        var hello = ClientHelloReader()
+        /// A name-based splice waiting for its probe.
+        var pendingSplice: Decision?
+        /// The leaf key the client's hello can verify under TLS 1.3 and under 1.2 (the version
+        /// depends on the upstream; see `leafKeyType`).
+        var leafKeys = (upToTLS13: LeafKeyType.ecdsaP256, atTLS12: LeafKeyType.ecdsaP256)
+        /// The newest TLS version the client offered: the upstream leg offers no newer, so an
+        /// origin that refuses it (TLS 1.3 only) refuses it through Loupe too.
+        var clientMaximum: TLSVersion?
+        /// The client's hello, until the upstream leg's offer is made from it.
+        var clientHello: ClientHello?
+        /// The upstream leg offers only the client's suites, schemes and groups, so an origin
+        /// the client could not have negotiated with refuses it through Loupe too.
+        var upstreamOffer: UpstreamOffer?
+        var helloDecision: Decision?
+        /// The upstream leg's resumption key, under which its handshake forecast is filed.
+        var forecastKey: String?
+        /// The client-facing handshake worked out from a forecast, its flight held back.
+        var prepared: PreparedClientHandshake?
+    }
+    private struct PreparedClientHandshake {
         let session: TLSSession
         let flight: [UInt8]
         let forecast: HandshakeForecasts.Forecast
-        init(session: TLSSession, flight: [UInt8], forecast: HandshakeForecasts.Forecast) {
-            self.session = session
-            self.flight = flight
-            self.forecast = forecast
-        }
+    }
+    private var hello: ClientHelloReader {
+        get { setup?.hello ?? ClientHelloReader() }
+        set { setup?.hello = newValue }
+    }
+    private var pendingSplice: Decision? {
+        get { setup?.pendingSplice }
+        set { setup?.pendingSplice = newValue }
+    }
+    private var leafKeys: (upToTLS13: LeafKeyType, atTLS12: LeafKeyType) {
+        get { setup?.leafKeys ?? (.ecdsaP256, .ecdsaP256) }
+        set { setup?.leafKeys = newValue }
+    }
+    private var clientMaximum: TLSVersion? {
+        get { setup?.clientMaximum }
+        set { setup?.clientMaximum = newValue }
+    }
+    private var clientHello: ClientHello? {
+        get { setup?.clientHello }
+        set { setup?.clientHello = newValue }
+    }
+    private var upstreamOffer: UpstreamOffer? {
+        get { setup?.upstreamOffer }
+        set { setup?.upstreamOffer = newValue }
+    }
+    private var helloDecision: Decision? {
+        get { setup?.helloDecision }
+        set { setup?.helloDecision = newValue }
+    }
+    private var forecastKey: String? {
+        get { setup?.forecastKey }
+        set { setup?.forecastKey = newValue }
+    }
+    private var prepared: PreparedClientHandshake? {
+        get { setup?.prepared }
+        set { setup?.prepared = newValue }
     }
 
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
@@ -188,7 +222,8 @@ public final class ConnectionMachine {
         case (.closed, _):
             return []
         case (.peeking, .clientData(let bytes)):
-            switch hello.feed(bytes) {
+            guard let setup else { return [] }
+            switch setup.hello.feed(bytes) {
             case .needMore: return []
             case .hello(let h): return decide(h)
             case .notTLS: return decideNotTLS()
@@ -201,7 +236,7 @@ public final class ConnectionMachine {
         case (.connecting, .upstreamConnected):
             if mode == .splice {
                 phase = .relaying
-                defer { hello = ClientHelloReader() }  // replayed once; an idle flow keeps no copy
+                defer { setup = nil }  // the hello is replayed once; an idle flow keeps no copy
                 return [.sendUpstream(hello.bytes)]
             }
             return startUpstreamTLS()
@@ -517,6 +552,7 @@ public final class ConnectionMachine {
         case .failed(let why): return out + clientAborted(why)
         case .established, .closed:
             phase = .relaying
+            setup = nil
             // The request may have come with the handshake's last flight.
             if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
             if client.alpn == nil || client.alpn == "http/1.1" {
@@ -735,6 +771,7 @@ public final class ConnectionMachine {
     private func finish(_ reason: String, alert: UInt8? = nil) -> [Command] {
         phase = .closed
         discardPrepared()
+        setup = nil
         var out: [Command] = []
         if let alert { out.append(.sendClient([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert])) }
         return out + [.closeClient, .closeUpstream, .finished(reason: reason)]
