@@ -144,43 +144,6 @@ public final class ConnectionMachine {
         let flight: [UInt8]
         let forecast: HandshakeForecasts.Forecast
     }
-    private var hello: ClientHelloReader {
-        get { setup?.hello ?? ClientHelloReader() }
-        set { setup?.hello = newValue }
-    }
-    private var pendingSplice: Decision? {
-        get { setup?.pendingSplice }
-        set { setup?.pendingSplice = newValue }
-    }
-    private var leafKeys: (upToTLS13: LeafKeyType, atTLS12: LeafKeyType) {
-        get { setup?.leafKeys ?? (.ecdsaP256, .ecdsaP256) }
-        set { setup?.leafKeys = newValue }
-    }
-    private var clientMaximum: TLSVersion? {
-        get { setup?.clientMaximum }
-        set { setup?.clientMaximum = newValue }
-    }
-    private var clientHello: ClientHello? {
-        get { setup?.clientHello }
-        set { setup?.clientHello = newValue }
-    }
-    private var upstreamOffer: UpstreamOffer? {
-        get { setup?.upstreamOffer }
-        set { setup?.upstreamOffer = newValue }
-    }
-    private var helloDecision: Decision? {
-        get { setup?.helloDecision }
-        set { setup?.helloDecision = newValue }
-    }
-    private var forecastKey: String? {
-        get { setup?.forecastKey }
-        set { setup?.forecastKey = newValue }
-    }
-    private var prepared: PreparedClientHandshake? {
-        get { setup?.prepared }
-        set { setup?.prepared = newValue }
-    }
-
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
     /// ciphers and ALPN of both legs, the upstream certificate and its verification, the leaf.
     public var tlsFields: [String: Any] {
@@ -237,7 +200,7 @@ public final class ConnectionMachine {
             if mode == .splice {
                 phase = .relaying
                 defer { setup = nil }  // the hello is replayed once; an idle flow keeps no copy
-                return [.sendUpstream(hello.bytes)]
+                return [.sendUpstream(setup?.hello.bytes ?? [])]
             }
             return startUpstreamTLS()
         case (.connecting, .upstreamConnectFailed(let why)):
@@ -280,8 +243,8 @@ public final class ConnectionMachine {
                 return out
             }
         case (.probing, .probed(let verified, let reason)):
-            guard let decision = pendingSplice else { return [] }
-            pendingSplice = nil
+            guard let decision = setup?.pendingSplice else { return [] }
+            setup?.pendingSplice = nil
             if verified { return act(decision) }
             // SNI spoofing must not buy a splice: decide again without the name-based splices.
             let nameRules = Set(policy.rules.filter { $0.stage == .hello && $0.action == .splice && $0.matchesOnSNI }.map(\.name))
@@ -337,7 +300,7 @@ public final class ConnectionMachine {
         facts.tls = false
         let decision = policy.decide(.hello, facts)
         mode = decision.verdict
-        helloDecision = decision
+        setup?.helloDecision = decision
         if decision.verdict == .block {
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule): not TLS")  // no alert: the client speaks no TLS
         }
@@ -348,9 +311,9 @@ public final class ConnectionMachine {
         facts.tls = true
         facts.sni = h.serverName
         facts.alpn = h.alpn
-        leafKeys = (Self.leafKey(for: h, at: 0x0304), Self.leafKey(for: h, at: 0x0303))
-        clientMaximum = h.newestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
-        clientHello = h
+        setup?.leafKeys = (Self.leafKey(for: h, at: 0x0304), Self.leafKey(for: h, at: 0x0303))
+        setup?.clientMaximum = h.newestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
+        setup?.clientHello = h
         var decision = policy.decide(.hello, facts)
         if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
@@ -359,7 +322,7 @@ public final class ConnectionMachine {
         // A splice chosen by the client's name (an `sni` rule, or a learnt name) waits for proof.
         let byName = decision.rule == "auto_splice" || policy.rule(named: decision.rule)?.matchesOnSNI == true
         if decision.verdict == .splice, let sni = facts.sni, let dst = facts.dst, byName {
-            pendingSplice = decision
+            setup?.pendingSplice = decision
             phase = .probing
             return [.probe(dst, name: sni)]
         }
@@ -368,20 +331,20 @@ public final class ConnectionMachine {
 
     private func act(_ decision: Decision) -> [Command] {
         mode = decision.verdict
-        helloDecision = decision
-        defer { clientHello = nil }
+        setup?.helloDecision = decision
+        defer { setup?.clientHello = nil }
         switch decision.verdict {
         case .block:
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule)", alert: 49)  // access_denied
         case .splice:
             return [.decided(decision)] + startSplice()
         default:
-            if let maximum = clientMaximum, maximum < .tls12 {  // refused before any upstream work
+            if let maximum = setup?.clientMaximum, maximum < .tls12 {  // refused before any upstream work
                 return [.decided(decision)] + finish("the client offers nothing newer than \(maximum) (Loupe speaks TLS 1.2 and 1.3)", alert: 70)  // protocol_version
             }
-            if let h = clientHello {
+            if let h = setup?.clientHello {
                 do {
-                    upstreamOffer = try settings.upstreamContext.offers.offer(mirroring: h)
+                    setup?.upstreamOffer = try settings.upstreamContext.offers.offer(mirroring: h)
                 } catch {
                     return [.decided(decision)] + finish(error.reason, alert: 40)  // handshake_failure, as from an origin with nothing in common
                 }
@@ -407,22 +370,22 @@ public final class ConnectionMachine {
         if offered.isEmpty { offered = facts.alpn }
         let name = facts.sni ?? facts.dst.map { IPAddress.format($0.address) }
         var identity: ClientIdentity?
-        let label = helloDecision.flatMap { policy.rule(named: $0.rule)?.identity }
+        let label = setup?.helloDecision.flatMap { policy.rule(named: $0.rule)?.identity }
         if let label {
             guard let found = settings.clientIdentities[label] else {
-                return finish("rule \(helloDecision?.rule ?? "?") names client identity '\(label)', which is not in the store (loupe store import-p12 --label \(label))", alert: 80)
+                return finish("rule \(setup?.helloDecision?.rule ?? "?") names client identity '\(label)', which is not in the store (loupe store import-p12 --label \(label))", alert: 80)
             }
             identity = found
         }
         do {
             // Sessions are resumed per upstream name, address, ALPN offer, client identity,
             // version ceiling and mirrored offer.
-            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(clientMaximum?.rawValue ?? 0)|\(upstreamOffer?.fingerprint ?? "")"
+            let key = "\(name ?? "")|\(facts.dst?.description ?? "")|\(offered.joined(separator: ","))|\(label ?? "")|\(setup?.clientMaximum?.rawValue ?? 0)|\(setup?.upstreamOffer?.fingerprint ?? "")"
             let upstream = try TLSSession.client(settings.upstreamContext, serverName: name, alpn: offered, resumptionKey: key,
-                                                 identity: identity, maximum: clientMaximum, offer: upstreamOffer)
+                                                 identity: identity, maximum: setup?.clientMaximum, offer: setup?.upstreamOffer)
             upstreamTLS = upstream
-            upstreamOffer = nil  // in the session now; an idle flow keeps no copy
-            forecastKey = key
+            setup?.upstreamOffer = nil  // in the session now; an idle flow keeps no copy
+            setup?.forecastKey = key
             phase = .upstreamHandshake
             upstream.advanceHandshake()
             let hello = send(upstream: upstream.takeOutput())
@@ -438,32 +401,32 @@ public final class ConnectionMachine {
         // …and no newer TLS than the upstream spoke: a client that would refuse the real
         // server's TLS 1.2 must refuse Loupe's too.
         let maximum = upstreamTLS?.protocolVersion
-        if let ready = prepared {
-            prepared = nil
+        if let ready = setup?.prepared {
+            setup?.prepared = nil
             let same = quarantined == nil && ready.forecast.leaf.certificate === leaf.certificate
                 && ready.forecast.alpn == alpn && ready.forecast.maximum == maximum
             settings.forecasts?.count(used: same)
             if same {
-                forecastKey = nil
+                setup?.forecastKey = nil
                 clientTLS = ready.session
                 self.leaf = leaf.certificate
                 phase = .clientHandshake
-                hello = ClientHelloReader()
+                setup?.hello = ClientHelloReader()
                 return send(client: ready.flight) + pumpClientHandshake([])
             }
         }
         // What this handshake is made with forecasts the next one (a dropped forecast is replaced).
-        if quarantined == nil, let key = forecastKey {
+        if quarantined == nil, let key = setup?.forecastKey {
             settings.forecasts?.record(leaf: leaf, alpn: alpn, maximum: maximum, for: key)
         }
-        forecastKey = nil  // filed; an idle flow keeps no copy
+        setup?.forecastKey = nil  // filed; an idle flow keeps no copy
         do {
             let client = try clientSession(leaf, alpn: alpn, maximum: maximum)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake
-            defer { hello = ClientHelloReader() }  // replayed once; an idle flow keeps no copy
-            return pumpClientHandshake(hello.bytes)
+            defer { setup?.hello = ClientHelloReader() }  // replayed once; an idle flow keeps no copy
+            return pumpClientHandshake(setup?.hello.bytes ?? [])
         } catch {
             return finish("cannot start the client TLS session: \(error)", alert: 80)
         }
@@ -486,17 +449,17 @@ public final class ConnectionMachine {
     /// away unsent and the handshake made afresh from the same hello. Not with a key log (a
     /// discarded handshake's secrets would be filed under the client's random too).
     private func prepareClientHandshake() {
-        guard prepared == nil, let key = forecastKey, let forecasts = settings.forecasts,
+        guard setup?.prepared == nil, let key = setup?.forecastKey, let forecasts = settings.forecasts,
               let forecast = forecasts.forecast(for: key), !settings.clientContext.logsKeys,
               let session = try? clientSession(forecast.leaf, alpn: forecast.alpn, maximum: forecast.maximum) else { return }
-        session.receive(hello.bytes)
+        session.receive(setup?.hello.bytes ?? [])
         guard session.state == .handshaking else { return forecasts.count(used: false) }
-        prepared = PreparedClientHandshake(session: session, flight: session.takeOutput(), forecast: forecast)
+        setup?.prepared = PreparedClientHandshake(session: session, flight: session.takeOutput(), forecast: forecast)
     }
 
     private func discardPrepared() {
-        guard prepared != nil else { return }
-        prepared = nil
+        guard setup?.prepared != nil else { return }
+        setup?.prepared = nil
         settings.forecasts?.count(used: false)
     }
 
@@ -504,7 +467,8 @@ public final class ConnectionMachine {
     /// speak (at most the upstream's; a failed upstream handshake leaves it open).
     private func leafKeyType(_ upstream: TLSSession) -> LeafKeyType {
         let ceiling = upstream.protocolVersion ?? .tls13
-        return ceiling >= .tls13 ? leafKeys.upToTLS13 : leafKeys.atTLS12
+        let keys = setup?.leafKeys ?? (.ecdsaP256, .ecdsaP256)
+        return ceiling >= .tls13 ? keys.upToTLS13 : keys.atTLS12
     }
 
     /// P-256 for every client that verifies it; otherwise RSA, unless the client plainly takes
