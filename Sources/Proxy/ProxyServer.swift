@@ -99,6 +99,9 @@ public final class ProxyServer: Sendable {
 
     public var openConnections: Int { open.count.load(ordering: .relaxed) }
 
+    /// Event loops, each with a listener of its own once started.
+    public var eventLoops: Int { Array(group.makeIterator()).count }
+
     public init(configuration: Configuration, threads: Int = System.coreCount) {
         OpenFileLimit.raiseToHardLimit()
         // Relay buffers come and go on every read; the trimmer gives the pages back once quiet.

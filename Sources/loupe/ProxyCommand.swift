@@ -66,7 +66,7 @@ struct ProxyCommand: AsyncParsableCommand {
             let host = String(listen[..<colon]).trimmingCharacters(in: CharacterSet(charactersIn: "[]"))
             let server = ProxyServer(configuration: configuration)
             let channel = try await server.start(host: host, port: port)
-            printError("loupe proxy: listening on \(channel.localAddress?.description ?? listen), root \(root.certificate.sha256Fingerprint.prefix(16))…")
+            printError("loupe proxy: listening on \(channel.localAddress?.description ?? listen) (\(server.eventLoops) event loops), root \(root.certificate.sha256Fingerprint.prefix(16))…")
             // SIGHUP opens the flow log's file again (logrotate); SIGTERM and SIGINT end the
             // proxy once its queued lines are written.
             let signals = AgentSignals()

@@ -15,13 +15,13 @@ import Testing
         let origin = TestEnv.port(slot: 15), proxy = origin + 1, taken = origin + 2
         let script = LoopbackProxy.preamble(dir: dir, origin: origin, proxy: proxy, name: "origin.test") + """
             echo "LISTENERS $(ss -Hltn "sport = :\(proxy)" | wc -l)"
-            echo "CORES $(nproc)"
+            echo "LOOPS $(sed -n 's/.*(\\([0-9]*\\) event loops).*/\\1/p' $D/proxy.err)"
             ok=0; for i in $(seq 40); do curl -s --max-time 5 --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:\(proxy) https://origin.test/index.html -o /dev/null -w '%{http_code}\\n' | grep -q 200 && ok=$((ok + 1)); done
             echo "SERVED $ok"
             # A port given by the kernel (0): every listener joins the one the first was given.
             $L proxy --state-dir $D/loupe --listen 127.0.0.1:0 --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) 2>$D/any.err & any=$!
             for i in $(seq 100); do grep -q listening $D/any.err && break; sleep 0.1; done
-            port=$(sed -n 's/.*127\\.0\\.0\\.1:\\([0-9]*\\),.*/\\1/p' $D/any.err)
+            port=$(sed -n 's/.*127\\.0\\.0\\.1:\\([0-9]*\\) (.*/\\1/p' $D/any.err)
             echo "ANYPORT ${port:-0} $(ss -Hltn "sport = :${port:-1}" | wc -l)"
             kill $any
             # Something else (with SO_REUSEPORT, as a second agent would have) holds a port.
@@ -34,10 +34,10 @@ import Testing
         let r = TestEnv.bash(script, timeout: 120)
         let value = r.value
         #expect(value("PROXYUP") == 1, "the proxy must be up, or nothing below means anything: \(r.out) \(r.err)")
-        #expect(value("LISTENERS") == value("CORES"), "one listener per event loop (one per core): \(r.out)")
+        #expect(value("LOOPS") >= 1 && value("LISTENERS") == value("LOOPS"), "one listener per event loop: \(r.out) \(r.err)")
         #expect(value("SERVED") == 40, "every connection is served, whichever listener took it: \(r.out)")
         let any = r.lines.first { $0.hasPrefix("ANYPORT ") }?.split(separator: " ") ?? []
-        #expect(any.count == 3 && Int(any[1]) ?? 0 > 0 && Int(any[2]) == value("CORES"), "port 0: all listeners on the port the first got: \(r.out)")
+        #expect(any.count == 3 && Int(any[1]) ?? 0 > 0 && Int(any[2]) == value("LOOPS"), "port 0: all listeners on the port the first got: \(r.out)")
         #expect(value("TAKENRC") == 1 && value("TAKENSAYS") == 1, "an occupied port fails clearly instead of being shared: \(r.out) \(r.err)")
     }
 }
