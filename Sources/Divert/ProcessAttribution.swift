@@ -12,7 +12,7 @@ public enum ProcNetTable {
         var wildcard: UInt64?
         for line in text.split(separator: "\n").dropFirst() {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-            guard fields.count > 9, let (address, port) = endpoint(fields[1]), port == local.port,
+            guard fields.count > 9, let (address, port) = ProcNet.endpoint(fields[1]), port == local.port,
                   let inode = UInt64(fields[9]), inode != 0 else { continue }
             if address == local.address { return inode }
             if address.allSatisfy({ $0 == 0 }) { wildcard = wildcard ?? inode }
@@ -24,29 +24,13 @@ public enum ProcNetTable {
     }
 
     /// The same, read from `procRoot`/net/{tcp,tcp6} or {udp,udp6} (the fallback when sock_diag
-    /// cannot answer). Read to the end: Foundation's String(contentsOfFile:) stops after the
-    /// first page of a procfs file (~26 sockets), and attribution failed past it.
+    /// cannot answer).
     public static func inode(proto: FlowFacts.Proto, local: FlowFacts.Endpoint, procRoot: String = "/proc") -> UInt64? {
         for table in proto == .tcp ? ["tcp", "tcp6"] : ["udp", "udp6"] {
-            guard let bytes = try? PrivateFiles.read("\(procRoot)/net/\(table)") else { continue }
-            if let found = inode(in: String(decoding: bytes, as: UTF8.self)[...], local: local) { return found }
+            guard let text = ProcNet.table(table, procRoot: procRoot) else { continue }
+            if let found = inode(in: text[...], local: local) { return found }
         }
         return nil
-    }
-
-    /// "0100007F:0277" → ([127,0,0,1], 631). Addresses are 32-bit words in host (little-endian) order.
-    static func endpoint(_ field: Substring) -> ([UInt8], UInt16)? {
-        let parts = field.split(separator: ":")
-        guard parts.count == 2, let port = UInt16(parts[1], radix: 16), parts[0].count == 8 || parts[0].count == 32 else { return nil }
-        var bytes: [UInt8] = []
-        var index = parts[0].startIndex
-        while index < parts[0].endIndex {
-            let next = parts[0].index(index, offsetBy: 8)
-            guard let word = UInt32(parts[0][index..<next], radix: 16) else { return nil }
-            withUnsafeBytes(of: word.littleEndian) { bytes.append(contentsOf: $0) }
-            index = next
-        }
-        return (bytes, port)
     }
 }
 
