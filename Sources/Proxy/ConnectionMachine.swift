@@ -136,6 +136,8 @@ public final class ConnectionMachine {
         var helloDecision: Decision?
         /// The upstream leg's resumption key, under which its handshake forecast is filed.
         var forecastKey: String?
+        /// The forecast found under that key, until its handshake is prepared.
+        var forecast: HandshakeForecasts.Forecast?
         /// The client-facing handshake worked out from a forecast, its flight held back.
         var prepared: PreparedClientHandshake?
     }
@@ -215,7 +217,6 @@ public final class ConnectionMachine {
             switch upstream.state {
             case .handshaking: return out
             case .failed(let why):
-                discardPrepared()
                 // Never launder: the client's handshake fails too — with an alert, or (quarantine)
                 // under a certificate nobody trusts, so a browser shows its own error page.
                 if let demand = failedForWantOfACertificate("upstream TLS failed: \(why)") { return out + demand }
@@ -389,7 +390,13 @@ public final class ConnectionMachine {
             phase = .upstreamHandshake
             upstream.advanceHandshake()
             let hello = send(upstream: upstream.takeOutput())
-            return settings.forecasts?.forecast(for: key) == nil ? hello : hello + [.afterSending]
+            // With a forecast, the client-facing handshake is prepared once the hello has left
+            // (`prepareClientHandshake`). Not with a key log: a discarded handshake's secrets
+            // would be filed under the client's random too.
+            guard let forecasts = settings.forecasts, !settings.clientContext.logsKeys,
+                  let forecast = forecasts.forecast(for: key) else { return hello }
+            setup?.forecast = forecast
+            return hello + [.afterSending]
         } catch {
             return finish("cannot start the upstream TLS session: \(error)", alert: 80)
         }
@@ -407,11 +414,10 @@ public final class ConnectionMachine {
                 && ready.forecast.alpn == alpn && ready.forecast.maximum == maximum
             settings.forecasts?.count(used: same)
             if same {
-                setup?.forecastKey = nil
                 clientTLS = ready.session
                 self.leaf = leaf.certificate
                 phase = .clientHandshake
-                setup?.hello = ClientHelloReader()
+                setup = nil  // set-up is over: an idle flow keeps none of it
                 return send(client: ready.flight) + pumpClientHandshake([])
             }
         }
@@ -419,13 +425,12 @@ public final class ConnectionMachine {
         if quarantined == nil, let key = setup?.forecastKey {
             settings.forecasts?.record(leaf: leaf, alpn: alpn, maximum: maximum, for: key)
         }
-        setup?.forecastKey = nil  // filed; an idle flow keeps no copy
         do {
             let client = try clientSession(leaf, alpn: alpn, maximum: maximum)
             clientTLS = client
             self.leaf = leaf.certificate
             phase = .clientHandshake
-            defer { setup?.hello = ClientHelloReader() }  // replayed once; an idle flow keeps no copy
+            defer { setup = nil }  // the hello is replayed once; set-up is over
             return pumpClientHandshake(setup?.hello.bytes ?? [])
         } catch {
             return finish("cannot start the client TLS session: \(error)", alert: 80)
@@ -446,15 +451,17 @@ public final class ConnectionMachine {
     /// out — its key share, signature and flight — and held: nothing reaches the client before
     /// the upstream is verified and has chosen the forecast's ALPN and version, and the leaf
     /// minted for it is the forecast's, staple and all (`startClientTLS`); otherwise it is thrown
-    /// away unsent and the handshake made afresh from the same hello. Not with a key log (a
-    /// discarded handshake's secrets would be filed under the client's random too).
+    /// away unsent and the handshake made afresh from the same hello.
     private func prepareClientHandshake() {
-        guard setup?.prepared == nil, let key = setup?.forecastKey, let forecasts = settings.forecasts,
-              let forecast = forecasts.forecast(for: key), !settings.clientContext.logsKeys,
-              let session = try? clientSession(forecast.leaf, alpn: forecast.alpn, maximum: forecast.maximum) else { return }
-        session.receive(setup?.hello.bytes ?? [])
-        guard session.state == .handshaking else { return forecasts.count(used: false) }
-        setup?.prepared = PreparedClientHandshake(session: session, flight: session.takeOutput(), forecast: forecast)
+        guard let setup, let forecast = setup.forecast else { return }
+        setup.forecast = nil
+        guard let session = try? clientSession(forecast.leaf, alpn: forecast.alpn, maximum: forecast.maximum) else { return }
+        session.receive(setup.hello.bytes)
+        guard session.state == .handshaking else {
+            settings.forecasts?.count(used: false)  // the hello fails it: the fresh one will too
+            return
+        }
+        setup.prepared = PreparedClientHandshake(session: session, flight: session.takeOutput(), forecast: forecast)
     }
 
     private func discardPrepared() {
@@ -516,7 +523,6 @@ public final class ConnectionMachine {
         case .failed(let why): return out + clientAborted(why)
         case .established, .closed:
             phase = .relaying
-            setup = nil
             // The request may have come with the handshake's last flight.
             if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
             if client.alpn == nil || client.alpn == "http/1.1" {

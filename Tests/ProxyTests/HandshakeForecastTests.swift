@@ -42,8 +42,6 @@ import TLS
         log.firstIndex { if case .sendClient(let bytes) = $0 { bytes.first == 22 } else { false } }
     }
 
-    func index(_ log: [ConnectionMachine.Command], _ matches: (ConnectionMachine.Command) -> Bool) -> Int? { log.firstIndex(where: matches) }
-
     @Test func theSecondConnectionsHandshakeIsPreparedAndSentOnlyOnceTheUpstreamIsVerified() throws {
         let p = try playbook()
         let origin = try p.originPKI.leaf([.dns("www.origin.test")])
@@ -55,9 +53,9 @@ import TLS
         #expect(second.client.peerCertificate?.sha256Fingerprint == first.client.peerCertificate?.sha256Fingerprint)
         #expect(p.forecasts?.statistics == HandshakeForecasts.Statistics(used: 1, discarded: 0))
         // Prepared after the upstream's hello left, sent after the leaf for the verified upstream.
-        let hello = index(second.log) { if case .sendUpstream = $0 { true } else { false } }
-        let prepare = index(second.log) { $0 == .afterSending }
-        let mint = index(second.log) { if case .mintLeaf = $0 { true } else { false } }
+        let hello = second.log.firstIndex { if case .sendUpstream = $0 { true } else { false } }
+        let prepare = second.log.firstIndex(of: .afterSending)
+        let mint = second.log.firstIndex { if case .mintLeaf = $0 { true } else { false } }
         let toClient = firstHandshakeToClient(second.log)
         #expect(hello != nil && prepare != nil && hello! < prepare!, "\(second.log)")
         #expect(mint != nil && toClient != nil && mint! < toClient!, "\(second.log)")
