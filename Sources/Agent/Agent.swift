@@ -47,7 +47,6 @@ public final class Agent: Sendable {
     let feed: FlowFeed
     let handler: FlowHandler
     let proxy: ProxyServer
-    let forecasts: HandshakeForecasts
     let workers: [QueueWorker]
     let controlGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let channels = Mutex<[Channel]>([])
@@ -134,7 +133,6 @@ public final class Agent: Sendable {
             return merged
         }
         self.proxy = ProxyServer(configuration: proxyConfig)
-        self.forecasts = proxyConfig.forecasts
 
         // Bound before the ruleset exists, so no flow is ever queued to nobody.
         var workers: [QueueWorker] = []
@@ -239,7 +237,7 @@ public final class Agent: Sendable {
         m.queues = QueueCounters.parse((try? PrivateFiles.read("/proc/net/netfilter/nfnetlink_queue")).map { String(decoding: $0, as: UTF8.self) } ?? "")
         let stats = live.withLock { $0.cache }.statistics
         (m.leafHits, m.leafMisses, m.leafMints, m.leafFailures) = (stats.hits, stats.misses, stats.mints, stats.failures)
-        let prepared = forecasts.statistics
+        let prepared = proxy.preparedHandshakes
         (m.preparedUsed, m.preparedDiscarded) = (prepared.used, prepared.discarded)
         m.proxyEnds = observed.proxyEnds.withLock { $0 }
         m.requests = observed.requests.withLock { $0 }

@@ -100,7 +100,11 @@ public final class ProxyServer: Sendable {
     public var openConnections: Int { open.count.load(ordering: .relaxed) }
 
     /// Event loops, each with a listener of its own once started.
-    public var eventLoops: Int { Array(group.makeIterator()).count }
+    public var eventLoops: Int { loops.count }
+    let loops: [EventLoop]
+
+    /// Client-facing handshakes prepared ahead so far, used and dropped.
+    public var preparedHandshakes: HandshakeForecasts.Statistics { configuration.forecasts.statistics }
 
     public init(configuration: Configuration, threads: Int = System.coreCount) {
         OpenFileLimit.raiseToHardLimit()
@@ -112,6 +116,7 @@ public final class ProxyServer: Sendable {
         }
         self.configuration = configuration
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: threads)
+        self.loops = Array(group.makeIterator())
         self.open = OpenConnections()
     }
 
@@ -124,7 +129,6 @@ public final class ProxyServer: Sendable {
             throw ProxyServerError.portInUse("\(host):\(port) is already served by another socket (another loupe?)")
         }
         let shared = Shared(configuration: configuration, trimmer: trimmer)
-        let loops = Array(group.makeIterator())
         let first = try await listener(on: loops[0], shared: shared).bind(host: host, port: port).get()
         var others: [Channel] = []
         do {
