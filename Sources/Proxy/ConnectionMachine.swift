@@ -234,10 +234,11 @@ public final class ConnectionMachine {
             case .established, .closed:
                 guard let leafCert = upstream.peerCertificate else { return out + finish("upstream sent no certificate", alert: 42) }
                 upstreamCertificate = leafCert
-                var extra: [SubjectAltName] = []
-                if facts.sni == nil, let dst = facts.dst { extra.append(.ip(dst.address)) }
+                // Without SNI the upstream was verified against the destination address, so the
+                // mirrored names already carry it (an IP SAN, or a CN-only subject — where adding
+                // the SAN would pass clients that refuse a CN-named address).
                 phase = .minting
-                var request = LeafRequest.mirroring(leafCert, extraNames: extra, keyType: leafKeyType(upstream))
+                var request = LeafRequest.mirroring(leafCert, keyType: leafKeyType(upstream))
                 // The real server stapled a good response to a client that asked: so does Loupe.
                 request.stapled = upstream.stapledStatus == .good
                 out.append(.mintLeaf(request))

@@ -143,8 +143,29 @@ public final class Certificate: @unchecked Sendable {
     /// Whether this certificate names `host` (a DNS name, or an IP address), by the rules its
     /// verification applied: SAN first, the subject CN only without DNS SANs, wildcards.
     public func covers(host: String) -> Bool {
-        if IPAddress.parse(host) != nil { return X509_check_ip_asc(x509, host, 0) == 1 }
+        if let address = IPAddress.parse(host) { return X509_check_ip_asc(x509, host, 0) == 1 || namesOnlyInCommonName(address: address) }
         return X509_check_host(x509, host, host.utf8.count, 0, nil) == 1
+    }
+
+    /// Whether the subject's CN is the only place naming `address`: no DNS or IP SANs, and a
+    /// CN that reads as that address. OpenSSL matches an address against IP SANs alone; curl
+    /// falls back to the CN here, as OpenSSL itself does for DNS names.
+    public func namesOnlyInCommonName(address: [UInt8]) -> Bool {
+        let hasNameSANs = subjectAltNames.contains { name in
+            switch name {
+            case .dns, .ip: true
+            case .email, .uri: false
+            }
+        }
+        guard !hasNameSANs else { return false }
+        let name = X509_get_subject_name(x509)
+        var index: Int32 = -1
+        while true {
+            index = X509_NAME_get_index_by_NID(name, NID_commonName, index)
+            guard index >= 0 else { return false }
+            if let entry = X509_NAME_get_entry(name, index), let data = X509_NAME_ENTRY_get_data(entry),
+               IPAddress.parse(asn1String(data)) == address { return true }
+        }
     }
 
     public var subjectAltNames: [SubjectAltName] {

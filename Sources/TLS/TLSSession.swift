@@ -76,7 +76,7 @@ public final class TLSContext: @unchecked Sendable {
         } else {
             try check("loading the system trust store", SSL_CTX_set_default_verify_paths(context.ctx) == 1)
         }
-        SSL_CTX_set_verify(context.ctx, SSL_VERIFY_PEER, nil)
+        SSL_CTX_set_verify(context.ctx, SSL_VERIFY_PEER, acceptAddressInCommonName)
         // AES-128-GCM first, as browsers order them: as strong for TLS, cheaper for Loupe and the
         // origin than OpenSSL's AES-256-first default (the server still chooses).
         try check("TLS 1.3 cipher suites", SSL_CTX_set_ciphersuites(context.ctx, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384") == 1)
@@ -131,6 +131,21 @@ private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
     let owner = Unmanaged<TLSSession>.fromOpaque(raw).takeUnretainedValue()
     owner.fileForResumption(session)
     return 0
+}
+
+/// Client side: an address named only by a CN-only certificate's subject passes, as curl
+/// takes it (see `Certificate.namesOnlyInCommonName`); every other verdict stands. The
+/// masquerade leaf mirrors that CN without adding an IP SAN, so a client without the fallback
+/// still refuses it.
+private let acceptAddressInCommonName: @convention(c) (Int32, OpaquePointer?) -> Int32 = { ok, store in
+    guard ok == 0, let store, X509_STORE_CTX_get_error(store) == X509_V_ERR_IP_ADDRESS_MISMATCH, X509_STORE_CTX_get_error_depth(store) == 0,
+          let leaf = X509_STORE_CTX_get_current_cert(store), X509_up_ref(leaf) == 1,
+          let text = X509_VERIFY_PARAM_get1_ip_asc(X509_STORE_CTX_get0_param(store)) else { return ok }
+    let expected = String(cString: text)
+    CRYPTO_free(text, #fileID, #line)
+    guard let address = IPAddress.parse(expected), Certificate(taking: leaf).namesOnlyInCommonName(address: address) else { return ok }
+    X509_STORE_CTX_set_error(store, X509_V_OK)  // or SSL_get_verify_result would still report the mismatch
+    return 1
 }
 
 /// Client side: what the server stapled. A staple that verifies and says revoked fails the
@@ -235,7 +250,8 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     /// A client session to `serverName` (SNI and the name verified; an IP address is verified
-    /// against IP SANs and sent without SNI), offering `alpn`. With `resumptionKey` (the
+    /// against IP SANs — or a CN-only subject, as curl takes it — and sent without SNI),
+    /// offering `alpn`. With `resumptionKey` (the
     /// upstream's name and address), a session saved from an earlier visit is offered. No
     /// protocol version above `maximum` is offered, and with `offer` only its suites, schemes
     /// and groups (see `OfferCatalog.offer(mirroring:)`).

@@ -6,7 +6,8 @@ import TLS
 /// badssl-style origins through `loupe proxy`, with clients built on different TLS stacks —
 /// curl and Python (OpenSSL), wget and gnutls-cli (GnuTLS), and Node and Java (JSSE) where
 /// they are installed: each must fail through Loupe exactly when it fails direct — except
-/// weak upstreams (TLS 1.1, 1024-bit keys and groups), which Loupe refuses for every client. Clients
+/// weak upstreams (TLS 1.1, 1024-bit keys and groups) and leaves not meant for servers, which
+/// Loupe refuses for every client. Clients
 /// connect by IP (wget has no --resolve), so the hello carries no SNI and Loupe names the
 /// upstream by the original destination.
 @Suite struct ClientStacksTests {
@@ -42,7 +43,7 @@ import TLS
     func everyStackFailsThroughTheProxyExactlyWhenItFailsDirect() throws {
         let dir = TestEnv.scratch("stacks")
         defer { TestEnv.remove(dir) }
-        let sign = UpstreamMatrixTests.sign
+        let sign = { try UpstreamMatrixTests.sign($0, key: $1, issuer: $2, ca: $3, subject: $4, notBefore: $5, notAfter: $6) }
         let rootKey = try PrivateKey.generate(.ecP256)
         let root = try sign([], rootKey, nil, true, nil, Date().addingTimeInterval(-3600), Date().addingTimeInterval(30 * 86_400))
         let intermediateKey = try PrivateKey.generate(.ecP256)
@@ -91,7 +92,9 @@ import TLS
         origins.append(("TLS 1.3-only origin", [l.0], l.1, true, "-tls1_3"))
         // Weak upstreams: GnuTLS takes TLS 1.1 and 1024-bit RSA and DH, Node and Java 1024-bit
         // RSA and DH; Loupe verifies strictly (DESIGN.md) and refuses them for every client.
-        let strictlyRefused: Set<String> = ["TLS 1.1-only origin", "RSA 1024 key", "DHE with a 1024-bit group only"]
+        // So is a leaf whose extended key usage leaves out serverAuth, which GnuTLS (wget) takes.
+        let strictlyRefused: Set<String> = ["TLS 1.1-only origin", "RSA 1024 key", "DHE with a 1024-bit group only",
+                                            "leaf for clientAuth only (extended key usage)"]
         origins.append(("TLS 1.1-only origin", [l.0], l.1, nil, "-tls1_1 -cipher DEFAULT@SECLEVEL=0"))
         origins.append(("RSA 1024 key", [try CertificateBuilder.sign(weakSpec, issuer: root, issuerKey: rootKey)], weakKey, nil, "-cipher DEFAULT@SECLEVEL=0"))
         origins.append(("static RSA key exchange only", [rsaGood], rsaKey, nil, "-tls1_2 -cipher AES128-GCM-SHA256"))
@@ -102,6 +105,17 @@ import TLS
         let noSubject = try sign(ip, l.1, (root, rootKey), false, "", now.addingTimeInterval(-3600), now.addingTimeInterval(30 * 86_400))
         origins.append(("no subject, names in a critical SAN", [noSubject], l.1, nil, ""))
         origins.append(("RSA leaf without digitalSignature in keyUsage", [try CertificateBuilder.sign(usageOnly, issuer: root, issuerKey: rootKey)], rsaKey, nil, ""))
+        // The address only in the subject's CN: curl falls back to the CN for an address,
+        // OpenSSL's own check (Python) and GnuTLS do not — Loupe must not decide for them.
+        let cnKey = try PrivateKey.generate(.ecP256)
+        origins.append(("address only in the subject CN, no SAN", [try sign([], cnKey, (root, rootKey), false, "10.207.0.2", now.addingTimeInterval(-3600), now.addingTimeInterval(30 * 86_400))], cnKey, nil, ""))
+        let expiredIssuerKey = try PrivateKey.generate(.ecP256)
+        let expiredIssuer = try sign([], expiredIssuerKey, (root, rootKey), true, nil, now.addingTimeInterval(-90 * 86_400), now.addingTimeInterval(-86_400))
+        l = try leaf(ip, (expiredIssuer, expiredIssuerKey))
+        origins.append(("expired intermediate", [l.0, expiredIssuer], l.1, false, ""))
+        let clientOnlyKey = try PrivateKey.generate(.ecP256)
+        let clientOnly = try UpstreamMatrixTests.sign(ip, key: clientOnlyKey, issuer: (root, rootKey), extra: [("extendedKeyUsage", "clientAuth")])
+        origins.append(("leaf for clientAuth only (extended key usage)", [clientOnly], clientOnlyKey, nil, ""))
 
         let clients = Self.clients.filter { TestEnv.has($0.tool) }
         for skipped in Self.clients where !TestEnv.has(skipped.tool) {

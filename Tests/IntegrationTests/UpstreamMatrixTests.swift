@@ -13,6 +13,8 @@ import TLS
         var chain: [Certificate]
         var key: PrivateKey
         var directShouldWork: Bool
+        /// The name curl asks for (resolved to the origin).
+        var host = "origin.test"
         /// Extra `openssl s_server` and `curl` arguments (protocol versions, ciphers).
         var serverFlags = ""
         var clientFlags = ""
@@ -50,10 +52,13 @@ import TLS
           -tls1_2 -fallback_scsv </dev/null >/dev/null 2>&1
         """
 
+    /// `extra`: further extensions as OpenSSL configuration strings, name and value.
     static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false, subject: String? = nil,
-                     notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400)) throws -> Certificate {
+                     notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400),
+                     extra: [(String, String)] = []) throws -> Certificate {
         var extensions = [try CertificateExtension.make("basicConstraints", ca ? "critical,CA:TRUE" : "critical,CA:FALSE")]
         if ca { extensions.append(try CertificateExtension.make("keyUsage", "critical,keyCertSign,cRLSign")) }
+        for (name, value) in extra { extensions.append(try CertificateExtension.make(name, value)) }
         let cn = subject ?? (ca ? "Matrix CA \(UUID().uuidString.prefix(8))" : "origin")
         if !names.isEmpty { extensions.append(try CertificateExtension.subjectAltNames(names, critical: cn.isEmpty)) }
         let spec = CertificateSpec(subject: .attributes(cn.isEmpty ? [] : [("CN", cn)]), serial: try CertificateSpec.randomSerial(),
@@ -118,6 +123,52 @@ import TLS
         key = try k()
         let manyNames = (1..<1000).map { SubjectAltName.dns("n\($0).origin.test") } + name
         origins.append(Origin(name: "1000 SANs", chain: [try Self.sign(manyNames, key: key, issuer: (root, rootKey))], key: key, directShouldWork: true))
+        // Names as real certificates carry them (badssl.com's wildcard, wrong.host, no-common-name
+        // kinds, long-extended-subdomain-name...): the masquerade leaf mirrors them as they are,
+        // so the client's own name check decides as it would direct.
+        key = try k()
+        let wildcard = try Self.sign([.dns("*.origin.test")], key: key, issuer: (root, rootKey))
+        origins.append(Origin(name: "wildcard leaf, one label under it", chain: [wildcard], key: key, directShouldWork: true, host: "www.origin.test"))
+        origins.append(Origin(name: "wildcard leaf, two labels under it", chain: [wildcard], key: key, directShouldWork: false, host: "a.b.origin.test"))
+        origins.append(Origin(name: "wildcard leaf, the bare parent name", chain: [wildcard], key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "wildcard over a top-level label (*.test)", chain: [try Self.sign([.dns("*.test")], key: key, issuer: (root, rootKey))],
+                              key: key, directShouldWork: false))
+        key = try k()
+        origins.append(Origin(name: "name only in the subject CN, no SAN", chain: [try Self.sign([], key: key, issuer: (root, rootKey), subject: "origin.test")],
+                              key: key, directShouldWork: true))
+        key = try k()
+        origins.append(Origin(name: "SAN without the name, CN with it", chain: [try Self.sign([.dns("other.test")], key: key, issuer: (root, rootKey), subject: "origin.test")],
+                              key: key, directShouldWork: false))
+        key = try k()
+        let longName = "long-extended-subdomain-name-containing-many-letters-and-dashes.origin.test"
+        origins.append(Origin(name: "a 63-character label", chain: [try Self.sign([.dns(longName)], key: key, issuer: (root, rootKey))],
+                              key: key, directShouldWork: true, host: longName))
+        // What the chain says about its own use: an issuer's dates, whether it may issue, the
+        // names it is constrained to, and what the leaf is for.
+        let expiredIssuerKey = try k()
+        let expiredIssuer = try Self.sign([], key: expiredIssuerKey, issuer: (root, rootKey), ca: true,
+                                          notBefore: Date().addingTimeInterval(-90 * 86_400), notAfter: Date().addingTimeInterval(-86_400))
+        key = try k()
+        origins.append(Origin(name: "expired intermediate", chain: [try Self.sign(name, key: key, issuer: (expiredIssuer, expiredIssuerKey)), expiredIssuer],
+                              key: key, directShouldWork: false))
+        let notCAKey = try k()
+        let notCA = try Self.sign([.dns("issuer.test")], key: notCAKey, issuer: (root, rootKey))
+        key = try k()
+        origins.append(Origin(name: "issued by a leaf (CA:FALSE)", chain: [try Self.sign(name, key: key, issuer: (notCA, notCAKey)), notCA],
+                              key: key, directShouldWork: false))
+        for (label, constraint, works) in [("permits", "permitted;DNS:origin.test", true), ("excludes", "excluded;DNS:origin.test", false)] {
+            let constrainedKey = try k()
+            let constrained = try Self.sign([], key: constrainedKey, issuer: (root, rootKey), ca: true, extra: [("nameConstraints", "critical," + constraint)])
+            key = try k()
+            origins.append(Origin(name: "intermediate whose name constraints \(label) the name",
+                                  chain: [try Self.sign(name, key: key, issuer: (constrained, constrainedKey)), constrained], key: key, directShouldWork: works))
+        }
+        for (usage, works) in [("serverAuth", true), ("clientAuth", false)] {
+            key = try k()
+            origins.append(Origin(name: "leaf for \(usage) only (extended key usage)",
+                                  chain: [try Self.sign(name, key: key, issuer: (root, rootKey), extra: [("extendedKeyUsage", usage)])], key: key, directShouldWork: works))
+        }
         key = try k()
         let secondKey = try k()
         let second = try Self.sign([], key: secondKey, issuer: (intermediate, intermediateKey), ca: true)
@@ -217,8 +268,8 @@ import TLS
                     """
             } else {
                 probes += """
-                    ip netns exec $B curl -s \(origin.clientFlags) --max-time 10 --cacert $D/origin-root.pem --resolve origin.test:\(port):127.0.0.1 https://origin.test:\(port)/ -o /dev/null; d=$?
-                    ip netns exec $A curl -s \(origin.clientFlags) --max-time 10 --cacert $D/loupe-root.pem --resolve origin.test:\(port):10.206.0.2 https://origin.test:\(port)/ -o /dev/null; p=$?
+                    ip netns exec $B curl -s \(origin.clientFlags) --max-time 10 --cacert $D/origin-root.pem --resolve \(origin.host):\(port):127.0.0.1 https://\(origin.host):\(port)/ -o /dev/null; d=$?
+                    ip netns exec $A curl -s \(origin.clientFlags) --max-time 10 --cacert $D/loupe-root.pem --resolve \(origin.host):\(port):10.206.0.2 https://\(origin.host):\(port)/ -o /dev/null; p=$?
 
                     """
             }

@@ -154,6 +154,18 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
             pump(client, server)
             #expect((client.state == .established) == ok, "\(name): \(client.state)")
         }
+        // ...or, in a certificate without DNS or IP SANs, the subject's CN (curl's fallback).
+        let (cnOnly, cnKey) = try pki.leaf([], commonName: "192.0.2.9")
+        let (cnAndSAN, sanKey) = try pki.leaf([.dns("origin.test")], commonName: "192.0.2.9")
+        for (leaf, key, name, ok) in [(cnOnly, cnKey, "192.0.2.9", true), (cnOnly, cnKey, "192.0.2.10", false), (cnAndSAN, sanKey, "192.0.2.9", false)] {
+            let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: name)
+            client.advanceHandshake()
+            pump(client, server)
+            #expect((client.state == .established) == ok, "\(name), \(leaf.subjectAltNames): \(client.state)")
+            #expect((client.verifyError == nil) == ok, "\(name): \(client.verifyError ?? "verified")")
+            #expect(leaf.covers(host: name) == ok, "the request stage's check agrees for \(name)")
+        }
     }
 
     @Test func anOldProtocolIsNotUpgraded() throws {

@@ -19,12 +19,14 @@ public struct TestPKI: Sendable {
         try root.pem.write(toFile: bundle, atomically: true, encoding: .utf8)
     }
 
-    public func leaf(_ names: [SubjectAltName], notBefore: Date = Date().addingTimeInterval(-60), notAfter: Date = Date().addingTimeInterval(86_400)) throws -> (Certificate, PrivateKey) {
+    /// No `names`: no SAN extension at all (a CN-only certificate).
+    public func leaf(_ names: [SubjectAltName], commonName: String = "leaf", notBefore: Date = Date().addingTimeInterval(-60),
+                     notAfter: Date = Date().addingTimeInterval(86_400)) throws -> (Certificate, PrivateKey) {
         let key = try PrivateKey.generate(.ecP256)
-        let spec = CertificateSpec(subject: .attributes([("CN", "leaf")]), serial: try CertificateSpec.randomSerial(),
+        let spec = CertificateSpec(subject: .attributes([("CN", commonName)]), serial: try CertificateSpec.randomSerial(),
                                    notBefore: notBefore, notAfter: notAfter, publicKey: key,
-                                   extensions: [try CertificateExtension.subjectAltNames(names),
-                                                try CertificateExtension.make("extendedKeyUsage", "serverAuth")])
+                                   extensions: (names.isEmpty ? [] : [try CertificateExtension.subjectAltNames(names)])
+                                       + [try CertificateExtension.make("extendedKeyUsage", "serverAuth")])
         return (try CertificateBuilder.sign(spec, issuer: root, issuerKey: rootKey), key)
     }
 }
