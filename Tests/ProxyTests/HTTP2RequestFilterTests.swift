@@ -333,9 +333,7 @@ import Testing
 /// anywhere — never trap, and what goes upstream stays in proportion to what came in.
 @Suite struct HTTP2FuzzTests {
     @Test func mutatedConversationsNeverTrap() throws {
-        let environment = ProcessInfo.processInfo.environment
-        var rng = SplitMix(seed: environment["LOUPE_FUZZ_SEED"].flatMap(UInt64.init) ?? 0x2_0B0E)
-        let iterations = environment["LOUPE_FUZZ_ITERATIONS"].flatMap(Int.init) ?? 1500
+        var (iterations, rng) = Mutation.campaign(iterations: 1500, seed: 0x2_0B0E)
         let conversation = try HTTP2RequestFilterTests().conversation()
         var origin = HTTP2RequestFilterTests.Client()
         let ok = try origin.block([(":status", "200"), ("content-length", "3")])
@@ -343,19 +341,7 @@ import Testing
             + HTTP2RequestFilter.frameHeader(length: ok.count, type: .headers, flags: 0x4, stream: 1) + ok
             + HTTP2RequestFilter.frameHeader(length: 3, type: .data, flags: 0x1, stream: 1) + Array("abc".utf8)
         let http1 = Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".utf8)
-        func mutate(_ bytes: [UInt8]) -> [UInt8] {
-            var b = bytes
-            for _ in 0..<Int.random(in: 1...6, using: &rng) where !b.isEmpty {
-                let i = Int.random(in: 0..<b.count, using: &rng)
-                switch Int.random(in: 0..<4, using: &rng) {
-                case 0: b[i] = UInt8.random(in: 0...255, using: &rng)
-                case 1: b.remove(at: i)
-                case 2: b.insert(UInt8.random(in: 0...255, using: &rng), at: i)
-                default: b[i] ^= 1 << UInt8.random(in: 0..<8, using: &rng)
-                }
-            }
-            return b
-        }
+        func mutate(_ bytes: [UInt8]) -> [UInt8] { Mutation.apply(to: bytes, rounds: 6, rng: &rng) }
         func pieces(_ bytes: [UInt8]) -> [[UInt8]] {
             var out: [[UInt8]] = []
             var i = 0

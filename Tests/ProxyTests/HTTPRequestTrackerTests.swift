@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 @testable import Proxy
 import Wire
@@ -100,6 +101,39 @@ import Wire
         let smuggle = h2c.feed(Array("GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\nConnection: Upgrade, HTTP2-Settings\r\n\r\n".utf8))
         guard case .refused(let why)? = smuggle.last else { Issue.record("h2c upgrade accepted: \(smuggle)"); return }
         #expect(why.contains("h2c") && heads(smuggle).isEmpty)
+    }
+
+    /// Mutations of a pipelined stream (lengths, chunks, an upgrade), fed whole or cut in two
+    /// anywhere: no trap, the same requests and bytes, the same refusal, and never more out
+    /// than came in.
+    @Test func mutatedStreamsFrameTheSameHoweverSplit() {
+        var (iterations, rng) = Mutation.campaign(iterations: 10_000, seed: 0x7EAC)
+        let seed = Self.stream + Array("GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\u{81}\u{01}x".utf8)
+        /// What came out, with the bytes runs joined (a split may cut one run in two).
+        func normalized(_ pieces: [HTTPRequestTracker.Piece]) -> [HTTPRequestTracker.Piece] {
+            var out: [HTTPRequestTracker.Piece] = []
+            for piece in pieces {
+                if case .bytes(let more) = piece, case .bytes(let run)? = out.last {
+                    out[out.count - 1] = .bytes(run + more)
+                } else if case .bytes(let b) = piece, b.isEmpty {
+                    continue
+                } else {
+                    out.append(piece)
+                }
+            }
+            return out
+        }
+        for i in 0..<iterations {
+            let input = Mutation.apply(to: seed, rounds: 6, rng: &rng)
+            let switched = Bool.random(using: &rng)
+            var whole = HTTPRequestTracker()
+            let once = normalized(whole.feed(input) + whole.upstreamAnswered(switched: switched))
+            let cut = Int.random(in: 0...input.count, using: &rng)
+            var split = HTTPRequestTracker()
+            let twice = normalized(split.feed(Array(input[..<cut])) + split.feed(Array(input[cut...])) + split.upstreamAnswered(switched: switched))
+            #expect(once == twice, "iteration \(i): cut at \(cut) of \(input.debugDescription)")
+            #expect(bytes(once).count <= input.count, "iteration \(i)")
+        }
     }
 
     @Test func garbageBecomesOpaque() {

@@ -300,6 +300,39 @@ public struct SplitMix: RandomNumberGenerator {
     }
 }
 
+/// Random damage for mutation fuzzing, the same for every parser's campaign: bytes replaced,
+/// removed, inserted, bit-flipped or set to 0xFF, the input cut short, a stretch repeated.
+public enum Mutation {
+    /// A campaign's size and generator: LOUPE_FUZZ_ITERATIONS and LOUPE_FUZZ_SEED when set
+    /// (longer or different runs, see README), else the test's own defaults.
+    public static func campaign(iterations: Int, seed: UInt64) -> (iterations: Int, rng: SplitMix) {
+        let environment = ProcessInfo.processInfo.environment
+        return (environment["LOUPE_FUZZ_ITERATIONS"].flatMap(Int.init) ?? iterations,
+                SplitMix(seed: environment["LOUPE_FUZZ_SEED"].flatMap(UInt64.init) ?? seed))
+    }
+
+    /// `seed` with one to `rounds` random changes; never empty.
+    public static func apply(to seed: [UInt8], rounds: Int = 4, rng: inout SplitMix) -> [UInt8] {
+        var bytes = seed.isEmpty ? [0] : seed
+        for _ in 0..<Int.random(in: 1...rounds, using: &rng) {
+            let at = Int.random(in: 0..<bytes.count, using: &rng)
+            switch Int.random(in: 0..<7, using: &rng) {
+            case 0: bytes[at] = UInt8.random(in: 0...255, using: &rng)
+            case 1: bytes.remove(at: at)
+            case 2: bytes.insert(UInt8.random(in: 0...255, using: &rng), at: at)
+            case 3: bytes[at] ^= 1 << UInt8.random(in: 0..<8, using: &rng)
+            case 4: bytes[at] = 0xFF
+            case 5: bytes.removeSubrange(at...)
+            default:
+                let end = min(bytes.count, at + Int.random(in: 1...64, using: &rng))
+                bytes.insert(contentsOf: bytes[at..<end], at: Int.random(in: 0...bytes.count, using: &rng))
+            }
+            if bytes.isEmpty { bytes = [seed.first ?? 0] }
+        }
+        return bytes
+    }
+}
+
 /// A test script's output, read by the tag each of its lines starts with ("BUMP 200 rc=0").
 public struct TaggedOutput: Sendable {
     public let status: Int32, out: String, err: String

@@ -159,22 +159,10 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
     /// answer however the bytes are split, and parsed fields that respect their limits. LOUPE_FUZZ_ITERATIONS / LOUPE_FUZZ_SEED run longer
     /// or different campaigns (see README).
     @Test func mutationFuzz() {
-        let environment = ProcessInfo.processInfo.environment
-        let iterations = environment["LOUPE_FUZZ_ITERATIONS"].flatMap(Int.init) ?? 20_000
-        var rng = SplitMix(seed: environment["LOUPE_FUZZ_SEED"].flatMap(UInt64.init) ?? 0x10_0BE)
+        var (iterations, rng) = Mutation.campaign(iterations: 20_000, seed: 0x10_0BE)
         let seeds = [realHello, makeHello(), makeHello(sni: nil, padding: 900, records: 3)]
         for i in 0..<iterations {
-            var bytes = seeds[i % seeds.count]
-            for _ in 0..<(1 + Int(rng.next() % 4)) {
-                let at = Int(rng.next() % UInt64(bytes.count))
-                switch rng.next() % 4 {
-                case 0: bytes[at] ^= UInt8(truncatingIfNeeded: rng.next() | 1)
-                case 1: bytes.removeSubrange(at...)
-                case 2: bytes.insert(UInt8(truncatingIfNeeded: rng.next()), at: at)
-                default: bytes[at] = 0xFF
-                }
-                if bytes.isEmpty { bytes = [0x16] }
-            }
+            let bytes = Mutation.apply(to: seeds[i % seeds.count], rng: &rng)
             // Properties, not just survival:
             // 1. Segmentation never changes the answer (TCP may split anywhere).
             var whole = ClientHelloReader()
