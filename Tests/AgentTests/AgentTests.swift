@@ -1,5 +1,6 @@
 import Agent
 import Foundation
+import TestSupport
 import TOML
 import Testing
 
@@ -68,6 +69,28 @@ import Testing
             } catch {
                 #expect(error.description.contains(expected), "\(error)")
                 #expect(error.headerLine.hasPrefix("{\"error\""), "refusals are JSON for the client")
+            }
+        }
+    }
+
+    /// Whatever a client writes on the socket — damaged requests, damaged configurations
+    /// handed to a reload — is a refusal or an error naming a line, never a trap; a request
+    /// that parses still round-trips.
+    @Test func mutatedRequestsAndConfigurationsAreRefusedClearly() throws {
+        var (iterations, rng) = Mutation.campaign(iterations: 4_000, seed: 0xA9E7)
+        let requests = [#"{"command":"flows","follow":true,"limit":5}"#, #"{"command":"ca-export","format":"der"}"#, #"{"command":"status"}"#]
+            .map { Array($0.utf8) }
+        let config = Array(try String(contentsOfFile: "\(TestEnv.packageRoot)/config/loupe.toml", encoding: .utf8).utf8)
+        for i in 0..<iterations {
+            do {
+                let request = try ControlRequest.parse(Mutation.apply(to: requests[i % requests.count], rng: &rng))
+                #expect(try ControlRequest.parse(Array(request.line.utf8)) == request, "iteration \(i)")
+            } catch {
+                #expect(!error.description.isEmpty && error.headerLine.hasPrefix("{\"error\""), "iteration \(i)")
+            }
+            let text = String(decoding: Mutation.apply(to: config, rounds: 3, rng: &rng), as: UTF8.self)
+            do throws(ConfigError) { _ = try AgentConfig.parse(text, file: "loupe.toml") } catch {
+                #expect(error.line >= 0 && error.line <= text.split(separator: "\n", omittingEmptySubsequences: false).count + 1, "iteration \(i): \(error)")
             }
         }
     }

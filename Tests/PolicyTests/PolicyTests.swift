@@ -463,3 +463,29 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(flows.last?.facts.names == ["tcp.example"])
     }
 }
+
+/// Broken configurations — mutations of the shipped policy, agent config and verdict corpus —
+/// are refused with an error that names a line of the file, and never trap.
+@Suite struct MutatedConfigurationTests {
+    @Test func mutatedConfigurationsAreClearErrors() throws {
+        var (iterations, rng) = Mutation.campaign(iterations: 4_000, seed: 0xC0F1)
+        let config = "\(TestEnv.packageRoot)/config"
+        let seeds = try ["policy.toml", "loupe.toml", "verdicts/example.toml"].map { Array(try String(contentsOfFile: "\(config)/\($0)", encoding: .utf8).utf8) }
+        let lists: (String, Int) throws(ConfigError) -> (String, String) = { name, _ in ("ads.example\n*.tracker.test\n", "lists/\(name)") }
+        for i in 0..<iterations {
+            let text = String(decoding: Mutation.apply(to: seeds[i % seeds.count], rounds: 3, rng: &rng), as: UTF8.self)
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false).count
+            func check(_ error: ConfigError) {
+                #expect(error.line >= 0 && error.line <= lines + 1 && !error.message.isEmpty, "iteration \(i): \(error)")
+            }
+            do throws(TOMLError) { _ = try TOML.parse(text) } catch {
+                #expect(error.line >= 1 && error.line <= lines + 1, "iteration \(i): \(error)")
+            }
+            switch i % seeds.count {
+            case 0: do throws(ConfigError) { _ = try Policy.parse(text, file: "policy.toml", readList: lists) } catch { check(error) }
+            case 2: do throws(ConfigError) { _ = try Corpus.parse(text, file: "example.toml") } catch { check(error) }
+            default: break
+            }
+        }
+    }
+}
