@@ -180,6 +180,50 @@ func fileMode(_ path: String) -> mode_t {
         }
     }
 
+    /// Damage to any one of the store's files — metadata, wrapped data key, host key, an item —
+    /// opens as an error or as a reported problem, and changes nothing on disk: once the file
+    /// is put back, every item reads as it was.
+    @Test func damagedFilesChangeNothingOnDisk() throws {
+        var (iterations, rng) = Mutation.campaign(iterations: 300, seed: 0x5709)
+        try withStore { store, dir in
+            let a = try store.add(.secret, data: [1, 2, 3], attributes: ["label": "a"])
+            let b = try store.add(.secret, data: Array(repeating: 7, count: 300), attributes: ["label": "b"])
+            let layout = StoreLayout(stateDirectory: dir)
+            let files = [layout.metadata, layout.wrappedDataKey, layout.hostKey, "\(layout.items)/\(a.ref).item", "\(layout.items)/\(b.ref).item"]
+            func snapshot() throws -> [String: [UInt8]] {
+                var out: [String: [UInt8]] = [:]
+                for name in try FileManager.default.subpathsOfDirectory(atPath: dir) {
+                    var isDirectory: ObjCBool = false
+                    if FileManager.default.fileExists(atPath: "\(dir)/\(name)", isDirectory: &isDirectory), !isDirectory.boolValue {
+                        out[name] = Array(try Data(contentsOf: URL(fileURLWithPath: "\(dir)/\(name)")))
+                    }
+                }
+                return out
+            }
+            let pristine = try snapshot()
+            for i in 0..<iterations {
+                let file = files[i % files.count]
+                let original = Array(try Data(contentsOf: URL(fileURLWithPath: file)))
+                let mode = fileMode(file)
+                chmod(file, 0o600)  // the host key is read-only
+                try Data(Mutation.apply(to: original, rng: &rng)).write(to: URL(fileURLWithPath: file))
+                chmod(file, mode)
+                let damaged = try snapshot()
+                if let opened = try? SealedStore.open(stateDirectory: dir) {
+                    // What opens is only what still verifies: never an item with other contents.
+                    for item in opened.items { #expect([a.ref: [1, 2, 3], b.ref: Array(repeating: 7, count: 300)][item.ref] == item.data, "iteration \(i)") }
+                }
+                #expect(try snapshot() == damaged, "iteration \(i): opening \(file) damaged changed the files")
+                chmod(file, 0o600)
+                try Data(original).write(to: URL(fileURLWithPath: file))
+                chmod(file, mode)
+            }
+            #expect(try snapshot() == pristine)
+            let reopened = try SealedStore.open(stateDirectory: dir)
+            #expect(reopened.items.map(\.data).sorted { $0.count < $1.count } == [[1, 2, 3], Array(repeating: 7, count: 300)])
+        }
+    }
+
     @Test func missingMetadataWithItemsRefusesANewDataKey() throws {
         try withStore { store, dir in
             try store.add(.secret, data: [1], attributes: ["label": "x"])
