@@ -155,7 +155,7 @@ public final class ProxyServer: Sendable {
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelOption(.recvAllocator, value: ReceiveBuffers.allocator)
             .childChannelOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
-            .childChannelOption(.writeBufferWaterMark, value: ReceiveBuffers.writeWaterMark)
+            .childChannelOption(.writeBufferWaterMark, value: WriteBuffers.waterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ClientSide(shared))
@@ -199,11 +199,6 @@ public enum ProxyServerError: Error, CustomStringConvertible {
 /// 2 KiB a pair.
 struct ReceiveBuffers {
     static let allocator = FirstReadSmall()
-    /// Backpressure's bounds on the other socket's pending writes. One full read (64 KiB)
-    /// re-encrypted is a little over 64 KiB, NIO's default high mark: every such write turned
-    /// the channel unwritable and writable again (reads off and on: two epoll_ctl, two
-    /// pipeline events a read) even when the socket took it all at once.
-    static let writeWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 64 * 1024, high: 128 * 1024)
     /// One read per readiness event: the pool then never stores a second buffer (epoll is level
     /// triggered, so more data waiting only means the next wait returns at once).
     static let readsPerWakeup: UInt = 1
@@ -233,6 +228,15 @@ struct ReceiveBuffers {
             return adaptive.record(actualReadBytes: actualReadBytes)
         }
     }
+}
+
+/// Backpressure's bounds on a socket's pending writes (past `high`, the other socket of the
+/// pair stops reading). One full read (64 KiB) re-encrypted is a little over 64 KiB, NIO's
+/// default high mark: every such write turned the channel unwritable and writable again
+/// (reads off and on: two epoll_ctl and two pipeline events a read) though the socket took it
+/// all at once.
+enum WriteBuffers {
+    static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 64 * 1024, high: 128 * 1024)
 }
 
 /// Reads the original destination of a redirected socket.
@@ -489,7 +493,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             .channelOption(.allowRemoteHalfClosure, value: true)
             .channelOption(.recvAllocator, value: ReceiveBuffers.allocator)
             .channelOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
-            .channelOption(.writeBufferWaterMark, value: ReceiveBuffers.writeWaterMark)
+            .channelOption(.writeBufferWaterMark, value: WriteBuffers.waterMark)
             .connectTimeout(configuration.handshakeTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
