@@ -139,11 +139,12 @@ private let newSession: @convention(c) (OpaquePointer?, OpaquePointer?) -> Int32
 /// still refuses it.
 private let acceptAddressInCommonName: @convention(c) (Int32, OpaquePointer?) -> Int32 = { ok, store in
     guard ok == 0, let store, X509_STORE_CTX_get_error(store) == X509_V_ERR_IP_ADDRESS_MISMATCH, X509_STORE_CTX_get_error_depth(store) == 0,
-          let leaf = X509_STORE_CTX_get_current_cert(store), X509_up_ref(leaf) == 1,
           let text = X509_VERIFY_PARAM_get1_ip_asc(X509_STORE_CTX_get0_param(store)) else { return ok }
     let expected = String(cString: text)
     CRYPTO_free(text, #fileID, #line)
-    guard let address = IPAddress.parse(expected), Certificate(taking: leaf).namesOnlyInCommonName(address: address) else { return ok }
+    // The reference taken here is the Certificate's to drop.
+    guard let address = IPAddress.parse(expected), let leaf = X509_STORE_CTX_get_current_cert(store), X509_up_ref(leaf) == 1,
+          Certificate(taking: leaf).namesOnlyInCommonName(address: address) else { return ok }
     X509_STORE_CTX_set_error(store, X509_V_OK)  // or SSL_get_verify_result would still report the mismatch
     return 1
 }
