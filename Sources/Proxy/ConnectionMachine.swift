@@ -11,7 +11,8 @@ import Wire
 ///   peeking ──hello──▶ policy(hello) ─┬─ splice ─▶ connecting ─▶ relaying (opaque bytes)
 ///      │ not TLS ─▶ splice (opaque)    ├─ block ──▶ TLS alert, closed
 ///      │ timeout ─▶ closed             └─ bump ───▶ connecting ─▶ upstream TLS handshake
-///                                                    ─▶ mint leaf ─▶ client TLS handshake ─▶ relaying (plaintext)
+///      │                                             ─▶ mint leaf ─▶ client TLS handshake ─▶ relaying (plaintext)
+///      └ client quiet ─▶ connect upstream; the server speaks first ─▶ not TLS ─▶ splice (opaque)
 public final class ConnectionMachine {
     public enum Event: Sendable {
         case clientData([UInt8])
@@ -106,6 +107,10 @@ public final class ConnectionMachine {
     }
     private var clientClosed = false
     private var upstreamClosed = false
+    /// The upstream connection, which a quiet client gets before it has said anything (to hear
+    /// a server that speaks first) and everyone else once the hello is decided.
+    private var link = Link.none
+    private enum Link { case none, connecting, connected }
     /// Whether any application data came from the upstream.
     private var upstreamSentPlaintext = false
     private var leaf: Certificate?
@@ -196,15 +201,30 @@ public final class ConnectionMachine {
             }
         case (.peeking, .timeout):
             return finish("no ClientHello before the deadline")
+        case (.peeking, .quiet):
+            // Nothing from the client for a while: a TLS client sends its hello at once, one of
+            // a protocol whose server speaks first (SMTP, FTP, POP3, IMAP) waits for a greeting.
+            guard link == .none, setup?.hello.bytes.isEmpty == true, let dst = facts.dst else { return [] }
+            link = .connecting
+            return [.connectUpstream(dst)]
+        case (.peeking, .upstreamConnected), (.probing, .upstreamConnected):
+            link = .connected
+            return []
+        case (.peeking, .upstreamData(let bytes)):
+            return serverSpokeFirst(bytes)
+        case (.peeking, .upstreamConnectFailed(let why)):
+            return finish("upstream connect failed while the client was quiet: \(why)")
+        case (.peeking, .upstreamClosed):
+            return finish("the upstream closed before either side spoke")
+        case (.probing, .upstreamData):
+            return finish("the upstream spoke before the client's hello was answered", alert: 40)
+        case (.probing, .upstreamConnectFailed(let why)):
+            return finish("upstream connect failed: \(why)", alert: 40)
         case (_, .clientClosed) where phase != .relaying:
             return finish("client closed during \(phase)")
         case (.connecting, .upstreamConnected):
-            if mode == .splice {
-                phase = .relaying
-                defer { setup = nil }  // the hello is replayed once; an idle flow keeps no copy
-                return [.sendUpstream(setup?.hello.bytes ?? [])]
-            }
-            return startUpstreamTLS()
+            link = .connected
+            return upstreamReady()
         case (.connecting, .upstreamConnectFailed(let why)):
             return finish("upstream connect failed: \(why)", alert: mode == .bump ? 40 : nil)
         case (.upstreamHandshake, .sent):
@@ -298,15 +318,24 @@ public final class ConnectionMachine {
 
     /// Not TLS on an inspected flow: hello rules on `tls = false` may block it; anything else
     /// is relayed opaquely (the policy turns a bump into a splice), the decision logged either way.
-    private func decideNotTLS() -> [Command] {
+    private func decideNotTLS(because why: String? = nil) -> [Command] {
         facts.tls = false
-        let decision = policy.decide(.hello, facts)
+        var decision = policy.decide(.hello, facts)
+        if let why { decision.reason += " (\(why))" }
         mode = decision.verdict
         setup?.helloDecision = decision
         if decision.verdict == .block {
             return [.decided(decision)] + finish("blocked at hello by rule \(decision.rule): not TLS")  // no alert: the client speaks no TLS
         }
         return [.decided(decision)] + startSplice()
+    }
+
+    /// The upstream sent the first bytes of the flow: no TLS client waits for its server, so
+    /// the flow is not TLS — decided as such, and the greeting passed on once it is spliced.
+    private func serverSpokeFirst(_ greeting: [UInt8]) -> [Command] {
+        let commands = decideNotTLS(because: "the server spoke first")
+        guard phase == .relaying else { return commands }
+        return commands + [.sendClient(greeting)]
     }
 
     private func decide(_ h: ClientHello) -> [Command] {
@@ -351,16 +380,35 @@ public final class ConnectionMachine {
                     return [.decided(decision)] + finish(error.reason, alert: 40)  // handshake_failure, as from an origin with nothing in common
                 }
             }
-            phase = .connecting
-            return [.decided(decision), .connectUpstream(facts.dst!)]
+            return [.decided(decision)] + useUpstream()
         }
     }
 
     private func startSplice() -> [Command] {
         mode = .splice
+        return useUpstream()
+    }
+
+    /// The decided flow's upstream: the connection a quiet client already got, or a new one.
+    private func useUpstream() -> [Command] {
         phase = .connecting
-        guard let dst = facts.dst else { return finish("no original destination") }
-        return [.connectUpstream(dst)]
+        switch link {
+        case .connected: return upstreamReady()
+        case .connecting: return []  // `.upstreamConnected` carries on
+        case .none:
+            guard let dst = facts.dst else { return finish("no original destination") }
+            link = .connecting
+            return [.connectUpstream(dst)]
+        }
+    }
+
+    /// Connected and decided: a splice replays what the client sent, a bump starts its handshake.
+    private func upstreamReady() -> [Command] {
+        guard mode == .splice else { return startUpstreamTLS() }
+        phase = .relaying
+        defer { setup = nil }  // the hello is replayed once; an idle flow keeps no copy
+        guard let sent = setup?.hello.bytes, !sent.isEmpty else { return [] }
+        return [.sendUpstream(sent)]
     }
 
     private func startUpstreamTLS() -> [Command] {

@@ -3,15 +3,21 @@ import TestSupport
 import Testing
 
 /// Origins that misbehave, through `loupe proxy` with real clients: one that stalls before its
-/// handshake, one that resets mid-body, and a WebSocket echo that must keep working once bumped.
+/// handshake, one that resets mid-body, a WebSocket echo that must keep working once bumped,
+/// and a plain-text server that speaks first (an SMTP-style greeting) to a client that waits.
 @Suite struct OriginMisbehaviourTests {
     static let canRun = ["curl", "openssl", "python3"].allSatisfy(TestEnv.has)
 
     /// A TLS origin in Python: /reset sends half of a declared body then an RST; /ws upgrades to
-    /// a WebSocket and echoes one text frame. Port 2 of the script only accepts TCP and stalls.
+    /// a WebSocket and echoes one text frame. Port 2 of the script only accepts TCP and stalls;
+    /// port 3 greets ("220 ready"), answers one line and closes.
     static let origin = #"""
         import base64, hashlib, socket, ssl, struct, sys, threading, time
-        cert, port, stall = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+        cert, port, stall, greet = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+        def greeter(c):
+            c.sendall(b"220 ready\r\n")
+            line = c.makefile("rb").readline()
+            c.sendall(b"221 bye after " + line.strip() + b"\r\n"); c.close()
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain(cert)
         def serve(conn):
             try:
@@ -39,6 +45,7 @@ import Testing
             while True:
                 c, _ = l.accept(); threading.Thread(target=handler, args=(c,), daemon=True).start()
         threading.Thread(target=listen, args=(stall, lambda c: time.sleep(60)), daemon=True).start()
+        threading.Thread(target=listen, args=(greet, greeter), daemon=True).start()
         listen(port, serve)
         """#
 
@@ -56,26 +63,39 @@ import Testing
         print(head.split(b"\r\n")[0].decode(), "|", echoed.decode())
         """#
 
+    /// Waits for the greeting (up to 8 s), then sends one line and prints both answers.
+    static let greetedClient = #"""
+        import socket, sys
+        s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=8)
+        f = s.makefile("rb")
+        greeting = f.readline().strip().decode()
+        s.sendall(b"QUIT\r\n")
+        print(greeting, "|", f.readline().strip().decode())
+        """#
+
     @Test(.enabled(if: canRun, "needs curl, openssl and python3 (CI has them)"))
     func stallResetAndWebSocket() throws {
         let dir = TestEnv.scratch("misbehave")
         defer { TestEnv.remove(dir) }
-        let port = TestEnv.port(slot: 9), stall = port + 1, proxy = TestEnv.port(slot: 10), stallProxy = proxy + 1
+        let port = TestEnv.port(slot: 9), stall = port + 1, greet = port + 2, proxy = TestEnv.port(slot: 10), stallProxy = proxy + 1, greetProxy = proxy + 2
         try Self.origin.write(toFile: "\(dir)/origin.py", atomically: true, encoding: .utf8)
         try Self.websocketClient.write(toFile: "\(dir)/ws.py", atomically: true, encoding: .utf8)
+        try Self.greetedClient.write(toFile: "\(dir)/greeted.py", atomically: true, encoding: .utf8)
         // The preamble's s_server origin is not used here; the Python origin takes its port.
         let script = LoopbackProxy.preamble(dir: dir, origin: port + 4, proxy: proxy, name: "origin.test",
                                             proxyFlags: "--flow-log $D/flows.jsonl") + """
             kill -9 $(cat $D/proxy.pid); while kill -0 $(cat $D/proxy.pid) 2>/dev/null; do sleep 0.05; done
-            python3 $D/origin.py $D/origin.pem \(port) \(stall) 2>$D/origin.err & echo $! > $D/py.pid
-            for p in \(port) \(stall); do for i in $(seq 50); do timeout 1 bash -c "echo > /dev/tcp/127.0.0.1/$p" 2>/dev/null && break; sleep 0.1; done; done
+            python3 $D/origin.py $D/origin.pem \(port) \(stall) \(greet) 2>$D/origin.err & echo $! > $D/py.pid
+            for p in \(port) \(stall) \(greet); do for i in $(seq 50); do timeout 1 bash -c "echo > /dev/tcp/127.0.0.1/$p" 2>/dev/null && break; sleep 0.1; done; done
             $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(port) --flow-log $D/flows.jsonl 2>$D/p1.err & echo $! > $D/p1.pid
             $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(stallProxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(stall) --handshake-timeout 2 --flow-log $D/flows.jsonl 2>$D/p2.err & echo $! > $D/p2.pid
-            for i in $(seq 100); do grep -q listening $D/p1.err 2>/dev/null && grep -q listening $D/p2.err 2>/dev/null && break; sleep 0.1; done
+            $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(greetProxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(greet) --flow-log $D/greet.jsonl 2>$D/p3.err & echo $! > $D/p3.pid
+            for i in $(seq 100); do grep -q listening $D/p1.err 2>/dev/null && grep -q listening $D/p2.err 2>/dev/null && grep -q listening $D/p3.err 2>/dev/null && break; sleep 0.1; done
             c() { curl -sS --max-time 8 --cacert $D/loupe-root.pem --connect-to origin.test:443:127.0.0.1:$1 "https://origin.test$2" -o $D/body -w '%{http_code} %{size_download}' 2>/dev/null; echo " rc=$?"; }
             s=$(date +%s%N); r=$(c \(stallProxy) /); echo "STALL $r $(( ($(date +%s%N) - s) / 1000000 ))"
             echo "RESET $(c \(proxy) /reset)"
             echo "WS $(python3 $D/ws.py $D/loupe-root.pem \(proxy) 2>&1)"
+            echo "GREETED $(python3 $D/greeted.py \(greetProxy) 2>&1)"
             sleep 0.3
             """
         let r = TaggedOutput(TestEnv.sh(script, timeout: 120))
@@ -90,5 +110,10 @@ import Testing
         let flows = (try? String(contentsOfFile: "\(dir)/flows.jsonl", encoding: .utf8)) ?? ""
         #expect(flows.contains("deadline passed during upstreamHandshake"), "\(r.out) \(flows)")
         #expect(flows.contains("upstream closed without close_notify"), "\(flows)")
+        // The greeting reached the client only because Loupe connected when the client stayed
+        // quiet (the handshake deadline would have closed it at 10 s, past the client's 8).
+        #expect(line("GREETED") == "GREETED 220 ready | 221 bye after QUIT", "a server-first protocol through the proxy: \(r.out)")
+        let greeted = (try? String(contentsOfFile: "\(dir)/greet.jsonl", encoding: .utf8)) ?? ""
+        #expect(greeted.contains("the server spoke first") && greeted.contains("\"mode\":\"splice\""), "\(greeted)")
     }
 }

@@ -623,10 +623,11 @@ final class Playbook {
     }
 
     /// A hello rule on `tls = false` refuses what is not TLS: closed, nothing connected, no
-    /// TLS alert (the client speaks no TLS).
+    /// TLS alert (the client speaks no TLS) — and a server's greeting to a quiet client is not
+    /// passed on.
     @Test func notTLSCanBeBlockedByPolicy() throws {
         let p = try Playbook()
-        let m = try p.machine(policy: """
+        let policy = """
             [defaults]
             connect = "inspect"
             hello = "bump"
@@ -636,12 +637,55 @@ final class Playbook {
             stage = "hello"
             tls = false
             action = "block"
-            """)
+            """
+        let m = try p.machine(policy: policy)
         let commands = m.handle(.clientData(Array("SSH-2.0-OpenSSH_9.2\r\n".utf8)))
         #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
         #expect(!commands.contains { if case .sendClient = $0 { true } else { false } }, "no alert to a client that speaks no TLS: \(commands)")
         #expect(commands.contains { if case .decided(let d) = $0 { d.rule == "no-plaintext" && d.verdict == .block } else { false } }, "\(commands)")
         #expect(m.phase == .closed)
+
+        let greeted = try p.machine(dst: "192.0.2.10:25", policy: policy)
+        _ = greeted.handle(.quiet) + greeted.handle(.upstreamConnected)
+        let blocked = greeted.handle(.upstreamData(Array("220 mail.test ESMTP\r\n".utf8)))
+        #expect(!blocked.contains { if case .sendClient = $0 { true } else { false } }, "\(blocked)")
+        #expect(blocked.contains { if case .decided(let d) = $0 { d.rule == "no-plaintext" && d.verdict == .block } else { false } }, "\(blocked)")
+        #expect(greeted.phase == .closed)
+    }
+
+    /// A client that says nothing — SMTP, FTP, POP3: the server greets first — gets its
+    /// upstream once it has been quiet; the greeting shows the flow is not TLS: spliced, and
+    /// passed on. A client that has sent anything is not taken for one.
+    @Test func aServerThatSpeaksFirstIsSplicedOnceTheClientIsQuiet() throws {
+        let p = try Playbook()
+        let m = try p.machine(dst: "192.0.2.10:25")
+        #expect(m.handle(.quiet) == [.connectUpstream(FlowFacts.Endpoint("192.0.2.10:25")!)])
+        #expect(m.handle(.quiet).isEmpty, "one connection")
+        #expect(m.handle(.upstreamConnected).isEmpty && m.phase == .peeking)
+        let greeting = Array("220 mail.test ESMTP\r\n".utf8)
+        let commands = m.handle(.upstreamData(greeting))
+        guard case .decided(let decision)? = commands.first else { Issue.record("no hello decision: \(commands)"); return }
+        #expect(decision.verdict == .splice && decision.reason.contains("the server spoke first"), "\(decision)")
+        #expect(commands.dropFirst() == [.sendClient(greeting)] && m.phase == .relaying, "\(commands)")
+        #expect(m.handle(.clientData(Array("EHLO me\r\n".utf8))) == [.sendUpstream(Array("EHLO me\r\n".utf8))])
+
+        let spoke = try p.machine()
+        #expect(spoke.handle(.clientData([0x16, 3, 1])).isEmpty && spoke.handle(.quiet).isEmpty)
+        let refused = try p.machine()
+        _ = refused.handle(.quiet)
+        #expect(refused.handle(.upstreamConnectFailed("refused")).last == .finished(reason: "upstream connect failed while the client was quiet: refused"))
+    }
+
+    /// A quiet client that then sends its hello is bumped over the connection it already got.
+    @Test func aHelloAfterTheQuietUsesTheConnectionMade() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test")
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin, first: [.quiet])
+        #expect(client.state == .established && m.phase == .relaying, "\(client.state) / \(p.finishedReason ?? "-")")
+        #expect(p.log.filter { if case .connectUpstream = $0 { true } else { false } }.count == 1, "\(p.log)")
     }
 
     @Test func deadlinesAndEarlyCloses() throws {
