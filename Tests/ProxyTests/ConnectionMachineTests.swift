@@ -86,13 +86,14 @@ final class Playbook {
         return try TLSSession.server(try TLSContext.server(minimum: minimum, maximum: maximum), chain: [leaf], key: key, alpn: alpn)
     }
 
-    /// A machine with a bumped connection relaying: client and origin both offering `alpn`.
-    func bumped(alpn: [String]) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
+    /// A machine with a bumped connection relaying: client and origin both offering `alpn`;
+    /// `first` goes to the machine before the client's hello.
+    func bumped(alpn: [String], first: [ConnectionMachine.Event] = []) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
         let m = try machine()
         let origin = try origin([.dns("www.origin.test")], alpn: alpn)
         let client = try TLSSession.client(try TLSContext.client(trustBundle: loupeRootBundle), serverName: "www.origin.test", alpn: alpn)
         client.advanceHandshake()
-        run(m, client: client, origin: origin)
+        run(m, client: client, origin: origin, first: first)
         return (m, client, origin)
     }
 
@@ -679,11 +680,7 @@ final class Playbook {
     /// A quiet client that then sends its hello is bumped over the connection it already got.
     @Test func aHelloAfterTheQuietUsesTheConnectionMade() throws {
         let p = try Playbook()
-        let m = try p.machine()
-        let origin = try p.origin([.dns("www.origin.test")])
-        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test")
-        client.advanceHandshake()
-        p.run(m, client: client, origin: origin, first: [.quiet])
+        let (m, client, _) = try p.bumped(alpn: ["http/1.1"], first: [.quiet])
         #expect(client.state == .established && m.phase == .relaying, "\(client.state) / \(p.finishedReason ?? "-")")
         #expect(p.log.filter { if case .connectUpstream = $0 { true } else { false } }.count == 1, "\(p.log)")
     }

@@ -31,12 +31,7 @@ import Testing
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
     ].map { Array($0.utf8) }
 
-    static func le32(_ v: Int) -> [UInt8] { (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) } }
-    static let capture: [UInt8] = {
-        var file = le32(0xA1B2C3D4) + [2, 0, 4, 0] + le32(0) + le32(0) + le32(65535) + le32(101)
-        for packet in packets { file += le32(1_700_000_000) + le32(0) + le32(packet.count) + le32(packet.count) + packet }
-        return file
-    }()
+    static let capture = CaptureTests.pcap(link: 101, frames: packets)
 
     @Test func packetsAndDNSAnswers() {
         var (iterations, rng) = Mutation.campaign(iterations: 20_000, seed: 0x9AC7)

@@ -356,8 +356,8 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
 }
 
 @Suite struct CaptureTests {
-    func le32(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24 & 0xFF)] }
-    func le16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
+    static func le32(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF), UInt8(v >> 16 & 0xFF), UInt8(v >> 24 & 0xFF)] }
+    static func le16(_ v: Int) -> [UInt8] { [UInt8(v & 0xFF), UInt8(v >> 8 & 0xFF)] }
 
     /// A UDP datagram 10.0.0.1:5000 -> 10.0.0.2:443 in an IPv4 packet.
     var datagram: [UInt8] {
@@ -365,14 +365,15 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         return [0x45, 0, 0, UInt8(20 + udp.count), 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2] + udp
     }
 
-    func pcap(link: Int, frame: [UInt8]) -> [UInt8] {
+    /// A pcap file of `frames`, each stamped 1,700,000,000.25.
+    static func pcap(link: Int, frames: [[UInt8]]) -> [UInt8] {
         le32(0xA1B2C3D4) + le16(2) + le16(4) + le32(0) + le32(0) + le32(65535) + le32(link)
-            + le32(1_700_000_000) + le32(250_000) + le32(frame.count) + le32(frame.count) + frame
+            + frames.flatMap { le32(1_700_000_000) + le32(250_000) + le32($0.count) + le32($0.count) + $0 }
     }
 
     @Test func pcapWithEthernetVLANAndRawIP() throws {
         let ethernet: [UInt8] = [UInt8](repeating: 0xAA, count: 12) + [0x81, 0x00, 0, 5, 0x08, 0x00] + datagram
-        for file in [pcap(link: 1, frame: ethernet), pcap(link: 101, frame: datagram)] {
+        for file in [Self.pcap(link: 1, frames: [ethernet]), Self.pcap(link: 101, frames: [datagram])] {
             let packets = try CaptureFile.packets(file)
             #expect(packets.count == 1)
             #expect(abs(packets[0].timestamp - 1_700_000_000.25) < 1e-6)
@@ -380,19 +381,19 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
             #expect(try UDPDatagram.parse(ip.payload).destinationPort == 443)
         }
         #expect(throws: WireError.self) { try CaptureFile.packets([1, 2, 3, 4, 5, 6, 7, 8]) }
-        let cut = pcap(link: 101, frame: datagram).dropLast(3)
+        let cut = Self.pcap(link: 101, frames: [datagram]).dropLast(3)
         #expect(throws: WireError.self) { try CaptureFile.packets(Array(cut)) }
     }
 
     @Test func pcapngEnhancedPackets() throws {
         func block(_ type: Int, _ body: [UInt8]) -> [UInt8] {
             let padded = body + [UInt8](repeating: 0, count: (4 - body.count % 4) % 4)
-            return le32(type) + le32(padded.count + 12) + padded + le32(padded.count + 12)
+            return Self.le32(type) + Self.le32(padded.count + 12) + padded + Self.le32(padded.count + 12)
         }
-        let shb = block(0x0A0D0D0A, le32(0x1A2B3C4D) + le16(1) + le16(0) + [UInt8](repeating: 0xFF, count: 8))
-        let idb = block(1, le16(101) + le16(0) + le32(65535) + le16(9) + le16(1) + [9, 0, 0, 0] + le32(0))  // nanoseconds
+        let shb = block(0x0A0D0D0A, Self.le32(0x1A2B3C4D) + Self.le16(1) + Self.le16(0) + [UInt8](repeating: 0xFF, count: 8))
+        let idb = block(1, Self.le16(101) + Self.le16(0) + Self.le32(65535) + Self.le16(9) + Self.le16(1) + [9, 0, 0, 0] + Self.le32(0))  // nanoseconds
         let ts = 1_700_000_000_123_456_789
-        let epb = block(6, le32(0) + le32(ts >> 32) + le32(ts & 0xFFFF_FFFF) + le32(datagram.count) + le32(datagram.count) + datagram)
+        let epb = block(6, Self.le32(0) + Self.le32(ts >> 32) + Self.le32(ts & 0xFFFF_FFFF) + Self.le32(datagram.count) + Self.le32(datagram.count) + datagram)
         let packets = try CaptureFile.packets(shb + idb + epb)
         #expect(packets.count == 1)
         #expect(abs(packets[0].timestamp - 1_700_000_000.123_456_789) < 1e-5)
