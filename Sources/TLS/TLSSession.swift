@@ -250,9 +250,9 @@ public final class TLSSession: @unchecked Sendable {
         SSL_set_ex_data(ssl, 0, Unmanaged.passUnretained(self).toOpaque())
     }
 
-    /// A client session to `serverName` (SNI and the name verified; an IP address is verified
-    /// against IP SANs — or a CN-only subject, as curl takes it — and sent without SNI),
-    /// offering `alpn`. With `resumptionKey` (the
+    /// A client session to `serverName` (SNI as given, the name verified without a trailing
+    /// dot; an IP address is verified against IP SANs — or a CN-only subject, as curl takes it —
+    /// and sent without SNI), offering `alpn`. With `resumptionKey` (the
     /// upstream's name and address), a session saved from an earlier visit is offered. No
     /// protocol version above `maximum` is offered, and with `offer` only its suites, schemes
     /// and groups (see `OfferCatalog.offer(mirroring:)`).
@@ -269,7 +269,11 @@ public final class TLSSession: @unchecked Sendable {
                 try check("verifying IP \(serverName)", X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(session.ssl), serverName) == 1)
             } else {
                 try check("SNI \(serverName)", loupe_SSL_set_tlsext_host_name(session.ssl, serverName) == 1)
-                try check("verifying \(serverName)", SSL_set1_host(session.ssl, serverName) == 1)
+                // A fully qualified "example.com." names the same host, but OpenSSL matches it
+                // against no certificate name: the upstream is verified without the dot (the
+                // client then checks the mirrored names as it would the real ones).
+                let host = serverName.hasSuffix(".") && serverName.count > 1 ? String(serverName.dropLast()) : serverName
+                try check("verifying \(host)", SSL_set1_host(session.ssl, host) == 1)
             }
         }
         if !alpn.isEmpty {

@@ -52,6 +52,18 @@ import TLS
           -tls1_2 -fallback_scsv </dev/null >/dev/null 2>&1
         """
 
+    /// A client whose SNI is fully qualified ("origin.test."), checking only the chain: the
+    /// real server's certificate names "origin.test", so it works direct.
+    static let trailingDotClient = """
+        openssl s_client -connect $2:$3 -servername origin.test. -CAfile $1 -verify_return_error </dev/null >/dev/null 2>&1
+        """
+
+    /// The same client checking the name as it sent it: OpenSSL matches "origin.test." against
+    /// no certificate name, so it fails direct.
+    static let trailingDotNameClient = """
+        openssl s_client -connect $2:$3 -servername origin.test. -CAfile $1 -verify_return_error -verify_hostname origin.test. </dev/null >/dev/null 2>&1
+        """
+
     /// `extra`: further extensions as OpenSSL configuration strings, name and value.
     static func sign(_ names: [SubjectAltName], key: PrivateKey, issuer: (Certificate, PrivateKey)?, ca: Bool = false, subject: String? = nil,
                      notBefore: Date = Date().addingTimeInterval(-3600), notAfter: Date = Date().addingTimeInterval(30 * 86_400),
@@ -220,6 +232,10 @@ import TLS
                               serverFlags: "-tls1_3 -ciphersuites TLS_CHACHA20_POLY1305_SHA256", clientFlags: "--tls13-ciphers TLS_AES_128_GCM_SHA256"))
         origins.append(Origin(name: "P-384-only origin, client offering only X25519", chain: [good], key: goodKey, directShouldWork: false,
                               serverFlags: "-groups P-384", clientFlags: "--curves X25519"))
+        origins.append(Origin(name: "SNI with a trailing dot, client checks the chain", chain: [good], key: goodKey, directShouldWork: true,
+                              client: Self.trailingDotClient))
+        origins.append(Origin(name: "SNI with a trailing dot, client checks that name with OpenSSL", chain: [good], key: goodKey,
+                              directShouldWork: false, client: Self.trailingDotNameClient))
         origins.append(Origin(name: "TLS 1.3 origin, client falling back to TLS 1.2 with TLS_FALLBACK_SCSV", chain: [good], key: goodKey,
                               directShouldWork: false, client: Self.fallbackClient))
         // OCSP staples (status_request): a client that asks gets the real server's verdict —

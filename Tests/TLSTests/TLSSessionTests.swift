@@ -145,10 +145,12 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
             guard case .failed(let why) = client.state else { Issue.record("\(label): \(client.state)"); continue }
             #expect(why.contains(reason), "\(label): \(why)")
         }
+        // A fully qualified name (trailing dot) is the same host: verified without the dot.
         // IP addresses are verified against IP SANs.
-        let (ipLeaf, ipKey) = try pki.leaf([.ip([192, 0, 2, 9])])
-        for (name, ok) in [("192.0.2.9", true), ("192.0.2.10", false)] {
-            let server = try TLSSession.server(try TLSContext.server(), chain: [ipLeaf], key: ipKey)
+        let named = try pki.leaf([.dns("origin.test")])
+        let numbered = try pki.leaf([.ip([192, 0, 2, 9])])
+        for ((leaf, key), name, ok) in [(named, "origin.test.", true), (named, "other.test.", false), (numbered, "192.0.2.9", true), (numbered, "192.0.2.10", false)] {
+            let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
             let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: name)
             client.advanceHandshake()
             pump(client, server)
