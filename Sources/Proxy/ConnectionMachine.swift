@@ -151,6 +151,9 @@ public final class ConnectionMachine {
         let flight: [UInt8]
         let forecast: HandshakeForecasts.Forecast
     }
+    /// Why a bumped flow without ALPN is relayed unread (what it carries is not HTTP/1), for
+    /// the flow log's close line.
+    public private(set) var opaqueBecause: String?
     /// The flow log's TLS fields (DESIGN.md "Flow log") as far as the connection got: versions,
     /// ciphers and ALPN of both legs, the upstream certificate and its verification, the leaf.
     public var tlsFields: [String: Any] {
@@ -696,6 +699,7 @@ public final class ConnectionMachine {
                 }
                 requests = nil
                 responses = nil
+                opaqueBecause = why
             case .refused(let why):
                 // Framed one way here and perhaps another by the origin: a request could ride in
                 // its body past the request stage. Nothing of it goes upstream.

@@ -35,7 +35,7 @@ public struct HTTPRequestTracker: Sendable {
 
     private var state = State.head
     private var buffer: [UInt8] = []
-    /// A request head was parsed, or the first line had a request line's shape.
+    /// A request head was parsed: from here on, what is not HTTP is refused.
     private var sawHTTP = false
     /// Where the stream goes when the current request's body ends: `.awaitingSwitch` after an
     /// upgrade or CONNECT, else the next head.
@@ -88,12 +88,23 @@ public struct HTTPRequestTracker: Sendable {
                     buffer.removeFirst(blank)
                     continue
                 }
+                // Judged by its first line, not by a whole head: a client of another protocol
+                // (IMAP's "a1 LOGIN…", MQTT's binary CONNECT) sends no blank line and would
+                // wait for its answer forever.
+                switch Self.firstLine(buffer) {
+                case .notARequestLine:
+                    if sawHTTP { return pieces + refuse("malformed request: the line is not an HTTP/1 request line") }
+                    state = .opaque
+                    pieces.append(.gaveUp("the first line is not an HTTP/1 request line"))
+                    continue
+                case .requestLine, .undecided: break
+                }
                 switch HTTPHead.parse(buffer[...], expectRequest: true) {
                 case .needMore: return pieces
                 case .malformed(let error):
-                    if sawHTTP || Self.looksLikeRequestLine(buffer) { return pieces + refuse("malformed request: \(error)") }
-                    state = .opaque
-                    pieces.append(.gaveUp("\(error)"))
+                    // The first line has a request line's shape: HTTP to an origin, however
+                    // malformed the rest.
+                    return pieces + refuse("malformed request: \(error)")
                 case .head(let head):
                     let next: State
                     do {
@@ -149,10 +160,21 @@ public struct HTTPRequestTracker: Sendable {
         return [.refused(why)]
     }
 
-    /// Whether the first line is shaped like a request line (it names an HTTP/1 version): a
-    /// stream starting so is HTTP to an origin, however malformed the rest.
-    static func looksLikeRequestLine(_ bytes: [UInt8]) -> Bool {
-        String(decoding: bytes.prefix(8192).prefix { $0 != 0x0A }, as: UTF8.self).contains(" HTTP/1.")
+    enum FirstLine: Equatable { case requestLine, notARequestLine, undecided }
+
+    /// Whether the first line is shaped like a request line: it names an HTTP/1 version — or
+    /// HTTP/2, whose prior-knowledge preface ("PRI * HTTP/2.0") is refused rather than let
+    /// through unread — and holds no control byte (HTAB and CR aside). A stream starting so is
+    /// HTTP to an origin, however malformed the rest. Decided once the line ends (or its first
+    /// 8 KiB are in), or at the first control byte, which no request line holds: binary
+    /// protocols are told at their first bytes. What a cut of the stream decides, a longer
+    /// cut decides too.
+    static func firstLine(_ bytes: [UInt8]) -> FirstLine {
+        let line = bytes.prefix(8192).prefix { $0 != 0x0A }
+        if line.contains(where: { $0 < 0x20 && $0 != 0x09 && $0 != 0x0D || $0 == 0x7F }) { return .notARequestLine }
+        guard line.count < bytes.count || line.count == 8192 else { return .undecided }
+        let namesHTTP = line.firstRange(of: " HTTP/1.".utf8) != nil || line.firstRange(of: " HTTP/2".utf8) != nil
+        return namesHTTP ? .requestLine : .notARequestLine
     }
 
     /// An upgrade (WebSocket) or a CONNECT: the stream may become something else.

@@ -448,6 +448,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
                                              "sni": machine?.facts.sni ?? "", "duration_ms": Int(Date().timeIntervalSince(started) * 1000),
                                              "bytes_up": bytesFromClient, "bytes_down": bytesFromUpstream]
                 fields["alpn_offered"] = machine.map { $0.facts.alpn.isEmpty ? nil : $0.facts.alpn } ?? nil
+                fields["not_http"] = machine?.opaqueBecause
                 fields.merge(machine?.tlsFields ?? [:]) { a, _ in a }
                 log(fields)
             }

@@ -276,6 +276,10 @@ final class Playbook {
             ([], "GET /ok HTTP/1.1\r\nHost: www.origin.test\r\n\r\nNOT HTTP\r\n\r\nGET /admin HTTP/1.1\r\n\r\n", false, "request refused"),
             ([], "\u{1}\u{2}binary protocol\r\n\r\n", true, nil),
             (["http/1.1"], "\u{1}\u{2}binary protocol\r\n\r\n", false, "not HTTP/1.1"),
+            // Other protocols send no blank line: relayed (or refused) on their first line.
+            ([], "a1 LOGIN user pass\r\n", true, nil),
+            ([], "\u{10}\u{10}\u{0}\u{4}MQTT", true, nil),
+            (["http/1.1"], "a1 LOGIN user pass\r\n", false, "not HTTP/1.1"),
         ]
         for c in cases {
             let p = try Playbook()
@@ -285,6 +289,7 @@ final class Playbook {
             let got = String(decoding: origin.read(), as: UTF8.self)
             if c.relayed {
                 #expect(got == c.bytes && p.finishedReason == nil, "\(c): opaque relay")
+                #expect(m.opaqueBecause == "the first line is not an HTTP/1 request line", "\(c): for the close line")
             } else {
                 #expect(!got.contains("/admin") && p.finishedReason?.contains(c.reason!) == true, "\(c): \(p.finishedReason ?? "-"), origin got \(got.debugDescription)")
             }

@@ -142,4 +142,33 @@ import Wire
         guard case .gaveUp? = pieces.first else { Issue.record("\(pieces)"); return }
         #expect(junk.feed([1, 2, 3]) == [.bytes([1, 2, 3])])
     }
+
+    /// Other protocols are told by their first line, never held for a blank line they will not
+    /// send: a command line (IMAP, SMTP) once it ends, binary (MQTT, TLS in TLS) at its first
+    /// control byte. A line that may still become a request line is held.
+    @Test func otherProtocolsAreToldByTheirFirstLine() {
+        let gaveUp = HTTPRequestTracker.Piece.gaveUp("the first line is not an HTTP/1 request line")
+        for message in ["a1 LOGIN user pass\r\n", "EHLO client.test\r\n", "*1\r\n$4\r\nPING\r\n", "y\n", "\u{10}\u{10}\u{0}\u{4}MQTT", "\u{16}\u{3}\u{1}"] {
+            var tracker = HTTPRequestTracker()
+            let bytes = Array(message.utf8)
+            #expect(tracker.feed(bytes) == [gaveUp, .bytes(bytes)], "\(message.debugDescription)")
+        }
+        var slow = HTTPRequestTracker()
+        #expect(slow.feed(Array("a1 LOG".utf8)).isEmpty, "printable, no line end: could still be a request line")
+        #expect(slow.feed(Array("IN user pass\r\n".utf8)) == [gaveUp, .bytes(Array("a1 LOGIN user pass\r\n".utf8))])
+        var request = HTTPRequestTracker()
+        #expect(request.feed(Array("GET /index.html HTTP/1.1\r\nHost: h\r\n".utf8)).isEmpty, "a request line: the head is awaited")
+        #expect(heads(request.feed(Array("\r\n".utf8))) == ["GET /index.html"])
+        // Once the stream was HTTP, a line that is not a request line is refused at once.
+        guard case .refused? = request.feed(Array("QUIT\r\n".utf8)).last else { Issue.record("not refused after HTTP"); return }
+    }
+
+    /// HTTP/2's prior-knowledge preface without ALPN h2 would carry requests past the request
+    /// stage as opaque bytes: refused, like h2c.
+    @Test func anHTTP2PrefaceWithoutALPNIsRefused() {
+        var tracker = HTTPRequestTracker()
+        let pieces = tracker.feed(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8))
+        guard case .refused? = pieces.last else { Issue.record("\(pieces)"); return }
+        #expect(bytes(pieces).isEmpty)
+    }
 }
