@@ -151,6 +151,10 @@ public final class ConnectionMachine {
         let flight: [UInt8]
         let forecast: HandshakeForecasts.Forecast
     }
+    /// A blocked request's 403 and the reason to log, held while the requests pipelined before
+    /// it are still being answered: sent after their answers, so the client pairs each answer
+    /// with its own request. Nothing more of the client's goes upstream meanwhile.
+    private var heldRefusal: (page: [UInt8], reason: String)?
     /// Why a bumped flow without ALPN is relayed unread (what it carries is not HTTP/1), for
     /// the flow log's close line.
     public private(set) var opaqueBecause: String?
@@ -639,7 +643,9 @@ public final class ConnectionMachine {
             try? upstream.write(filtered.upstream)
             if !filtered.client.isEmpty { try? client.write(filtered.client) }
         } else if !up.isEmpty {
-            if requests == nil {
+            if heldRefusal != nil {
+                // Behind a blocked request: dropped, the connection ends with its 403.
+            } else if requests == nil {
                 try? upstream.write(up)
             } else if let end = relayRequests(requests!.feed(up), client, upstream, into: &out) {
                 return out + end
@@ -663,6 +669,14 @@ public final class ConnectionMachine {
                 if !seen.client.isEmpty { try? client.write(seen.client) }
             } else {
                 try? client.write(down)
+                if let held = heldRefusal, responses?.allAnswered != false {
+                    // The answers before the blocked request are through: its 403 follows. If
+                    // they can no longer be told apart (nil), it ends without one, which might
+                    // land inside an answer.
+                    if responses?.allAnswered == true { try? client.write(held.page) }
+                    client.close()
+                    return out + send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(held.reason)
+                }
             }
         }
         // A close_notify on one leg is passed on as a close_notify on the other, then a half-close.
@@ -670,6 +684,12 @@ public final class ConnectionMachine {
         if upstream.state == .closed, !upstreamClosed {
             upstreamClosed = true
             out += (responses?.closed() ?? []).map(Command.answered)
+            if let held = heldRefusal {
+                // Closed before the answers were through: no 403 after an answer the close cut
+                // (or ended: a 403 would read as its body).
+                client.close()
+                return out + send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(held.reason)
+            }
             client.close()
             halfClose.append(.closeClient)
         }
@@ -713,9 +733,14 @@ public final class ConnectionMachine {
                 let decision = decideRequest()
                 out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
                 if decision.verdict == .block {
+                    let reason = "request blocked by rule \(decision.rule)"
+                    if responses?.allAnswered == false {
+                        heldRefusal = (Self.forbidden(decision), reason)
+                        return nil  // the pieces after it are dropped
+                    }
                     try? client.write(Self.forbidden(decision))
                     client.close()
-                    return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish("request blocked by rule \(decision.rule)")
+                    return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(reason)
                 }
                 try? upstream.write(raw)
                 responses?.requestSent(method: method, url: facts.url ?? "")

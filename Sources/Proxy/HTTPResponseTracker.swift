@@ -97,6 +97,13 @@ struct HTTPResponseTracker {
         return waiting.isEmpty && current == nil ? false : nil
     }
 
+    /// Whether every request sent has had its whole answer; nil once the answers can no longer
+    /// be read.
+    var allAnswered: Bool? {
+        if lost { return nil }
+        return waiting.isEmpty && current == nil
+    }
+
     private mutating func lose() {
         state = .opaque
         lost = true

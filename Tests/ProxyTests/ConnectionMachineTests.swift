@@ -463,6 +463,9 @@ final class Playbook {
         try client.write(Array("POST /upload HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 5\r\n\r\nhello".utf8))
         p.run(m, client: client, origin: origin)
         #expect(String(decoding: origin.read(), as: UTF8.self).hasSuffix("\r\n\r\nhello"))
+        try origin.write(Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(String(decoding: client.read(), as: UTF8.self).hasSuffix("\r\n\r\nok"))
         try client.write(Array("POST /admin/users HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 6\r\n\r\nsecret".utf8))
         p.run(m, client: client, origin: origin)
         let page = String(decoding: client.read(), as: UTF8.self)
@@ -471,6 +474,39 @@ final class Playbook {
         #expect(p.decisions.map(\.stage) == [.hello, .request, .request])
         #expect(p.decisions.last?.verdict == .block)
         #expect(p.finishedReason == "request blocked by rule no-admin-post")
+    }
+
+    /// Pipelined: a blocked request's 403 waits for the answer to the request before it, so the
+    /// client pairs each answer with its own request; nothing after it goes upstream. If the
+    /// upstream closes before that answer is through, the connection ends without a 403.
+    @Test func aPipelinedBlockIsAnsweredInOrder() throws {
+        for closesFirst in [false, true] {
+            let p = try Playbook()
+            let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+            try client.write(Array(("GET /a HTTP/1.1\r\nHost: www.origin.test\r\n\r\n"
+                + "POST /admin/users HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 6\r\n\r\nsecret"
+                + "GET /after HTTP/1.1\r\nHost: www.origin.test\r\n\r\n").utf8))
+            p.run(m, client: client, origin: origin)
+            #expect(String(decoding: origin.read(), as: UTF8.self) == "GET /a HTTP/1.1\r\nHost: www.origin.test\r\n\r\n", "only what came before the block")
+            #expect(client.read().isEmpty && p.finishedReason == nil, "the 403 waits for the answer to GET /a")
+            try client.write(Array("GET /more HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
+            p.run(m, client: client, origin: origin)
+            #expect(origin.read().isEmpty, "nothing after the blocked request goes upstream")
+            if closesFirst {
+                try origin.write(Array("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf".utf8))
+                origin.close()
+            } else {
+                try origin.write(Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+            }
+            p.run(m, client: client, origin: origin)
+            let got = String(decoding: client.read(), as: UTF8.self)
+            if closesFirst {
+                #expect(got.hasSuffix("half") && !got.contains("403"), "no 403 after a cut answer: \(got.debugDescription)")
+            } else {
+                #expect(got.hasPrefix("HTTP/1.1 200 OK") && got.contains("\r\n\r\nokHTTP/1.1 403 Forbidden"), "answer, then the 403: \(got.debugDescription)")
+            }
+            #expect(p.finishedReason == "request blocked by rule no-admin-post")
+        }
     }
 
     @Test func spliceRelaysTheOriginalBytesUntouched() throws {
