@@ -723,9 +723,8 @@ public final class ConnectionMachine {
             case .refused(let why):
                 // Framed one way here and perhaps another by the origin: a request could ride in
                 // its body past the request stage. Nothing of it goes upstream.
-                try? client.write(Self.badRequest(why))
-                client.close()
-                return send(client: client.takeOutput()) + finish("request refused: \(why)")
+                if let end = refuse(with: Self.badRequest(why), reason: "request refused: \(why)", client, upstream) { return end }
+                return nil
             case .head(let head, let raw):
                 guard case .request(let method, let target) = head.kind else { continue }
                 facts.method = method
@@ -733,20 +732,27 @@ public final class ConnectionMachine {
                 let decision = decideRequest()
                 out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
                 if decision.verdict == .block {
-                    let reason = "request blocked by rule \(decision.rule)"
-                    if responses?.allAnswered == false {
-                        heldRefusal = (Self.forbidden(decision), reason)
-                        return nil  // the pieces after it are dropped
-                    }
-                    try? client.write(Self.forbidden(decision))
-                    client.close()
-                    return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(reason)
+                    if let end = refuse(with: Self.forbidden(decision), reason: "request blocked by rule \(decision.rule)", client, upstream) { return end }
+                    return nil
                 }
                 try? upstream.write(raw)
                 responses?.requestSent(method: method, url: facts.url ?? "")
             }
         }
         return nil
+    }
+
+    /// Answers a refused request with `page` and ends the connection — or, while the requests
+    /// pipelined before it are still being answered, holds the page for after their answers
+    /// (nil: the pieces after it are dropped, the connection goes on until then).
+    private func refuse(with page: [UInt8], reason: String, _ client: TLSSession, _ upstream: TLSSession) -> [Command]? {
+        if responses?.allAnswered == false {
+            heldRefusal = (page, reason)
+            return nil
+        }
+        try? client.write(page)
+        client.close()
+        return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(reason)
     }
 
     /// The request stage for `facts`. First, the request must name a host the upstream's verified
