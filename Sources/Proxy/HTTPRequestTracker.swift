@@ -100,7 +100,14 @@ public struct HTTPRequestTracker: Sendable {
                 case .requestLine, .undecided: break
                 }
                 switch HTTPHead.parse(buffer[...], expectRequest: true) {
-                case .needMore: return pieces
+                case .needMore:
+                    // A request line that is already malformed (no version: an HTTP/0.9 simple
+                    // request) is refused now; the head it would begin never comes.
+                    if let end = buffer.firstIndex(of: 0x0A),
+                       case .malformed(let error) = HTTPHead.parse(buffer[...end] + [0x0D, 0x0A], expectRequest: true) {
+                        return pieces + refuse("malformed request: \(error)")
+                    }
+                    return pieces
                 case .malformed(let error):
                     // The first line has a request line's shape: HTTP to an origin, however
                     // malformed the rest.
@@ -164,17 +171,24 @@ public struct HTTPRequestTracker: Sendable {
 
     /// Whether the first line is shaped like a request line: it names an HTTP/1 version — or
     /// HTTP/2, whose prior-knowledge preface ("PRI * HTTP/2.0") is refused rather than let
-    /// through unread — and holds no control byte (HTAB and CR aside). A stream starting so is
-    /// HTTP to an origin, however malformed the rest. Decided once the line ends (or its first
-    /// 8 KiB are in), or at the first control byte, which no request line holds: binary
-    /// protocols are told at their first bytes. What a cut of the stream decides, a longer
-    /// cut decides too.
+    /// through unread — or is an HTTP/0.9 simple request ("GET /admin", which nginx still
+    /// answers), and holds no control byte (HTAB and CR aside). A stream starting so is HTTP to
+    /// an origin, however malformed the rest. Decided once the line ends (or its first 8 KiB
+    /// are in), or at the first control byte, which no request line holds: binary protocols are
+    /// told at their first bytes. What a cut of the stream decides, a longer cut decides too.
     static func firstLine(_ bytes: [UInt8]) -> FirstLine {
         let line = bytes.prefix(8192).prefix { $0 != 0x0A }
         if line.contains(where: { $0 < 0x20 && $0 != 0x09 && $0 != 0x0D || $0 == 0x7F }) { return .notARequestLine }
         guard line.count < bytes.count || line.count == 8192 else { return .undecided }
         let namesHTTP = line.firstRange(of: " HTTP/1.".utf8) != nil || line.firstRange(of: " HTTP/2".utf8) != nil
-        return namesHTTP ? .requestLine : .notARequestLine
+        return namesHTTP || isSimpleRequest(line) ? .requestLine : .notARequestLine
+    }
+
+    /// "METHOD /path" or "METHOD http://…" and nothing more: a request without a version.
+    static func isSimpleRequest(_ line: ArraySlice<UInt8>) -> Bool {
+        let words = line.split(separator: 0x20, omittingEmptySubsequences: true).map { $0.filter { $0 != 0x0D } }
+        guard words.count == 2, HTTPHead.isToken(words[0][...]), let first = words[1].first else { return false }
+        return first == UInt8(ascii: "/") || words[1].starts(with: "http://".utf8) || words[1].starts(with: "https://".utf8)
     }
 
     /// An upgrade (WebSocket) or a CONNECT: the stream may become something else.

@@ -196,7 +196,7 @@ public struct HTTPHead: Sendable, Equatable {
     }
 
     /// A token (RFC 9110 5.6.2): a method or a field name.
-    static func isToken(_ bytes: ArraySlice<UInt8>) -> Bool {
+    public static func isToken(_ bytes: ArraySlice<UInt8>) -> Bool {
         !bytes.isEmpty && bytes.allSatisfy { c in
             switch c {
             case 0x30...0x39, 0x41...0x5A, 0x61...0x7A: true

@@ -163,12 +163,16 @@ import Wire
         guard case .refused? = request.feed(Array("QUIT\r\n".utf8)).last else { Issue.record("not refused after HTTP"); return }
     }
 
-    /// HTTP/2's prior-knowledge preface without ALPN h2 would carry requests past the request
-    /// stage as opaque bytes: refused, like h2c.
-    @Test func anHTTP2PrefaceWithoutALPNIsRefused() {
-        var tracker = HTTPRequestTracker()
-        let pieces = tracker.feed(Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8))
-        guard case .refused? = pieces.last else { Issue.record("\(pieces)"); return }
-        #expect(bytes(pieces).isEmpty)
+    /// HTTP/2's prior-knowledge preface without ALPN h2, or an HTTP/0.9 simple request (which
+    /// nginx answers), would carry requests past the request stage as opaque bytes: refused.
+    @Test func requestsOfOtherHTTPVersionsAreRefused() {
+        for stream in ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /admin\r\n", "GET https://origin.test/admin\n"] {
+            var tracker = HTTPRequestTracker()
+            let pieces = tracker.feed(Array(stream.utf8))
+            guard case .refused? = pieces.last else { Issue.record("\(stream.debugDescription): \(pieces)"); continue }
+            #expect(bytes(pieces).isEmpty)
+        }
+        var ftp = HTTPRequestTracker()
+        #expect(ftp.feed(Array("USER anonymous\r\n".utf8)).first == .gaveUp("the first line is not an HTTP/1 request line"), "a command with an argument is not a path")
     }
 }
