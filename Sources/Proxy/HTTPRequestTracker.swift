@@ -180,13 +180,16 @@ public struct HTTPRequestTracker: Sendable {
         let line = bytes.prefix(8192).prefix { $0 != 0x0A }
         if line.contains(where: { $0 < 0x20 && $0 != 0x09 && $0 != 0x0D || $0 == 0x7F }) { return .notARequestLine }
         guard line.count < bytes.count || line.count == 8192 else { return .undecided }
-        let namesHTTP = line.firstRange(of: " HTTP/1.".utf8) != nil || line.firstRange(of: " HTTP/2".utf8) != nil
+        // After a space or a tab: Python's http.server (and so Werkzeug's) splits on both.
+        let namesHTTP = ["HTTP/1.", "HTTP/2"].contains { version in
+            [" ", "\t"].contains { line.firstRange(of: ($0 + version).utf8) != nil }
+        }
         return namesHTTP || isSimpleRequest(line) ? .requestLine : .notARequestLine
     }
 
     /// "METHOD /path" or "METHOD http://…" and nothing more: a request without a version.
     static func isSimpleRequest(_ line: ArraySlice<UInt8>) -> Bool {
-        let words = line.split(separator: 0x20, omittingEmptySubsequences: true).map { $0.filter { $0 != 0x0D } }
+        let words = line.split(omittingEmptySubsequences: true) { $0 == 0x20 || $0 == 0x09 }.map { $0.filter { $0 != 0x0D } }
         guard words.count == 2, HTTPHead.isToken(words[0][...]), let first = words[1].first else { return false }
         return first == UInt8(ascii: "/") || words[1].starts(with: "http://".utf8) || words[1].starts(with: "https://".utf8)
     }

@@ -166,7 +166,8 @@ import Wire
     /// HTTP/2's prior-knowledge preface without ALPN h2, or an HTTP/0.9 simple request (which
     /// nginx answers), would carry requests past the request stage as opaque bytes: refused.
     @Test func requestsOfOtherHTTPVersionsAreRefused() {
-        for stream in ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /admin\r\n", "GET https://origin.test/admin\n"] {
+        // ...and so is a request line separated by tabs, which Python's http.server takes.
+        for stream in ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /admin\r\n", "GET https://origin.test/admin\n", "GET\t/admin\tHTTP/1.1\r\nHost: h\r\n\r\n", "GET\t/admin\r\n"] {
             var tracker = HTTPRequestTracker()
             let pieces = tracker.feed(Array(stream.utf8))
             guard case .refused? = pieces.last else { Issue.record("\(stream.debugDescription): \(pieces)"); continue }
