@@ -290,7 +290,12 @@ struct HTTP2RequestFilter {
         let scheme = headers.first(name: ":scheme") ?? "https"
         let path = headers.first(name: ":path") ?? ""
         let url = "\(scheme)://\(authority)\(path)"
-        let decision = decide(method, url)
+        // Hosts that disagree (:authority and Host, or either twice): the request stage would
+        // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
+        let hosts = Set((headers[":authority"] + headers["host"]).map { $0.lowercased() })
+        let decision = hosts.count > 1
+            ? Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(hosts.sorted().joined(separator: ", ").prefix(120)))")
+            : decide(method, url)
         out.decisions.append((decision, method, url))
         if decision.verdict == .block {
             guard refused.count < Self.maxRefusedStreams else {

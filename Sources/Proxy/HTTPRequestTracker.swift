@@ -119,6 +119,9 @@ public struct HTTPRequestTracker: Sendable {
                     } catch {
                         return pieces + refuse("\(error)")
                     }
+                    // Two hosts (RFC 9112 3.2: a 400): the request stage would judge one and an
+                    // origin that takes the other would serve it.
+                    if head.fieldValues("host").count > 1 { return pieces + refuse("more than one Host") }
                     // h2c over TLS (deprecated by RFC 9113): once switched, its HTTP/2 requests
                     // would pass as opaque bytes — the known h2c smuggling route.
                     if head.fieldValues("upgrade").contains(where: { $0.lowercased() == "h2c" }) {

@@ -124,6 +124,28 @@ import Testing
         }
     }
 
+    /// A request whose hosts disagree (:authority and Host, or either twice) is refused as
+    /// misdirected: the request stage would judge one, an origin taking another would serve it.
+    @Test func aRequestNamingTwoHostsIsRefused() throws {
+        var client = Client()
+        var wire = F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+        let cases: [[(String, String)]] = [
+            Self.request("GET", "/a") + [("host", "blocked.test")],
+            [(":method", "GET"), (":scheme", "https"), (":authority", "www.origin.test"), (":authority", "blocked.test"), (":path", "/a")],
+            Self.request("GET", "/b") + [("host", "WWW.origin.test")],  // the same host, other case
+        ]
+        for (i, headers) in cases.enumerated() {
+            let block = try client.block(headers)
+            wire += F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: UInt32(2 * i + 1)) + block
+        }
+        var filter = Self.filter()
+        let out = filter.fromClient(wire, decide: Self.decide)
+        #expect(out.failure == nil)
+        #expect(out.decisions.map(\.decision.rule) == ["misdirected", "misdirected", "default"])
+        #expect(Self.frames(out.upstream).map(\.2) == [0, 5], "only the request whose hosts agree goes upstream")
+        #expect(Self.frames(out.client).filter { $0.0 == 1 }.map(\.2) == [1, 3], "the others get their 403")
+    }
+
     /// An upload refused at its headers is answered, not reset (curl 7.88 reports a reset as a
     /// framing error instead of the 403), and drained: its DATA is dropped and both windows are
     /// given back, or a large upload would stall on the stream window the upstream never opens.

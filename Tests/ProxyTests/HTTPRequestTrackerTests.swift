@@ -164,7 +164,8 @@ import Wire
     }
 
     /// HTTP/2's prior-knowledge preface without ALPN h2, or an HTTP/0.9 simple request (which
-    /// nginx answers), would carry requests past the request stage as opaque bytes: refused.
+    /// nginx answers), would carry requests past the request stage as opaque bytes: refused;
+    /// so is a request naming two hosts, of which the request stage would judge only one.
     @Test func requestsOfOtherHTTPVersionsAreRefused() {
         // ...and so is a request line separated by tabs, which Python's http.server takes.
         for stream in ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /admin\r\n", "GET https://origin.test/admin\n", "GET\t/admin\tHTTP/1.1\r\nHost: h\r\n\r\n", "GET\t/admin\r\n"] {
@@ -172,6 +173,10 @@ import Wire
             let pieces = tracker.feed(Array(stream.utf8))
             guard case .refused? = pieces.last else { Issue.record("\(stream.debugDescription): \(pieces)"); continue }
             #expect(bytes(pieces).isEmpty)
+        }
+        for twoHosts in ["GET /a HTTP/1.1\r\nHost: allowed.test\r\nHost: blocked.test\r\n\r\n", "GET /a HTTP/1.1\r\nHost: allowed.test, blocked.test\r\n\r\n"] {
+            var tracker = HTTPRequestTracker()
+            #expect(tracker.feed(Array(twoHosts.utf8)) == [.refused("more than one Host")], "\(twoHosts.debugDescription)")
         }
         var ftp = HTTPRequestTracker()
         #expect(ftp.feed(Array("USER anonymous\r\n".utf8)).first == .gaveUp("the first line is not an HTTP/1 request line"), "a command with an argument is not a path")
