@@ -87,12 +87,37 @@ public struct FlowFacts: Sendable, Equatable {
 /// "/x/../admin" and "/public/..%2fadmin" all meet a rule on "/admin" — as the origin would
 /// serve them. Case is kept: paths are case-sensitive (RFC 3986 6.2.2.1).
 public enum URLPath {
-    /// `url` with the part after its authority in canonical form.
+    /// `url` in canonical form: its origin as `canonicalOrigin` gives it, the rest as `canonical`.
     public static func canonicalURL(_ url: String) -> String {
-        guard let end = pathStart(url) else { return url }
+        guard let start = authorityStart(url) else { return url }
+        let end = authorityEnd(url[start...])
         let rest = url[end...]
-        // Most URLs are canonical already ("/app.js?v=2"): checked in place, nothing built.
-        return rest.isEmpty || isCanonical(rest) ? url : String(url[..<end]) + resolved(rest)
+        // Most URLs are canonical already ("https://host/app.js?v=2"): checked in place, nothing built.
+        let origin = canonicalOrigin(scheme: url[..<start], authority: url[start..<end])
+        let path = rest.isEmpty || isCanonical(rest) ? nil : resolved(rest)
+        if origin == nil && path == nil { return url }
+        return (origin ?? String(url[..<end])) + (path ?? String(rest))
+    }
+
+    /// "scheme://host[:port]" as a server takes it: lowercase, without userinfo, the host's
+    /// trailing dot or the scheme's default port — so "https://WWW.Example.com.:443" meets a
+    /// rule on "https://www.example.com". nil when it is so already. `scheme` ends in "://".
+    static func canonicalOrigin(scheme: Substring, authority: Substring) -> String? {
+        func hasUppercase(_ s: Substring) -> Bool { s.utf8.contains { $0 >= 0x41 && $0 <= 0x5A } }
+        var host = authority, port: Substring = ""
+        var changed = hasUppercase(scheme) || hasUppercase(authority)
+        if let at = host.utf8.lastIndex(of: 0x40) { host = host[host.index(after: at)...]; changed = true }
+        if host.utf8.first == 0x5B, let close = host.utf8.firstIndex(of: 0x5D) {  // [IPv6]:port
+            port = host[host.index(after: close)...]
+            host = host[...close]
+        } else if let colon = host.utf8.firstIndex(of: 0x3A) {
+            port = host[colon...]
+            host = host[..<colon]
+        }
+        let lowerScheme = scheme.lowercased()
+        if port == ":" || (port == ":443" && lowerScheme == "https://") || (port == ":80" && lowerScheme == "http://") { port = ""; changed = true }
+        if host.count > 1, host.hasSuffix(".") { host = host.dropLast(); changed = true }
+        return changed ? lowerScheme + host.lowercased() + port : nil
     }
 
     /// "scheme://authority" and the rest (path, query, fragment).

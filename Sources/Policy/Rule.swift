@@ -153,10 +153,12 @@ public enum Condition: Sendable, CustomStringConvertible {
         return had.map { "\(description): flow has \($0)" } ?? "\(description): flow's \(field) is unknown"
     }
 
-    /// URL prefixes compare scheme and host case-insensitively, the rest exactly — both in
-    /// canonical form (`URLPath`: rules are stored so, requests are `FlowFacts.canonicalURL`).
+    /// A URL prefix names one origin (scheme, host and port, exactly: "https://intranet.test"
+    /// is not a prefix of "https://intranet.test.evil.test") and a prefix of what follows it —
+    /// both in canonical form (`URLPath`: rules are stored so, requests are
+    /// `FlowFacts.canonicalURL`), so case, a default port or a trailing dot change nothing.
     static func urlMatches(_ url: String, prefix: String) -> Bool {
         let (u1, u2) = URLPath.split(url), (p1, p2) = URLPath.split(prefix)
-        return p2.isEmpty ? u1.lowercased().hasPrefix(p1.lowercased()) : (u1.lowercased() == p1.lowercased() && u2.hasPrefix(p2))
+        return u1 == p1 && u2.hasPrefix(p2)
     }
 }

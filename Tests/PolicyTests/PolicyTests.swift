@@ -99,6 +99,36 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(f.host == "files.example.com" && f.path == "/Private/report.pdf")
     }
 
+    /// A URL rule names one origin as servers take it: the case of its scheme and host, the
+    /// default port, a trailing dot and userinfo change nothing, and a host that only starts
+    /// like the rule's is another host.
+    @Test func urlRulesNameOneOrigin() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "admin"
+            stage = "request"
+            url = ["https://www.origin.test/admin"]
+            action = "block"
+            [[rule]]
+            name = "intranet"
+            stage = "request"
+            url = ["https://intranet.test"]
+            action = "block"
+            """)
+        for blocked in ["https://www.origin.test/admin", "https://www.origin.test:443/admin/x", "https://WWW.Origin.Test./admin",
+                        "HTTPS://www.origin.test:/admin", "https://user@www.origin.test/admin", "https://intranet.test", "https://intranet.test/x", "https://intranet.test.:443/"] {
+            #expect(p.decide(.request, facts { $0.url = blocked }).verdict == .block, "\(blocked)")
+        }
+        for allowed in ["https://www.origin.test:8443/admin", "http://www.origin.test/admin", "https://www.origin.test.evil.test/admin",
+                        "https://intranet.test.evil.test/", "https://intranet.testing/", "https://[::1]:443/admin"] {
+            #expect(p.decide(.request, facts { $0.url = allowed }).rule == "default", "\(allowed)")
+        }
+        #expect(URLPath.canonicalURL("https://[2001:DB8::1]:443/a") == "https://[2001:db8::1]/a")
+        #expect(URLPath.canonicalURL("http://h.example:80/") == "http://h.example/" && URLPath.canonicalURL("https://h.example:80/") == "https://h.example:80/")
+        let plain = "https://h.example/app.js?v=2"
+        #expect(URLPath.canonicalURL(plain) == plain)
+    }
+
     /// Paths are compared as the origin resolves them: an escaped, doubled or dotted spelling
     /// of a blocked path is blocked too (the classic way past a path rule).
     @Test func pathRulesSeeThePathTheOriginServes() throws {
