@@ -144,7 +144,8 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
             url = ["https://files.example.com/private//"]
             action = "block"
             """)
-        for blocked in ["/admin/", "/%61dmin/x", "//admin/x", "/x/../admin/", "/./admin/x", "/public/..%2fadmin/x", "/admin/?q=1", "/admin%2F", "/a/b/../../admin/"] {
+        for blocked in ["/admin/", "/%61dmin/x", "//admin/x", "/x/../admin/", "/./admin/x", "/public/..%2fadmin/x", "/admin/?q=1", "/admin%2F", "/a/b/../../admin/",
+                        "/public/..;/admin/", "/public/..;x=1/admin/x", "/public/.;/../admin/", "/admin;jsessionid=1/"] {
             #expect(p.decide(.request, facts { $0.url = "https://h.example\(blocked)" }).rule == "admin", "\(blocked)")
         }
         for allowed in ["/Admin/", "/administrator", "/admin", "/x/admin/", "/%2561dmin/", "/?p=/admin/"] {
@@ -159,7 +160,8 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
             #expect(URLPath.canonical(kept[...]) == kept, "\(kept)")
             #expect(URLPath.canonicalURL("https://h.example\(kept)") == "https://h.example\(kept)", "\(kept)")
         }
-        for (path, canonical) in [("/.", "/"), ("/a/.", "/a/"), ("/a/..", "/"), ("/a/./b.js", "/a/b.js"), ("/a.b/../c", "/c"), ("/a/.%2e/b", "/b")] {
+        for (path, canonical) in [("/.", "/"), ("/a/.", "/a/"), ("/a/..", "/"), ("/a/./b.js", "/a/b.js"), ("/a.b/../c", "/c"), ("/a/.%2e/b", "/b"),
+                                  ("/a;v=1/b", "/a/b"), ("/a/..;/b;x", "/b"), ("/a;x/", "/a/"), ("/a/..;", "/")] {
             #expect(URLPath.canonical(path[...]) == canonical, "\(path)")
             #expect(URLPath.canonicalURL("https://h.example\(path)") == "https://h.example\(canonical)", "\(path)")
         }
