@@ -84,9 +84,9 @@ public struct FlowFacts: Sendable, Equatable {
 /// Request paths in the form servers resolve them to before routing: percent-escapes decoded
 /// once, repeated slashes merged, dot segments removed (RFC 3986 5.2.4); the query is kept as
 /// it came. Rules and requests are both compared in this form, so "/%61dmin", "//admin",
-/// "/x/../admin", "/public/..%2fadmin" and — segment parameters dropped, as Tomcat routes —
-/// "/public/..;/admin" and "/admin;jsessionid=1" all meet a rule on "/admin", as the origin
-/// would serve them. Case is kept: paths are case-sensitive (RFC 3986 6.2.2.1).
+/// "/x/../admin", "/public/..%2fadmin", "/public\\..\\admin" (IIS) and — segment parameters
+/// dropped, as Tomcat routes — "/public/..;/admin" and "/admin;jsessionid=1" all meet a rule on
+/// "/admin", as the origin would serve them. Case is kept: paths are case-sensitive (RFC 3986 6.2.2.1).
 public enum URLPath {
     /// `url` in canonical form: its origin as `canonicalOrigin` gives it, the rest as `canonical`.
     public static func canonicalURL(_ url: String) -> String {
@@ -162,7 +162,8 @@ public enum URLPath {
         let path = pathAndQuery[..<end]
         var segments: [Substring] = []
         let decoded = percentDecoded(path)
-        let parts = decoded.split(separator: "/", omittingEmptySubsequences: true)
+        // A backslash separates segments too, as IIS (and so ASP.NET) take it.
+        let parts = decoded.split(omittingEmptySubsequences: true) { $0 == "/" || $0 == "\\" }
         for part in parts {
             // A segment's name ends at ";": Tomcat and Jetty route by the names alone, so
             // "/admin;jsessionid=1/" is /admin/ and "/public/..;/admin" is /admin to them.
@@ -176,8 +177,9 @@ public enum URLPath {
         }
         var out = "/" + segments.joined(separator: "/")
         // A trailing slash (or a trailing dot segment, which names a directory) stays.
-        let last = decoded.hasSuffix("/") ? "" : (parts.last?.prefix { $0 != ";" } ?? "")
-        if !segments.isEmpty, decoded.hasSuffix("/") || last == "." || last == ".." { out += "/" }
+        let endsInSlash = decoded.hasSuffix("/") || decoded.hasSuffix("\\")
+        let last = endsInSlash ? "" : (parts.last?.prefix { $0 != ";" } ?? "")
+        if !segments.isEmpty, endsInSlash || last == "." || last == ".." { out += "/" }
         return out + pathAndQuery[end...]
     }
 
@@ -197,7 +199,7 @@ public enum URLPath {
                 if previous == 0x2F || dotSegment { return false }
                 length = 0
                 dots = 0
-            case 0x3B: return false  // segment parameters are dropped
+            case 0x3B, 0x5C: return false  // segment parameters are dropped; "\\" is a "/"
             default:
                 length += 1
                 if c == 0x2E { dots += 1; sawDot = true }

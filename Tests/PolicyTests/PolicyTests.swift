@@ -145,7 +145,8 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
             action = "block"
             """)
         for blocked in ["/admin/", "/%61dmin/x", "//admin/x", "/x/../admin/", "/./admin/x", "/public/..%2fadmin/x", "/admin/?q=1", "/admin%2F", "/a/b/../../admin/",
-                        "/public/..;/admin/", "/public/..;x=1/admin/x", "/public/.;/../admin/", "/admin;jsessionid=1/"] {
+                        "/public/..;/admin/", "/public/..;x=1/admin/x", "/public/.;/../admin/", "/admin;jsessionid=1/",
+                        "/public\\..\\admin\\", "/public/..%5cadmin/x"] {
             #expect(p.decide(.request, facts { $0.url = "https://h.example\(blocked)" }).rule == "admin", "\(blocked)")
         }
         for allowed in ["/Admin/", "/administrator", "/admin", "/x/admin/", "/%2561dmin/", "/?p=/admin/"] {
