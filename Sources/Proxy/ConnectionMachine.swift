@@ -728,7 +728,9 @@ public final class ConnectionMachine {
             case .head(let head, let raw):
                 guard case .request(let method, let target) = head.kind else { continue }
                 facts.method = method
-                facts.url = Self.url(target: target, host: head.header("host") ?? facts.sni ?? "")
+                // An empty Host names no host (RFC 9110 7.2): the SNI does, as for none at all.
+                let host = head.header("host").flatMap { $0.isEmpty ? nil : $0 }
+                facts.url = Self.url(target: target, host: host ?? facts.sni ?? "")
                 let decision = decideRequest()
                 out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
                 if decision.verdict == .block {

@@ -371,7 +371,7 @@ final class Playbook {
     /// another site (domain fronting, or one chosen to dodge a rule) is refused, never decided
     /// as if it were that site; a port in the Host is not part of the name.
     @Test func aRequestNamingAHostTheCertificateDoesNotCoverIsRefused() throws {
-        for (host, refused) in [("elsewhere.test", true), ("www.origin.test:443", false), ("WWW.Origin.Test", false), ("www.origin.test.", false)] {
+        for (host, refused) in [("elsewhere.test", true), ("www.origin.test:443", false), ("WWW.Origin.Test", false), ("www.origin.test.", false), ("", false)] {
             let p = try Playbook()
             let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
             try client.write(Array("GET /x HTTP/1.1\r\nHost: \(host)\r\n\r\n".utf8))
@@ -382,6 +382,8 @@ final class Playbook {
                 #expect(String(decoding: client.read(), as: UTF8.self).contains("403 Forbidden"))
             } else {
                 #expect(upstream.hasPrefix("GET /x HTTP/1.1"), "\(host): \(p.decisions)")
+                // An empty Host names no host: the URL rules see is the SNI's, as without one.
+                #expect(m.facts.host?.isEmpty == false, "\(host.debugDescription): \(m.facts.url ?? "-")")
             }
         }
     }
