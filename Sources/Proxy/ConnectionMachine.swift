@@ -636,6 +636,11 @@ public final class ConnectionMachine {
             let filtered = http2.filter.fromClient(up) { method, url in
                 facts.method = method
                 facts.url = url
+                // No :authority or Host (or empty ones): the SNI names the host, as on HTTP/1.1.
+                if facts.host?.isEmpty == true, let sni = facts.sni {
+                    let (origin, rest) = URLPath.split(url)
+                    facts.url = origin + sni + rest
+                }
                 return decideRequest()
             }
             out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.url) }

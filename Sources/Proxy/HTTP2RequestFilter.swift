@@ -286,13 +286,14 @@ struct HTTP2RequestFilter {
             return
         }
         let method = headers.first(name: ":method") ?? ""
-        let authority = headers.first(name: ":authority") ?? headers.first(name: "host") ?? ""
+        // An empty one names no host (the machine then takes the SNI's).
+        let authority = [":authority", "host"].lazy.compactMap { headers.first(name: $0) }.first { !$0.isEmpty } ?? ""
         let scheme = headers.first(name: ":scheme") ?? "https"
         let path = headers.first(name: ":path") ?? ""
         let url = "\(scheme)://\(authority)\(path)"
         // Hosts that disagree (:authority and Host, or either twice): the request stage would
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
-        let hosts = Set((headers[":authority"] + headers["host"]).map { $0.lowercased() })
+        let hosts = Set((headers[":authority"] + headers["host"]).filter { !$0.isEmpty }.map { $0.lowercased() })
         let decision = hosts.count > 1
             ? Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(hosts.sorted().joined(separator: ", ").prefix(120)))")
             : decide(method, url)

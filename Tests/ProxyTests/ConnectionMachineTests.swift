@@ -430,6 +430,21 @@ final class Playbook {
         #expect(p.finishedReason?.contains("upstream TLS failed") == true, "\(p.finishedReason ?? "-")")
     }
 
+    /// An h2 request without a host (no :authority or Host, or empty ones) is decided on the
+    /// SNI's host, as on HTTP/1.1: URL rules see the site.
+    @Test func anH2RequestWithoutAHostTakesTheSNIs() throws {
+        let p = try Playbook()
+        let (m, client, origin) = try p.bumped(alpn: ["h2"])
+        var encoder = HTTP2RequestFilterTests.Client()
+        let block = try encoder.block([(":method", "GET"), (":scheme", "https"), (":authority", ""), (":path", "/x")])
+        typealias F = HTTP2RequestFilter
+        try client.write(F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+                         + F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: 1) + block)
+        try origin.write(F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0))
+        p.run(m, client: client, origin: origin)
+        #expect(m.facts.url == "https://www.origin.test/x", "\(m.facts.url ?? "-")")
+    }
+
     /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
     @Test func h2WithoutItsPrefaceEndsTheConnection() throws {
         let p = try Playbook()

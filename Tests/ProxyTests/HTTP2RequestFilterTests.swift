@@ -146,6 +146,17 @@ import Testing
         #expect(Self.frames(out.client).filter { $0.0 == 1 }.map(\.2) == [1, 3], "the others get their 403")
     }
 
+    /// An empty :authority names no host: Host does (and without either, the machine takes the
+    /// SNI — ConnectionMachineTests).
+    @Test func anEmptyAuthorityIsNoHost() throws {
+        var client = Client()
+        let block = try client.block([(":method", "GET"), (":scheme", "https"), (":authority", ""), (":path", "/c"), ("host", "www.origin.test")])
+        var filter = Self.filter()
+        let out = filter.fromClient(F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+                                    + F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: 1) + block, decide: Self.decide)
+        #expect(out.decisions.map(\.url) == ["https://www.origin.test/c"] && out.decisions.map(\.decision.rule) == ["default"])
+    }
+
     /// An upload refused at its headers is answered, not reset (curl 7.88 reports a reset as a
     /// framing error instead of the 403), and drained: its DATA is dropped and both windows are
     /// given back, or a large upload would stall on the stream window the upstream never opens.
