@@ -88,18 +88,17 @@ public struct HTTPRequestTracker: Sendable {
                     buffer.removeFirst(blank)
                     continue
                 }
-                // Judged by its first line, not by a whole head: a client of another protocol
-                // (IMAP's "a1 LOGIN…", MQTT's binary CONNECT) sends no blank line and would
-                // wait for its answer forever.
-                switch Self.firstLine(buffer) {
-                case .notARequestLine:
+                let parsed = HTTPHead.parse(buffer[...], expectRequest: true)
+                // Short of a whole head, judged by its first line: a client of another protocol
+                // (IMAP's "a1 LOGIN…", MQTT's binary CONNECT) sends no blank line and would wait
+                // for its answer forever. (A head that parses has a request line's shape.)
+                if case .head = parsed {} else if Self.firstLine(buffer) == .notARequestLine {
                     if sawHTTP { return pieces + refuse("malformed request: the line is not an HTTP/1 request line") }
                     state = .opaque
                     pieces.append(.gaveUp("the first line is not an HTTP/1 request line"))
                     continue
-                case .requestLine, .undecided: break
                 }
-                switch HTTPHead.parse(buffer[...], expectRequest: true) {
+                switch parsed {
                 case .needMore:
                     // A request line that is already malformed (no version: an HTTP/0.9 simple
                     // request) is refused now; the head it would begin never comes.
@@ -175,13 +174,15 @@ public struct HTTPRequestTracker: Sendable {
     /// Whether the first line is shaped like a request line: it names an HTTP/1 version — or
     /// HTTP/2, whose prior-knowledge preface ("PRI * HTTP/2.0") is refused rather than let
     /// through unread — or is an HTTP/0.9 simple request ("GET /admin", which nginx still
-    /// answers), and holds no control byte (HTAB and CR aside). A stream starting so is HTTP to
-    /// an origin, however malformed the rest. Decided once the line ends (or its first 8 KiB
-    /// are in), or at the first control byte, which no request line holds: binary protocols are
-    /// told at their first bytes. What a cut of the stream decides, a longer cut decides too.
+    /// answers), and its method holds no control byte (CR aside). A stream starting so is HTTP
+    /// to an origin, however malformed the rest. Decided once the line ends (or its first 8 KiB
+    /// are in), or at a control byte before the first space, which no method holds: binary
+    /// protocols are told at their first bytes. What a cut of the stream decides, a longer cut
+    /// decides too.
     static func firstLine(_ bytes: [UInt8]) -> FirstLine {
         let line = bytes.prefix(8192).prefix { $0 != 0x0A }
-        if line.contains(where: { $0 < 0x20 && $0 != 0x09 && $0 != 0x0D || $0 == 0x7F }) { return .notARequestLine }
+        let method = line.prefix { $0 != 0x20 && $0 != 0x09 }
+        if method.contains(where: { $0 < 0x20 && $0 != 0x0D || $0 == 0x7F }) { return .notARequestLine }
         guard line.count < bytes.count || line.count == 8192 else { return .undecided }
         // After a space or a tab: Python's http.server (and so Werkzeug's) splits on both.
         let namesHTTP = ["HTTP/1.", "HTTP/2"].contains { version in

@@ -156,6 +156,11 @@ import Wire
         var slow = HTTPRequestTracker()
         #expect(slow.feed(Array("a1 LOG".utf8)).isEmpty, "printable, no line end: could still be a request line")
         #expect(slow.feed(Array("IN user pass\r\n".utf8)) == [gaveUp, .bytes(Array("a1 LOGIN user pass\r\n".utf8))])
+        // A control byte past the method is a malformed request line, not another protocol:
+        // held for its head and decided (or refused), never relayed unread.
+        var odd = HTTPRequestTracker()
+        #expect(odd.feed(Array("GET /a\u{1}b HTTP/1.1\r\nHost: h\r\n".utf8)).isEmpty)
+        #expect(heads(odd.feed(Array("\r\n".utf8))) == ["GET /a\u{1}b"])
         var request = HTTPRequestTracker()
         #expect(request.feed(Array("GET /index.html HTTP/1.1\r\nHost: h\r\n".utf8)).isEmpty, "a request line: the head is awaited")
         #expect(heads(request.feed(Array("\r\n".utf8))) == ["GET /index.html"])
