@@ -781,7 +781,12 @@ public final class ConnectionMachine {
 
     /// The absolute URL of a request: origin-form targets get the Host header's authority.
     static func url(target: String, host: String) -> String {
-        if target.hasPrefix("http://") || target.hasPrefix("https://") { return target }
+        // An absolute-form target (its scheme in any case: servers take "HTTP://h/x" too) names
+        // the host and path; the scheme is https whatever it says — the request came over TLS,
+        // and "http://" must not slip past a rule on "https://".
+        let scheme = target.utf8.prefix(8).map { $0 | 0x20 }
+        if scheme.starts(with: "https://".utf8) { return "https://" + target.dropFirst(8) }
+        if scheme.starts(with: "http://".utf8) { return "https://" + target.dropFirst(7) }
         // Built by appending into one allocation (interpolation grows its buffer step by step).
         var url = "https://"
         url.reserveCapacity(url.utf8.count + host.utf8.count + target.utf8.count + 1)

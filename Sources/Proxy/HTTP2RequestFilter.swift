@@ -288,9 +288,10 @@ struct HTTP2RequestFilter {
         let method = headers.first(name: ":method") ?? ""
         // An empty one names no host (the machine then takes the SNI's).
         let authority = [":authority", "host"].lazy.compactMap { headers.first(name: $0) }.first { !$0.isEmpty } ?? ""
-        let scheme = headers.first(name: ":scheme") ?? "https"
         let path = headers.first(name: ":path") ?? ""
-        let url = "\(scheme)://\(authority)\(path)"
+        // https whatever :scheme says: the request came over TLS, and "http" must not slip
+        // past a rule on "https://".
+        let url = "https://\(authority)\(path)"
         // Hosts that disagree (:authority and Host, or either twice): the request stage would
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
         let hosts = Set((headers[":authority"] + headers["host"]).filter { !$0.isEmpty }.map { $0.lowercased() })

@@ -430,6 +430,21 @@ final class Playbook {
         #expect(p.finishedReason?.contains("upstream TLS failed") == true, "\(p.finishedReason ?? "-")")
     }
 
+    /// An absolute-form target names the host and path whatever the case of its scheme, and
+    /// the URL is https whatever the scheme says (the request came over TLS): neither
+    /// "HTTP://host/admin" nor "http://…" slips past a rule.
+    @Test func absoluteFormTargetsAreDecidedAsTheOriginReadsThem() throws {
+        #expect(ConnectionMachine.url(target: "/a?b", host: "h.test") == "https://h.test/a?b")
+        for target in ["http://www.origin.test/admin/x", "HTTP://www.origin.test/admin/x", "HtTpS://www.origin.test/admin/x"] {
+            #expect(ConnectionMachine.url(target: target, host: "ignored.test") == "https://www.origin.test/admin/x", "\(target)")
+            let p = try Playbook()
+            let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+            try client.write(Array("POST \(target) HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 0\r\n\r\n".utf8))
+            p.run(m, client: client, origin: origin)
+            #expect(origin.read().isEmpty && p.decisions.last?.rule == "no-admin-post", "\(target): \(p.decisions)")
+        }
+    }
+
     /// An h2 request without a host (no :authority or Host, or empty ones) is decided on the
     /// SNI's host, as on HTTP/1.1: URL rules see the site.
     @Test func anH2RequestWithoutAHostTakesTheSNIs() throws {

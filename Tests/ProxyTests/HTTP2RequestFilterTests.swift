@@ -151,10 +151,13 @@ import Testing
     @Test func anEmptyAuthorityIsNoHost() throws {
         var client = Client()
         let block = try client.block([(":method", "GET"), (":scheme", "https"), (":authority", ""), (":path", "/c"), ("host", "www.origin.test")])
+        // ...and its URL is https whatever :scheme says (the request came over TLS).
+        let http = try client.block([(":method", "GET"), (":scheme", "http"), (":authority", "www.origin.test"), (":path", "/d")])
         var filter = Self.filter()
         let out = filter.fromClient(F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
-                                    + F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: 1) + block, decide: Self.decide)
-        #expect(out.decisions.map(\.url) == ["https://www.origin.test/c"] && out.decisions.map(\.decision.rule) == ["default"])
+                                    + F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: 1) + block
+                                    + F.frameHeader(length: http.count, type: .headers, flags: 0x5, stream: 3) + http, decide: Self.decide)
+        #expect(out.decisions.map(\.url) == ["https://www.origin.test/c", "https://www.origin.test/d"] && out.decisions.map(\.decision.rule) == ["default", "default"])
     }
 
     /// An upload refused at its headers is answered, not reset (curl 7.88 reports a reset as a
