@@ -101,8 +101,9 @@ public enum URLPath {
     }
 
     /// "scheme://host[:port]" as a server takes it: lowercase, without userinfo, the host's
-    /// trailing dot or the scheme's default port — so "https://WWW.Example.com.:443" meets a
-    /// rule on "https://www.example.com". nil when it is so already. `scheme` ends in "://".
+    /// trailing dot, the port's leading zeros or the scheme's default port — so
+    /// "https://WWW.Example.com.:0443" meets a rule on "https://www.example.com". nil when it is
+    /// so already. `scheme` ends in "://".
     static func canonicalOrigin(scheme: Substring, authority: Substring) -> String? {
         func hasUppercase(_ s: Substring) -> Bool { s.utf8.contains { $0 >= 0x41 && $0 <= 0x5A } }
         var host = authority, port: Substring = ""
@@ -116,9 +117,12 @@ public enum URLPath {
             host = host[..<colon]
         }
         let lowerScheme = scheme.lowercased()
-        if port == ":" || (port == ":443" && lowerScheme == "https://") || (port == ":80" && lowerScheme == "http://") { port = ""; changed = true }
+        // The port as a number: ":0443" is 443 to a server.
+        var portText = String(port)
+        if let number = Int(port.dropFirst()), String(number) != port.dropFirst() { portText = ":\(number)"; changed = true }
+        if portText == ":" || (portText == ":443" && lowerScheme == "https://") || (portText == ":80" && lowerScheme == "http://") { portText = ""; changed = true }
         if host.count > 1, host.hasSuffix(".") { host = host.dropLast(); changed = true }
-        return changed ? lowerScheme + host.lowercased() + port : nil
+        return changed ? lowerScheme + host.lowercased() + portText : nil
     }
 
     /// "scheme://authority" and the rest (path, query, fragment).

@@ -116,7 +116,8 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
             action = "block"
             """)
         for blocked in ["https://www.origin.test/admin", "https://www.origin.test:443/admin/x", "https://WWW.Origin.Test./admin",
-                        "HTTPS://www.origin.test:/admin", "https://user@www.origin.test/admin", "https://intranet.test", "https://intranet.test/x", "https://intranet.test.:443/"] {
+                        "HTTPS://www.origin.test:/admin", "https://user@www.origin.test/admin", "https://intranet.test", "https://intranet.test/x", "https://intranet.test.:443/",
+                        "https://www.origin.test:0443/admin"] {
             #expect(p.decide(.request, facts { $0.url = blocked }).verdict == .block, "\(blocked)")
         }
         for allowed in ["https://www.origin.test:8443/admin", "http://www.origin.test/admin", "https://www.origin.test.evil.test/admin",
@@ -125,6 +126,7 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         }
         #expect(URLPath.canonicalURL("https://[2001:DB8::1]:443/a") == "https://[2001:db8::1]/a")
         #expect(URLPath.canonicalURL("http://h.example:80/") == "http://h.example/" && URLPath.canonicalURL("https://h.example:80/") == "https://h.example:80/")
+        #expect(URLPath.canonicalURL("https://h.example:08443/") == "https://h.example:8443/")
         let plain = "https://h.example/app.js?v=2"
         #expect(URLPath.canonicalURL(plain) == plain)
     }
