@@ -10,7 +10,8 @@
 #include <libnetfilter_queue/libnetfilter_queue.h>
 
 struct mnl_socket *loupe_nfq_open(void) {
-    struct mnl_socket *nl = mnl_socket_open(NETLINK_NETFILTER);
+    /* Close-on-exec: the nft and iptables children the agent runs must not hold its queue. */
+    struct mnl_socket *nl = mnl_socket_open2(NETLINK_NETFILTER, SOCK_CLOEXEC);
     if (!nl) return NULL;
     if (mnl_socket_bind(nl, 0, MNL_SOCKET_AUTOPID) < 0) {
         int saved = errno;

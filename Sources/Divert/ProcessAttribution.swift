@@ -55,7 +55,7 @@ public enum SocketDiag {
     /// UDP one of our own, looked up. Without it, lookups read /proc/net instead.
     public static func works() -> Bool {
         func probe(_ type: Int32, _ proto: FlowFacts.Proto) -> Bool {
-            let fd = socket(AF_INET, type, 0)
+            let fd = socket(AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return false }
             defer { close(fd) }
             var address = sockaddr_in()

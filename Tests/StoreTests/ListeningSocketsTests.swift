@@ -28,7 +28,8 @@ import Testing
     /// port on another address is not; once closed, its socket is gone from the table (by
     /// inode: other tests running meanwhile may be given the same port).
     @Test func aLiveListenerIsSeen() throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        // Close-on-exec: a child another test spawns meanwhile would hold it open past close.
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         #expect(fd >= 0)
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
