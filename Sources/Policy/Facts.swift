@@ -70,12 +70,11 @@ public struct FlowFacts: Sendable, Equatable {
         return tail.utf8.first == 0x2F ? String(tail) : "/" + tail
     }
 
-    /// The request's host, from `url`.
+    /// The request's host, from `url` in canonical form (lowercase, no userinfo or trailing dot).
     public var host: String? {
-        guard let url, let start = URLPath.authorityStart(url) else { return nil }
+        guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }
         let rest = url[start...]
-        var authority = rest[..<URLPath.authorityEnd(rest)]
-        if let at = authority.utf8.lastIndex(of: 0x40) { authority = authority[authority.index(after: at)...] }
+        let authority = rest[..<URLPath.authorityEnd(rest)]
         if authority.utf8.first == 0x5B, let close = authority.utf8.firstIndex(of: 0x5D) { return String(authority[authority.index(after: authority.startIndex)..<close]) }
         return String(authority[..<(authority.utf8.firstIndex(of: 0x3A) ?? authority.endIndex)])
     }

@@ -585,7 +585,10 @@ public final class ConnectionMachine {
                 requests = HTTPRequestTracker()
                 responses = HTTPResponseTracker()
             }
-            if client.alpn == "h2" { http2 = HTTP2Box() }
+            if client.alpn == "h2" {
+                http2 = HTTP2Box()
+                http2?.filter.defaultAuthority = facts.sni ?? ""  // a request naming no host is for the SNI's
+            }
             // Anything either side already sent past the handshake flows now; the handshake's
             // buffers go.
             out += forwardPlaintext()
@@ -636,11 +639,6 @@ public final class ConnectionMachine {
             let filtered = http2.filter.fromClient(up) { method, url in
                 facts.method = method
                 facts.url = url
-                // No :authority or Host (or empty ones): the SNI names the host, as on HTTP/1.1.
-                if facts.host?.isEmpty == true, let sni = facts.sni {
-                    let (origin, rest) = URLPath.split(url)
-                    facts.url = origin + sni + rest
-                }
                 return decideRequest()
             }
             out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.url) }
@@ -678,9 +676,7 @@ public final class ConnectionMachine {
                     // The answers before the blocked request are through: its 403 follows. If
                     // they can no longer be told apart (nil), it ends without one, which might
                     // land inside an answer.
-                    if responses?.allAnswered == true { try? client.write(held.page) }
-                    client.close()
-                    return out + send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(held.reason)
+                    return out + end(client, upstream, page: responses?.allAnswered == true ? held.page : nil, reason: held.reason)
                 }
             }
         }
@@ -692,8 +688,7 @@ public final class ConnectionMachine {
             if let held = heldRefusal {
                 // Closed before the answers were through: no 403 after an answer the close cut
                 // (or ended: a 403 would read as its body).
-                client.close()
-                return out + send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(held.reason)
+                return out + end(client, upstream, page: nil, reason: held.reason)
             }
             client.close()
             halfClose.append(.closeClient)
@@ -757,7 +752,13 @@ public final class ConnectionMachine {
             heldRefusal = (page, reason)
             return nil
         }
-        try? client.write(page)
+        return end(client, upstream, page: page, reason: reason)
+    }
+
+    /// Ends a bumped HTTP/1.1 connection: `page` (if any) and close_notify to the client, what
+    /// both legs still have to send, and the reason for the log.
+    private func end(_ client: TLSSession, _ upstream: TLSSession, page: [UInt8]?, reason: String) -> [Command] {
+        if let page { try? client.write(page) }
         client.close()
         return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(reason)
     }
@@ -767,9 +768,9 @@ public final class ConnectionMachine {
     /// — domain fronting, or a Host chosen to dodge a rule on the real one — is refused, since
     /// rules would judge a site other than the one the bytes go to.
     private func decideRequest() -> Decision {
-        // A fully qualified "example.com." names the same host (the upstream was verified without the dot).
-        if var host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {
-            if host.hasSuffix(".") { host.removeLast() }
+        // `facts.host` is canonical: a fully qualified "example.com." is "example.com", as the
+        // upstream was verified.
+        if let host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {
             guard certificate.covers(host: host) else {
                 return Decision(stage: .request, verdict: .block, rule: "misdirected",
                                 reason: "the request names \(host), which the server's verified certificate does not cover")
@@ -784,9 +785,9 @@ public final class ConnectionMachine {
         // An absolute-form target (its scheme in any case: servers take "HTTP://h/x" too) names
         // the host and path; the scheme is https whatever it says — the request came over TLS,
         // and "http://" must not slip past a rule on "https://".
-        let scheme = target.utf8.prefix(8).map { $0 | 0x20 }
-        if scheme.starts(with: "https://".utf8) { return "https://" + target.dropFirst(8) }
-        if scheme.starts(with: "http://".utf8) { return "https://" + target.dropFirst(7) }
+        if target.utf8.first != UInt8(ascii: "/"), let scheme = HTTPHead.absoluteFormScheme(target) {  // origin-form skips this
+            return "https://" + target.dropFirst(scheme)
+        }
         // Built by appending into one allocation (interpolation grows its buffer step by step).
         var url = "https://"
         url.reserveCapacity(url.utf8.count + host.utf8.count + target.utf8.count + 1)

@@ -88,6 +88,8 @@ struct HTTP2RequestFilter {
     private var exchanges: [UInt32: HTTPExchange] = [:]
     /// Loupe's own frames for the client, waiting for their turn (see flushToClient).
     private var toClient: [UInt8] = []
+    /// The host of a request that names none (no :authority or Host): the connection's SNI.
+    var defaultAuthority = ""
 
     init() {
         let allocator = ByteBufferAllocator()
@@ -286,17 +288,17 @@ struct HTTP2RequestFilter {
             return
         }
         let method = headers.first(name: ":method") ?? ""
-        // An empty one names no host (the machine then takes the SNI's).
-        let authority = [":authority", "host"].lazy.compactMap { headers.first(name: $0) }.first { !$0.isEmpty } ?? ""
+        // The hosts it names, :authority first; an empty one names none.
+        let hosts = (headers[":authority"] + headers["host"]).filter { !$0.isEmpty }
         let path = headers.first(name: ":path") ?? ""
         // https whatever :scheme says: the request came over TLS, and "http" must not slip
         // past a rule on "https://".
-        let url = "https://\(authority)\(path)"
+        let url = "https://\(hosts.first ?? defaultAuthority)\(path)"
         // Hosts that disagree (:authority and Host, or either twice): the request stage would
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
-        let hosts = Set((headers[":authority"] + headers["host"]).filter { !$0.isEmpty }.map { $0.lowercased() })
-        let decision = hosts.count > 1
-            ? Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(hosts.sorted().joined(separator: ", ").prefix(120)))")
+        let distinct = hosts.count > 1 ? Set(hosts.map { $0.lowercased() }) : []
+        let decision = distinct.count > 1
+            ? Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(distinct.sorted().joined(separator: ", ").prefix(120)))")
             : decide(method, url)
         out.decisions.append((decision, method, url))
         if decision.verdict == .block {

@@ -184,18 +184,18 @@ public struct HTTPRequestTracker: Sendable {
         let method = line.prefix { $0 != 0x20 && $0 != 0x09 }
         if method.contains(where: { $0 < 0x20 && $0 != 0x0D || $0 == 0x7F }) { return .notARequestLine }
         guard line.count < bytes.count || line.count == 8192 else { return .undecided }
-        // After a space or a tab: Python's http.server (and so Werkzeug's) splits on both.
-        let namesHTTP = ["HTTP/1.", "HTTP/2"].contains { version in
-            [" ", "\t"].contains { line.firstRange(of: ($0 + version).utf8) != nil }
-        }
+        let namesHTTP = versionMarks.contains { line.firstRange(of: $0) != nil }
         return namesHTTP || isSimpleRequest(line) ? .requestLine : .notARequestLine
     }
+
+    /// A version after a space or a tab: Python's http.server splits the request line on both.
+    private static let versionMarks = [" HTTP/1.", "\tHTTP/1.", " HTTP/2", "\tHTTP/2"].map { Array($0.utf8) }
 
     /// "METHOD /path" or "METHOD http://…" and nothing more: a request without a version.
     static func isSimpleRequest(_ line: ArraySlice<UInt8>) -> Bool {
         let words = line.split(omittingEmptySubsequences: true) { $0 == 0x20 || $0 == 0x09 }.map { $0.filter { $0 != 0x0D } }
         guard words.count == 2, HTTPHead.isToken(words[0][...]), let first = words[1].first else { return false }
-        return first == UInt8(ascii: "/") || words[1].starts(with: "http://".utf8) || words[1].starts(with: "https://".utf8)
+        return first == UInt8(ascii: "/") || HTTPHead.absoluteFormScheme(String(decoding: words[1], as: UTF8.self)) != nil
     }
 
     /// An upgrade (WebSocket) or a CONNECT: the stream may become something else.

@@ -195,6 +195,15 @@ public struct HTTPHead: Sendable, Equatable {
         return nil
     }
 
+    /// The length of the "http://" or "https://" an absolute-form target starts with, in any
+    /// case (servers take "HTTP://h/x" too); nil for other targets.
+    public static func absoluteFormScheme(_ target: some StringProtocol) -> Int? {
+        func starts(_ scheme: String) -> Bool {
+            target.utf8.count >= scheme.utf8.count && zip(target.utf8, scheme.utf8).allSatisfy { $0 | 0x20 == $1 }
+        }
+        return starts("https://") ? 8 : starts("http://") ? 7 : nil
+    }
+
     /// A token (RFC 9110 5.6.2): a method or a field name.
     public static func isToken(_ bytes: ArraySlice<UInt8>) -> Bool {
         !bytes.isEmpty && bytes.allSatisfy { c in

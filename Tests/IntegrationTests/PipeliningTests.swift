@@ -2,7 +2,7 @@ import Foundation
 import TestSupport
 import Testing
 
-/// HTTP/1.1 pipelining through `loupe proxy` (apt's https method pipelines): a client sends
+/// HTTP/1.1 pipelining through `loupe proxy` (apt's http(s) method can pipeline): a client sends
 /// three requests in one write, the second blocked by the request stage. The answers must come
 /// in request order — the first request's 200, then the 403 — and nothing after the blocked
 /// request reaches the origin.
