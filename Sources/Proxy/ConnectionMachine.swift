@@ -180,7 +180,13 @@ public final class ConnectionMachine {
                 out["upstream_issuer"] = cert.issuer
                 out["upstream_sha256"] = cert.sha256Fingerprint
             }
-            if u.state != .handshaking { out["upstream_verify"] = u.verifyError ?? "ok" }
+            // A handshake that failed before a chain arrived (no shared version, an oversized
+            // message) has no verification verdict to report.
+            if let error = u.verifyError {
+                out["upstream_verify"] = error
+            } else if u.state != .handshaking, u.peerCertificate != nil {
+                out["upstream_verify"] = "ok"
+            }
             if let staple = u.stapledStatus { out["upstream_ocsp"] = staple.description }
         }
         out["leaf_sha256"] = leaf?.sha256Fingerprint

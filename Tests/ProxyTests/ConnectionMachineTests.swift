@@ -226,6 +226,7 @@ final class Playbook {
         // The leaf alone: the client holds the root as its anchor and need not parse it again.
         #expect(client.peerChain.count == 1)
         #expect(client.alpn == "h2" && origin.alpn == "h2")
+        #expect(m.tlsFields["upstream_verify"] as? String == "ok")
         // HTTP/2: the preface passes, SETTINGS with server push switched off; the origin's
         // frames come back whole.
         let opening = HTTP2RequestFilter.preface + HTTP2RequestFilter.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
@@ -336,6 +337,8 @@ final class Playbook {
             } else {
                 #expect(client.state != .established && m.phase == .closed, "a TLS 1.3-only origin, as direct: \(client.state)")
                 #expect(p.finishedReason?.contains("upstream TLS failed") == true, "\(p.finishedReason ?? "-")")
+                // No chain arrived, so nothing was verified: the close line claims no verdict.
+                #expect(m.tlsFields["upstream_verify"] == nil, "\(m.tlsFields)")
             }
         }
     }
@@ -675,6 +678,8 @@ final class Playbook {
         let expectedAlert = ["expired": "certificate expired", "wrong name": "bad certificate", "untrusted root": "unknown ca"][problem]!
         #expect(why.contains(expectedAlert), "\(problem): \(why)")
         #expect(p.finishedReason?.hasPrefix("upstream TLS failed") == true, "\(problem): \(p.finishedReason ?? "-")")
+        let verdict = m.tlsFields["upstream_verify"] as? String
+        #expect(verdict != nil && verdict != "ok", "\(problem): the close line names the failure: \(verdict ?? "-")")
         #expect(!p.log.contains { if case .mintLeaf = $0 { true } else { false } })
     }
 
