@@ -7,9 +7,11 @@ import Policy
 ///
 /// The client's header blocks are re-encoded for the upstream with Loupe's own HPACK encoder,
 /// so a refused request can be left out entirely without the two compression contexts drifting
-/// apart; every other frame passes unchanged. A refused stream gets a 403 from Loupe (encoded
-/// without touching the client's dynamic table), its later frames are dropped and the
-/// connection window they used is given back. The upstream's frames are relayed as they are;
+/// apart; every other frame passes unchanged. A refused stream gets a 403 from Loupe (a 400 when
+/// malformed, `HTTP2RequestValidation`; encoded without touching the client's dynamic table),
+/// its later frames are dropped and the connection window they used is given back; a request
+/// found malformed once the upstream has it (a body longer or shorter than its content-length,
+/// bad trailers) is reset both ways. The upstream's frames are relayed as they are;
 /// its SETTINGS are read for the header table size both encoders must respect.
 ///
 /// Server push is switched off toward the upstream (the client's SETTINGS go up with
@@ -68,6 +70,8 @@ struct HTTP2RequestFilter {
     private var windowOwed = 0
     /// Allowed requests whose client side is still open (a body or trailers may follow).
     private var openRequests: Set<UInt32> = []
+    /// Open requests that declared a content-length: what it said, and how much DATA came.
+    private var bodies: [UInt32: (declared: Int, received: Int)] = [:]
     /// Payload bytes of the current streamed frame still to come, and whether they are dropped.
     private var passing = 0
     private var dropping = false
@@ -173,6 +177,23 @@ struct HTTP2RequestFilter {
                 continue
             }
             if !carriesHeaders {
+                // A body that outgrows its content-length, or ends short of it, is cut before
+                // the frame that shows it goes upstream (§8.1.1).
+                if header.type == FrameType.data.rawValue, let body = bodies[header.stream] {
+                    var data = header.length
+                    if fromClientBuffer[offset + 4] & Flag.padded != 0 {
+                        guard fromClientBuffer.count - offset > 9 else { break }  // the pad length first
+                        data -= 1 + Int(fromClientBuffer[offset + 9])
+                    }
+                    let received = body.received + max(0, data)
+                    let ends = fromClientBuffer[offset + 4] & Flag.endStream != 0
+                    if received > body.declared || (ends && received != body.declared) {
+                        reset(header.stream, Self.shortBody((body.declared, received)), into: &out)
+                        if out.failure != nil { return out }
+                    } else {
+                        bodies[header.stream] = ends ? nil : (body.declared, received)
+                    }
+                }
                 // Streamed as it arrives; a refused stream's frames are dropped, and the
                 // connection window its DATA used is given back to the client.
                 dropping = header.stream != 0 && refused.contains(header.stream)
@@ -282,8 +303,14 @@ struct HTTP2RequestFilter {
         // blocks (trailers) are dropped, an open request's are forwarded without a new decision.
         if refused.contains(block.stream) { return }
         let isTrailer = openRequests.contains(block.stream)
+        let verdict = HTTP2RequestValidation.check(headers, trailers: isTrailer, endStream: block.endStream)
         if block.endStream { openRequests.remove(block.stream) }
         if isTrailer {
+            // The upstream already has the request: a malformed ending resets it both ways.
+            if case .malformed(let why) = verdict { return reset(block.stream, why, into: &out) }
+            if block.endStream, let body = bodies.removeValue(forKey: block.stream), body.received != body.declared {
+                return reset(block.stream, Self.shortBody(body), into: &out)
+            }
             forward(headers, of: block, into: &out)
             return
         }
@@ -294,12 +321,19 @@ struct HTTP2RequestFilter {
         // https whatever :scheme says: the request came over TLS, and "http" must not slip
         // past a rule on "https://".
         let url = "https://\(hosts.first ?? defaultAuthority)\(path)"
-        // Hosts that disagree (:authority and Host, or either twice): the request stage would
+        // Hosts that disagree (:authority and Host, or Host twice): the request stage would
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
         let distinct = hosts.count > 1 ? Set(hosts.map { $0.lowercased() }) : []
-        let decision = distinct.count > 1
-            ? Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(distinct.sorted().joined(separator: ", ").prefix(120)))")
-            : decide(method, url)
+        let decision: Decision
+        var status = "403"
+        if case .malformed(let why) = verdict {
+            decision = Decision(stage: .request, verdict: .block, rule: "malformed", reason: "a malformed HTTP/2 request: \(why)")
+            status = "400"
+        } else if distinct.count > 1 {
+            decision = Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(distinct.sorted().joined(separator: ", ").prefix(120)))")
+        } else {
+            decision = decide(method, url)
+        }
         out.decisions.append((decision, method, url))
         if decision.verdict == .block {
             guard refused.count < Self.maxRefusedStreams else {
@@ -308,13 +342,35 @@ struct HTTP2RequestFilter {
             }
             refused.insert(block.stream)
             let body = ConnectionMachine.forbiddenBody(decision)
-            toClient += Self.forbidden(stream: block.stream, body: body)
+            toClient += Self.refusal(stream: block.stream, status: status, body: body)
             windowOwed += body.count
             return
         }
+        if case .wellFormed(let length?) = verdict, !block.endStream { bodies[block.stream] = (length, 0) }
         if !block.endStream { openRequests.insert(block.stream) }
         exchanges[block.stream] = HTTPExchange(method: method, url: url, status: 0, bytes: 0)
         forward(headers, of: block, into: &out)
+    }
+
+    /// Ends a request the upstream already has: RST_STREAM (PROTOCOL_ERROR) both ways, its
+    /// later frames dropped, and a decision line saying why.
+    private mutating func reset(_ stream: UInt32, _ why: String, into out: inout Output) {
+        guard refused.count < Self.maxRefusedStreams else {
+            out.failure = "HTTP/2: more than \(Self.maxRefusedStreams) refused requests on one connection"
+            return
+        }
+        refused.insert(stream)
+        openRequests.remove(stream)
+        bodies[stream] = nil
+        let exchange = exchanges.removeValue(forKey: stream)
+        out.decisions.append((Decision(stage: .request, verdict: .block, rule: "malformed", reason: "a malformed HTTP/2 request: \(why)"),
+                              exchange?.method ?? "", exchange?.url ?? ""))
+        out.upstream += Self.rstStream(stream, code: Self.protocolError)
+        toClient += Self.rstStream(stream, code: Self.protocolError)
+    }
+
+    static func shortBody(_ body: (declared: Int, received: Int)) -> String {
+        "content-length \(body.declared), but \(body.received) bytes of body"
     }
 
     /// Re-encodes a header block with Loupe's encoder (the upstream's decoder follows it).
@@ -501,24 +557,31 @@ struct HTTP2RequestFilter {
         return out
     }
 
+    static let protocolError: UInt32 = 0x1
+
+    static func rstStream(_ stream: UInt32, code: UInt32) -> [UInt8] {
+        frameHeader(length: 4, type: .rstStream, flags: 0, stream: stream)
+            + [UInt8(code >> 24 & 0xFF), UInt8(code >> 16 & 0xFF), UInt8(code >> 8 & 0xFF), UInt8(code & 0xFF)]
+    }
+
     static func windowUpdate(stream: UInt32, increment: UInt32) -> [UInt8] {
         frameHeader(length: 4, type: .windowUpdate, flags: 0, stream: stream)
             + [UInt8(increment >> 24 & 0x7F), UInt8(increment >> 16 & 0xFF), UInt8(increment >> 8 & 0xFF), UInt8(increment & 0xFF)]
     }
 
-    /// A 403 on `stream`: its header block uses only literals never indexed (static names), so
+    /// A refusal (403 blocked, 400 malformed) on `stream`: its header block uses only literals never indexed (static names), so
     /// the client's decoder — whose table the upstream's encoder drives — is left as it was.
     /// A request still sending its body is not reset: RFC 9113 §8.1 allows RST_STREAM NO_ERROR,
     /// but Debian 12's curl then reports a framing error instead of the 403. Its body is drained
     /// (dropped, its window given back) until it ends.
-    static func forbidden(stream: UInt32, body: [UInt8]) -> [UInt8] {
+    static func refusal(stream: UInt32, status: String, body: [UInt8]) -> [UInt8] {
         func literal(nameIndex: UInt8, _ value: String) -> [UInt8] {
             // 0001xxxx: never indexed, name from the static table (4-bit prefix integer).
             let name: [UInt8] = nameIndex < 15 ? [0x10 | nameIndex] : [0x1F, nameIndex - 15]
             let bytes = Array(value.utf8)
             return name + [UInt8(bytes.count)] + bytes  // no Huffman; values are short
         }
-        let block = literal(nameIndex: 8, "403") + literal(nameIndex: 31, "text/plain; charset=utf-8") + literal(nameIndex: 28, "\(body.count)")
+        let block = literal(nameIndex: 8, status) + literal(nameIndex: 31, "text/plain; charset=utf-8") + literal(nameIndex: 28, "\(body.count)")
         return frameHeader(length: block.count, type: .headers, flags: Flag.endHeaders, stream: stream) + block
             + frameHeader(length: body.count, type: .data, flags: Flag.endStream, stream: stream) + body
     }

@@ -141,9 +141,10 @@ import Testing
         var filter = Self.filter()
         let out = filter.fromClient(wire, decide: Self.decide)
         #expect(out.failure == nil)
-        #expect(out.decisions.map(\.decision.rule) == ["misdirected", "misdirected", "default"])
+        // :authority twice is also a malformed request (a pseudo-header twice): refused, 400.
+        #expect(out.decisions.map(\.decision.rule) == ["misdirected", "malformed", "default"])
         #expect(Self.frames(out.upstream).map(\.2) == [0, 5], "only the request whose hosts agree goes upstream")
-        #expect(Self.frames(out.client).filter { $0.0 == 1 }.map(\.2) == [1, 3], "the others get their 403")
+        #expect(Self.frames(out.client).filter { $0.0 == 1 }.map(\.2) == [1, 3], "the others get their refusal")
     }
 
     /// An empty :authority names no host: Host does (and without either, the machine takes the
@@ -361,6 +362,118 @@ import Testing
         for frame in Self.frames(o.upstream + o2.upstream) {
             var b = ByteBuffer(bytes: frame.3)
             #expect(try upstreamDecoder.decodeHeaders(from: &b).first(name: ":path") == "/x")
+        }
+    }
+
+    /// RFC 9113 §8.2–8.3: header blocks an HTTP/1.1 hop behind the origin could read as
+    /// something else are malformed; ordinary ones (CONNECT, extended CONNECT, OPTIONS *,
+    /// te: trailers) are not.
+    @Test func malformedRequestHeadersAreRecognised() {
+        typealias V = HTTP2RequestValidation
+        func check(_ fields: [(String, String)], trailers: Bool = false, endStream: Bool = false) -> V.Verdict {
+            V.check(HPACKHeaders(fields), trailers: trailers, endStream: endStream)
+        }
+        let get = Self.request("GET", "/a")
+        let malformed: [(String, [(String, String)])] = [
+            ("transfer-encoding", get + [("transfer-encoding", "chunked")]),
+            ("connection", get + [("connection", "keep-alive")]),
+            ("keep-alive", get + [("keep-alive", "timeout=5")]),
+            ("upgrade", get + [("upgrade", "h2c")]),
+            ("proxy-connection", get + [("proxy-connection", "close")]),
+            ("te gzip", get + [("te", "gzip")]),
+            ("uppercase name", get + [("X-Admin", "1")]),
+            ("space in a name", get + [("x admin", "1")]),
+            ("colon in a name", get + [("x:admin", "1")]),
+            ("LF in a value", get + [("x-a", "1\r\nGET /admin HTTP/1.1")]),
+            ("NUL in a value", get + [("x-a", "1\u{0}")]),
+            ("CR in :path", [(":method", "GET"), (":scheme", "https"), (":authority", "o.test"), (":path", "/a\rb")]),
+            ("pseudo after regular", [(":method", "GET"), ("x-a", "1"), (":scheme", "https"), (":path", "/")]),
+            ("unknown pseudo", get + [(":admin", "1")]),
+            ("duplicate :path", get + [(":path", "/admin")]),
+            ("no :method", [(":scheme", "https"), (":path", "/")]),
+            ("no :path", [(":method", "GET"), (":scheme", "https"), (":authority", "o.test")]),
+            ("empty :path", [(":method", "GET"), (":scheme", "https"), (":path", "")]),
+            ("absolute :path", [(":method", "GET"), (":scheme", "https"), (":authority", "o.test"), (":path", "https://other.test/admin")]),
+            ("* not OPTIONS", [(":method", "GET"), (":scheme", "https"), (":authority", "o.test"), (":path", "*")]),
+            ("CONNECT with :path", [(":method", "CONNECT"), (":authority", "o.test:443"), (":path", "/")]),
+            (":protocol on GET", get + [(":protocol", "websocket")]),
+            ("two content-lengths", get + [("content-length", "5"), ("content-length", "6")]),
+            ("content-length not a number", get + [("content-length", "5, 5")]),
+            ("content-length signed", get + [("content-length", "+5")]),
+        ]
+        for (label, fields) in malformed {
+            guard case .malformed = check(fields) else { Issue.record("\(label): taken as well-formed"); continue }
+        }
+        if case .malformed = check(get + [("content-length", "5")], endStream: true) {} else { Issue.record("a length on a bodiless request") }
+        if case .malformed = check([(":path", "/")], trailers: true) {} else { Issue.record("a pseudo-header in trailers") }
+        #expect(check(get) == .wellFormed(contentLength: nil))
+        #expect(check(get + [("te", "trailers"), ("content-length", "12")]) == .wellFormed(contentLength: 12))
+        #expect(check(get + [("content-length", "0"), ("content-length", "0")], endStream: true) == .wellFormed(contentLength: 0))
+        #expect(check([(":method", "CONNECT"), (":authority", "o.test:443")]) == .wellFormed(contentLength: nil))
+        #expect(check([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "https"), (":authority", "o.test"), (":path", "/chat")]) == .wellFormed(contentLength: nil))
+        #expect(check([(":method", "OPTIONS"), (":scheme", "https"), (":authority", "o.test"), (":path", "*")]) == .wellFormed(contentLength: nil))
+        #expect(check([("grpc-status", "0")], trailers: true) == .wellFormed(contentLength: nil))
+    }
+
+    /// A malformed request gets a 400 on its stream and never goes upstream; the connection
+    /// and the requests beside it carry on.
+    @Test func aMalformedRequestIsAnswered400AndNotForwarded() throws {
+        var client = Client()
+        let smuggling = try client.block(Self.request("POST", "/public") + [("transfer-encoding", "chunked")])
+        let fine = try client.block(Self.request("GET", "/b"))
+        let wire = F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+            + F.frameHeader(length: smuggling.count, type: .headers, flags: 0x4, stream: 1) + smuggling
+            + F.frameHeader(length: 5, type: .data, flags: 0x1, stream: 1) + Array("0\r\n\r\n".utf8)
+            + F.frameHeader(length: fine.count, type: .headers, flags: 0x5, stream: 3) + fine
+        var filter = Self.filter()
+        let out = filter.fromClient(wire, decide: Self.decide)
+        #expect(out.failure == nil)
+        #expect(out.decisions.map(\.decision.rule) == ["malformed", "default"])
+        #expect(out.decisions.first?.decision.reason.contains("transfer-encoding") == true)
+        #expect(Self.frames(out.upstream).map(\.2) == [0, 3], "nothing of stream 1 goes upstream")
+        let back = Self.frames(out.client)
+        guard let headers = back.first(where: { $0.0 == 1 }) else { Issue.record("no answer"); return }
+        var b = ByteBuffer(bytes: headers.3)
+        var decoder = HPACKDecoder(allocator: ByteBufferAllocator())
+        #expect(try decoder.decodeHeaders(from: &b).first(name: ":status") == "400")
+    }
+
+    /// A body longer than its content-length (a second request riding in it, for an HTTP/1.1
+    /// hop) or shorter is cut: RST_STREAM both ways, and the DATA that shows it never goes
+    /// upstream. Padding does not count; an exact body passes untouched.
+    @Test func aBodyThatDisagreesWithItsContentLengthIsReset() throws {
+        let smuggled: [UInt8] = Array("helloGET /admin HTTP/1.1\r\nHost: o.test\r\n\r\n".utf8)
+        let cases: [(String, [UInt8], Bool, Bool)] = [("longer", smuggled, false, true), ("shorter", Array("hel".utf8), false, true),
+                                                      ("exact", Array("hello".utf8), false, false), ("exact, padded", Array("hello".utf8), true, false)]
+        for (label, body, padded, expectReset) in cases {
+            var client = Client()
+            let head = try client.block(Self.request("POST", "/upload") + [("content-length", "5")])
+            // The body in two DATA frames: three bytes, then the rest (with END_STREAM).
+            let first = Array(body.prefix(3)), rest = Array(body.dropFirst(3))
+            let pad: [UInt8] = padded ? [4] : [], padding = [UInt8](repeating: 0, count: padded ? 4 : 0)
+            var wire = F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+            wire += F.frameHeader(length: head.count, type: .headers, flags: 0x4, stream: 1) + head
+            let firstFrame: [UInt8] = pad + first + padding
+            wire += F.frameHeader(length: firstFrame.count, type: .data, flags: padded ? 0x8 : 0, stream: 1) + firstFrame
+            wire += F.frameHeader(length: rest.count, type: .data, flags: 0x1, stream: 1) + rest
+            var filter = Self.filter()
+            let out = filter.fromClient(wire, decide: Self.decide)
+            #expect(out.failure == nil, "\(label)")
+            let up = Self.frames(out.upstream)
+            var sentBody: [UInt8] = []
+            for frame in up where frame.0 == 0 {
+                sentBody += frame.1 & 0x8 != 0 ? Array(frame.3.dropFirst().dropLast(Int(frame.3[0]))) : frame.3
+            }
+            if expectReset {
+                #expect(up.last.map { $0.0 == 3 && $0.3 == [0, 0, 0, 1] } == true, "\(label): the upstream's stream is reset (PROTOCOL_ERROR)")
+                #expect(sentBody == first, "\(label): only the DATA before the mismatch went up: \(sentBody.count) bytes")
+                #expect(Self.frames(out.client).contains { $0.0 == 3 && $0.2 == 1 }, "\(label): the client's stream is reset")
+                #expect(out.decisions.last?.decision.rule == "malformed" && out.decisions.last?.url == "https://www.origin.test/upload", "\(label)")
+            } else {
+                #expect(!up.contains { $0.0 == 3 }, "\(label): no reset")
+                #expect(sentBody == body, "\(label): the body passes whole")
+                #expect(out.decisions.map { $0.decision.rule } == ["default"], "\(label)")
+            }
         }
     }
 }
