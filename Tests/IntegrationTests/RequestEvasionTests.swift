@@ -55,20 +55,23 @@ import Testing
     /// :scheme and Host variants to nginx's http2 listener.
     static let probeH2 = #"""
         import socket, ssl, sys, h2.connection, h2.events, h2.config
-        def get(port, ca, headers):
+        def get(port, ca, headers, data=None):
             body = b""
             try:
                 ctx = ssl.create_default_context(cafile=ca); ctx.set_alpn_protocols(["h2"])
                 s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=2), server_hostname="origin.test")
                 c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8",
                                                                          validate_outbound_headers=False, normalize_outbound_headers=False))
-                c.initiate_connection(); c.send_headers(1, headers, end_stream=True); s.sendall(c.data_to_send())
+                c.initiate_connection(); c.send_headers(1, headers, end_stream=data is None)
+                if data is not None: c.send_data(1, data, end_stream=True)
+                s.sendall(c.data_to_send())
                 while True:
                     d = s.recv(65536)
                     if not d: return body
                     for e in c.receive_data(d):
                         if isinstance(e, h2.events.DataReceived): body += e.data; c.acknowledge_received_data(len(e.data), 1)
-                        if isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)): return body
+                        if isinstance(e, h2.events.StreamEnded): return body
+                        if isinstance(e, h2.events.StreamReset): return body + b"<reset>"
                     s.sendall(c.data_to_send())
             except Exception:
                 return body
@@ -77,6 +80,15 @@ import Testing
         cases = [H(p) for p in ["/admin", "/%61dmin", "//admin", "/x/../admin", "/x/..%2fadmin", "/x/..;/admin", "/x\\..\\admin", "/admin?x", "/./admin"]]
         cases += [H("/admin", a) for a in ["ORIGIN.TEST", "origin.test:443", "origin.test.", "origin.test:0443", ""]]
         cases += [H("/admin", scheme="http"), H("/admin", extra=[("host", "other.test")]), [(":method", "GET"), (":scheme", "https"), (":path", "/admin"), ("host", "origin.test")]]
+        if sys.argv[1] == "malformed":  # requests an HTTP/1.1 hop behind the origin could misread
+            proxied, ca = int(sys.argv[2]), sys.argv[3]
+            post = [(":method", "POST"), (":scheme", "https"), (":authority", "origin.test"), (":path", "/public")]
+            refused = [b"rule malformed" in get(proxied, ca + "/loupe-root.pem", H("/public", extra=[x]))
+                       for x in [("transfer-encoding", "chunked"), ("x-a", "1\r\nx-b: 2"), ("X-Upper", "1"), ("connection", "close")]]
+            smuggle = b"helloGET /admin HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+            refused.append(get(proxied, ca + "/loupe-root.pem", post + [("content-length", "5")], smuggle).endswith(b"<reset>"))
+            print(sum(refused), len(refused), b"public" in get(proxied, ca + "/loupe-root.pem", H("/public")))
+            sys.exit()
         origin, proxied, ca = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
         served = [h for h in cases if b"secret-admin" in get(origin, ca + "/origin-root.pem", h)]
         leaked = [h for h in cases if b"secret-admin" in get(proxied, ca + "/loupe-root.pem", h)]
@@ -105,7 +117,7 @@ import Testing
             try policy.write(toFile: "\(dir)/\(name).toml", atomically: true, encoding: .utf8)
         }
         let script = LoopbackProxy.preamble(dir: dir, origin: base + 8, proxy: base + 9, name: "origin.test") + """
-            mkdir -p $D/html && echo secret-admin > $D/html/admin
+            mkdir -p $D/html && echo secret-admin > $D/html/admin && echo public > $D/html/public
             openssl pkey -in $D/origin.pem -out $D/origin.key && openssl x509 -in $D/origin.pem -out $D/origin.crt
             cat > $D/nginx.conf <<EOF
             daemon off; master_process off; pid $D/nginx.pid; error_log $D/nginx.log;
@@ -129,6 +141,7 @@ import Testing
               for i in $(seq 100); do grep -q listening $D/p$n.err 2>/dev/null && break; sleep 0.1; done
               echo "PROBE-\(nginxH2)-$rules $(/usr/bin/python3 $D/probe-h2.py \(nginxH2) $port $D 2>&1)"
             done
+            echo "MALFORMED $(/usr/bin/python3 $D/probe-h2.py malformed $port $D 2>&1)"
             """
         let r = TaggedOutput(TestEnv.sh(script, timeout: 240))
         for (origin, label, least) in [(nginx, "nginx", 30), (python, "http.server", 25), (nginxH2, "nginx over HTTP/2", 10)] {
@@ -140,5 +153,9 @@ import Testing
                 #expect(leaked == 0, "\(label), a rule on the \(rules): these got the secret through Loupe: \(fields.dropFirst(3).joined()) \(r.out)")
             }
         }
+        // Malformed HTTP/2 requests (transfer-encoding, CR/LF in a value, an uppercase name, a
+        // connection field) get Loupe's 400; a body overrunning its content-length is reset;
+        // an ordinary request is still served.
+        #expect(r.line("MALFORMED") == "MALFORMED 5 5 True", "\(r.out)")
     }
 }
