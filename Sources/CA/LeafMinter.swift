@@ -36,6 +36,10 @@ public struct LeafRequest: Sendable, Hashable {
     /// carries it instead of Loupe's, so a client that checks key usage (GnuTLS does, OpenSSL
     /// does not) refuses the masquerade as it refuses the real server. nil: Loupe's own.
     public var keyUsage: String?
+    /// The upstream's TLS Feature extension (OCSP must-staple), carried as it is: a client that
+    /// enforces it (GnuTLS, Firefox) then fails without a staple exactly as it would directly —
+    /// Loupe staples its own only when the upstream stapled a good response.
+    public var tlsFeature: String?
     /// The upstream certificate when mirroring (not part of the identity: its hash is).
     public var upstream: Certificate? { _upstream?.value }
     private var _upstream: Box?
@@ -63,6 +67,7 @@ public struct LeafRequest: Sendable, Hashable {
         request.notAfterCap = upstream.notAfter
         request.notBeforeFloor = upstream.notBefore
         if upstream.keyUsageForbidsSignatures { request.keyUsage = upstream.keyUsage }
+        request.tlsFeature = upstream.tlsFeature
         request._upstream = Box(upstream)
         return request
     }
@@ -184,6 +189,9 @@ public final class LeafMinter: Sendable {
         var extensions = shared.fixedExtensions
         if let usage = request.keyUsage {
             extensions[SharedKey.keyUsageIndex] = try CertificateExtension.make("keyUsage", usage)
+        }
+        if let features = request.tlsFeature, !features.isEmpty {
+            extensions.append(try CertificateExtension.make("tlsfeature", features))
         }
         if !request.names.isEmpty {
             // RFC 5280: the SAN must be critical when the subject is empty.

@@ -30,6 +30,16 @@ int loupe_sk_X509_num(const STACK_OF(X509) *certs) { return sk_X509_num(certs); 
 X509 *loupe_sk_X509_value(const STACK_OF(X509) *certs, int i) { return sk_X509_value(certs, i); }
 void loupe_sk_X509_pop_free(STACK_OF(X509) *certs) { sk_X509_pop_free(certs, X509_free); }
 
+int loupe_X509_tls_features(X509 *x, long *out, int max) {
+    TLS_FEATURE *features = X509_get_ext_d2i(x, NID_tlsfeature, NULL, NULL);
+    if (features == NULL) return -1;
+    int n = sk_ASN1_INTEGER_num(features);
+    if (n > max) n = max;
+    for (int i = 0; i < n; i++) out[i] = ASN1_INTEGER_get(sk_ASN1_INTEGER_value(features, i));
+    TLS_FEATURE_free(features);
+    return n;
+}
+
 unsigned long loupe_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
 
 int loupe_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_min_proto_version(ctx, version); }

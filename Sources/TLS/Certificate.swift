@@ -128,6 +128,15 @@ public final class Certificate: @unchecked Sendable {
         X509_get_ext_by_NID(x509, NID_key_usage, -1) >= 0 && X509_get_key_usage(x509) & UInt32(KU_DIGITAL_SIGNATURE) == 0
     }
 
+    /// The TLS Feature extension (RFC 7633) as OpenSSL's config syntax — "5" is status_request,
+    /// OCSP must-staple — nil when the certificate has none.
+    public var tlsFeature: String? {
+        var values = [Int](repeating: 0, count: 16)
+        let count = values.withUnsafeMutableBufferPointer { loupe_X509_tls_features(x509, $0.baseAddress, Int32($0.count)) }
+        guard count >= 0 else { return nil }
+        return values.prefix(Int(count)).map(String.init).joined(separator: ",")
+    }
+
     /// The keyUsage extension as OpenSSL's config syntax ("critical,keyEncipherment"), nil
     /// when the certificate has none.
     public var keyUsage: String? {

@@ -45,32 +45,35 @@ public enum OCSP {
 
     /// What `der` says about `chain[0]`, issued by `chain[1]`: its signature checked against
     /// `store` (an issuer-signed or delegated responder), its period against now (5 min leeway).
-    static func evaluate(_ der: UnsafeBufferPointer<UInt8>, chain: OpaquePointer, store: OpaquePointer) -> StapledStatus {
+    /// `goodUntil`: a good response's nextUpdate in seconds since 1970 (nil without one), how
+    /// long the verdict holds.
+    static func evaluate(_ der: UnsafeBufferPointer<UInt8>, chain: OpaquePointer, store: OpaquePointer) -> (status: StapledStatus, goodUntil: Int?) {
         ERR_clear_error()
         defer { ERR_clear_error() }
+        func unusable(_ why: String) -> (status: StapledStatus, goodUntil: Int?) { (.unusable(why), nil) }
         var cursor: UnsafePointer<UInt8>? = der.baseAddress
-        guard let response = d2i_OCSP_RESPONSE(nil, &cursor, der.count) else { return .unusable("not an OCSP response") }
+        guard let response = d2i_OCSP_RESPONSE(nil, &cursor, der.count) else { return unusable("not an OCSP response") }
         defer { OCSP_RESPONSE_free(response) }
         guard OCSP_response_status(response) == OCSP_RESPONSE_STATUS_SUCCESSFUL, let basic = OCSP_response_get1_basic(response) else {
-            return .unusable("the responder answered with an error")
+            return unusable("the responder answered with an error")
         }
         defer { OCSP_BASICRESP_free(basic) }
         guard loupe_sk_X509_num(chain) >= 2, let leaf = loupe_sk_X509_value(chain, 0), let issuer = loupe_sk_X509_value(chain, 1) else {
-            return .unusable("no issuer to check it against")
+            return unusable("no issuer to check it against")
         }
-        guard OCSP_basic_verify(basic, chain, store, 0) == 1 else { return .unusable("its signature does not verify") }
-        guard let id = OCSP_cert_to_id(nil, leaf, issuer) else { return .unusable("cannot name the certificate") }
+        guard OCSP_basic_verify(basic, chain, store, 0) == 1 else { return unusable("its signature does not verify") }
+        guard let id = OCSP_cert_to_id(nil, leaf, issuer) else { return unusable("cannot name the certificate") }
         defer { OCSP_CERTID_free(id) }
         var status: Int32 = -1, reason: Int32 = -1
         var revokedAt: UnsafeMutablePointer<ASN1_GENERALIZEDTIME>?, thisUpdate: UnsafeMutablePointer<ASN1_GENERALIZEDTIME>?, nextUpdate: UnsafeMutablePointer<ASN1_GENERALIZEDTIME>?
         guard OCSP_resp_find_status(basic, id, &status, &reason, &revokedAt, &thisUpdate, &nextUpdate) == 1 else {
-            return .unusable("it says nothing about this certificate")
+            return unusable("it says nothing about this certificate")
         }
-        guard OCSP_check_validity(thisUpdate, nextUpdate, 300, -1) == 1 else { return .unusable("it is out of date") }
+        guard OCSP_check_validity(thisUpdate, nextUpdate, 300, -1) == 1 else { return unusable("it is out of date") }
         switch status {
-        case V_OCSP_CERTSTATUS_GOOD: return .good
-        case V_OCSP_CERTSTATUS_REVOKED: return .revoked(reason: reason >= 0 ? String(cString: OCSP_crl_reason_str(Int(reason))) : "no reason given")
-        default: return .unusable("status unknown to the responder")
+        case V_OCSP_CERTSTATUS_GOOD: return (.good, nextUpdate.map { Int(asn1Date($0).timeIntervalSince1970) })
+        case V_OCSP_CERTSTATUS_REVOKED: return (.revoked(reason: reason >= 0 ? String(cString: OCSP_crl_reason_str(Int(reason))) : "no reason given"), nil)
+        default: return unusable("status unknown to the responder")
         }
     }
 }

@@ -119,10 +119,17 @@ public struct ClientIdentity: Sendable {
     public init(chain: [Certificate], key: PrivateKey) { self.chain = chain; self.key = key }
 }
 
-/// An SSL_SESSION owned by the resumption cache.
+/// An SSL_SESSION owned by the resumption cache, with the verdict of the OCSP staple its full
+/// handshake got (a resumption carries no certificate and no staple).
 final class ResumableSession: @unchecked Sendable {
     let session: OpaquePointer
-    init(_ session: OpaquePointer) { self.session = session }
+    /// A good staple's nextUpdate (seconds since 1970): until then a resumption of this
+    /// session counts as stapled.
+    let stapleGoodUntil: Int?
+    init(_ session: OpaquePointer, stapleGoodUntil: Int? = nil) {
+        self.session = session
+        self.stapleGoodUntil = stapleGoodUntil
+    }
     deinit { SSL_SESSION_free(session) }
 }
 
@@ -157,8 +164,9 @@ private let readServerStaple: @convention(c) (OpaquePointer?, UnsafeMutableRawPo
     var response: UnsafePointer<UInt8>?
     let length = loupe_SSL_get_tlsext_status_ocsp_resp(ssl, &response)
     guard length > 0, let response, let chain = SSL_get0_verified_chain(ssl), let store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl)) else { return 1 }
-    let status = OCSP.evaluate(UnsafeBufferPointer(start: response, count: Int(length)), chain: chain, store: store)
+    let (status, goodUntil) = OCSP.evaluate(UnsafeBufferPointer(start: response, count: Int(length)), chain: chain, store: store)
     session.stapledStatus = status
+    session.stapleGoodUntil = goodUntil
     if case .revoked = status { return 0 }
     return 1
 }
@@ -232,7 +240,12 @@ public final class TLSSession: @unchecked Sendable {
     /// Client side: the server asked for a client certificate this session had none to give.
     public internal(set) var certificateRequested = false
     /// Client side: what the server's stapled OCSP response said (nil: none was asked or sent).
+    /// On a resumption, the verdict the session's full handshake got, while it holds.
     public internal(set) var stapledStatus: StapledStatus?
+    /// Client side: until when a good staple's verdict holds (its nextUpdate, seconds since 1970).
+    var stapleGoodUntil: Int?
+    /// Client side: that of the session offered for resumption.
+    private var offeredStapleGoodUntil: Int?
     /// Server side: the OCSP response to staple when the client asks for status.
     var staple: [UInt8]?
     public let context: TLSContext
@@ -293,6 +306,7 @@ public final class TLSSession: @unchecked Sendable {
         if let resumptionKey, let saved = context.sessions.withLock({ $0[resumptionKey] }), let copy = SSL_SESSION_dup(saved.session) {
             _ = SSL_set_session(session.ssl, copy)
             session.offeredSession = copy
+            session.offeredStapleGoodUntil = saved.stapleGoodUntil
             SSL_SESSION_free(copy)  // the connection holds its own reference
         }
         SSL_set_connect_state(session.ssl)
@@ -304,7 +318,8 @@ public final class TLSSession: @unchecked Sendable {
     /// close_notify, which would spoil the cached entry.
     func fileForResumption(_ session: OpaquePointer) {
         guard let key = resumptionKey, SSL_SESSION_is_resumable(session) == 1, let copy = SSL_SESSION_dup(session) else { return }
-        context.sessions.withLock { $0.insert(ResumableSession(copy), for: key) }
+        let goodUntil = stapledStatus == .good ? stapleGoodUntil : nil
+        context.sessions.withLock { $0.insert(ResumableSession(copy, stapleGoodUntil: goodUntil), for: key) }
     }
 
     /// Offers no more than `offer` allows (each part left nil keeps the context's default).
@@ -359,6 +374,12 @@ public final class TLSSession: @unchecked Sendable {
         let rc = SSL_do_handshake(ssl)
         if rc == 1 {
             state = .established
+            // Resumed: no staple came; the full handshake's good one stands until it expires,
+            // as a fresh handshake would have got it (a client asking for status sees the same).
+            if resumed, stapledStatus == nil, let until = offeredStapleGoodUntil, until + 300 > time(nil) {  // the leeway `OCSP.evaluate` allows
+                stapledStatus = .good
+                stapleGoodUntil = until
+            }
             // OpenSSL hands over no session when a TLS 1.2 server renewed the ticket of a
             // resumed one: the renewed session (a new one, not the one offered) is filed here.
             if resumed, protocolVersion == .tls12, let current = SSL_get_session(ssl), current != offeredSession { fileForResumption(current) }

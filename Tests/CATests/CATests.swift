@@ -198,26 +198,41 @@ func writeFile(_ path: String, _ text: String) throws { try text.write(toFile: p
         }
     }
 
+    /// A self-signed upstream certificate for origin.test with these extensions beside its SAN.
+    static func upstream(_ extra: [(String, String)]) throws -> Certificate {
+        let key = try PrivateKey.generate(.ecP256)
+        let extensions = [try CertificateExtension.subjectAltNames([.dns("origin.test")])] + (try extra.map { try CertificateExtension.make($0.0, $0.1) })
+        let spec = CertificateSpec(subject: .attributes([("CN", "origin.test")]), serial: try CertificateSpec.randomSerial(),
+                                   notBefore: Date().addingTimeInterval(-100), notAfter: Date().addingTimeInterval(7 * 86_400),
+                                   publicKey: key, extensions: extensions)
+        return try CertificateBuilder.sign(spec, issuer: nil, issuerKey: key)
+    }
+
     /// An upstream whose keyUsage forbids signatures hands the prohibition on: a client that
     /// checks key usage (GnuTLS) refuses the masquerade as it refuses the real server. Other
     /// upstreams get Loupe's own keyUsage.
     @Test func aKeyUsageWithoutSignaturesIsMirrored() throws {
-        try root { root, minter in
-            let upstreamKey = try PrivateKey.generate(.ecP256)
-            func upstream(_ usage: String?) throws -> Certificate {
-                var extensions = [try CertificateExtension.subjectAltNames([.dns("origin.test")])]
-                if let usage { extensions.append(try CertificateExtension.make("keyUsage", usage)) }
-                let spec = CertificateSpec(subject: .attributes([("CN", "origin.test")]), serial: try CertificateSpec.randomSerial(),
-                                           notBefore: Date().addingTimeInterval(-100), notAfter: Date().addingTimeInterval(7 * 86_400),
-                                           publicKey: upstreamKey, extensions: extensions)
-                return try CertificateBuilder.sign(spec, issuer: nil, issuerKey: upstreamKey)
-            }
+        try root { root, minter throws in
+            func upstream(_ usage: String?) throws -> Certificate { try Self.upstream(usage.map { [("keyUsage", $0)] } ?? []) }
             #expect(try upstream("critical,keyEncipherment").keyUsage == "critical,keyEncipherment")
             let noSignatures = try minter.mint(.mirroring(try upstream("critical,keyEncipherment"))).certificate
             #expect(noSignatures.keyUsage == "critical,keyEncipherment")
             for usage in ["critical,digitalSignature,keyEncipherment", "digitalSignature", nil] {
                 #expect(try minter.mint(.mirroring(try upstream(usage))).certificate.keyUsage == "critical,digitalSignature", "\(usage ?? "none")")
             }
+        }
+    }
+
+    /// OCSP must-staple (TLS Feature) is mirrored as it is, so a client that enforces it fails
+    /// without a staple exactly as it would directly; an upstream without it gives a leaf
+    /// without it.
+    @Test func theTLSFeatureIsMirrored() throws {
+        try root { root, minter throws in
+            func upstream(_ features: String?) throws -> Certificate { try Self.upstream(features.map { [("tlsfeature", $0)] } ?? []) }
+            #expect(try upstream("status_request").tlsFeature == "5")
+            #expect(try minter.mint(.mirroring(try upstream("status_request"))).certificate.tlsFeature == "5")
+            #expect(try minter.mint(.mirroring(try upstream("status_request,status_request_v2"))).certificate.tlsFeature == "5,17")
+            #expect(try minter.mint(.mirroring(try upstream(nil))).certificate.tlsFeature == nil)
         }
     }
 

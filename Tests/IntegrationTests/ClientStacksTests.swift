@@ -116,6 +116,19 @@ import TLS
         let clientOnlyKey = try PrivateKey.generate(.ecP256)
         let clientOnly = try UpstreamMatrixTests.sign(ip, key: clientOnlyKey, issuer: (root, rootKey), extra: [("extendedKeyUsage", "clientAuth")])
         origins.append(("leaf for clientAuth only (extended key usage)", [clientOnly], clientOnlyKey, nil, ""))
+        // OCSP must-staple (TLS Feature, RFC 7633): GnuTLS refuses such a leaf without a staple,
+        // OpenSSL clients do not look. Loupe's leaf carries the feature as the upstream's did, and
+        // its own staple only when the upstream stapled a good response.
+        let mustStapleKey = try PrivateKey.generate(.ecP256)
+        let mustStaple = try UpstreamMatrixTests.sign(ip, key: mustStapleKey, issuer: (root, rootKey), extra: [("tlsfeature", "status_request")])
+        let staple = try OCSP.response(for: mustStaple, issuer: root, issuerKey: rootKey, revoked: false,
+                                       thisUpdate: now.addingTimeInterval(-60), nextUpdate: now.addingTimeInterval(86_400))
+        try Data(staple).write(to: URL(fileURLWithPath: "\(dir)/must-staple.der"))
+        try root.pem.write(toFile: "\(dir)/root-only.pem", atomically: true, encoding: .utf8)
+        origins.append(("must-staple leaf, no staple", [mustStaple], mustStapleKey, nil, ""))
+        // The root as the whole extra chain (the later -cert_chain wins): GnuTLS takes the
+        // certificate after the leaf as the staple's issuer, so the leaf must not come twice.
+        origins.append(("must-staple leaf with a good staple", [mustStaple], mustStapleKey, true, "-status_file $D/must-staple.der -cert_chain $D/root-only.pem"))
 
         let clients = Self.clients.filter { TestEnv.has($0.tool) }
         for skipped in Self.clients where !TestEnv.has(skipped.tool) {

@@ -50,6 +50,34 @@ import Wire
         #expect(none.state == .established && none.stapledStatus == nil)
     }
 
+    /// A resumption carries no staple: the full handshake's good verdict stands for the
+    /// sessions resumed from it (so Loupe's leaf is stapled for a client that asks — GnuTLS
+    /// refuses a must-staple leaf without it); a session that had none resumes with none.
+    @Test func aResumedSessionKeepsItsFullHandshakesStapleVerdict() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let leaf = try pki.leaf([.dns("origin.test")])
+        let now = Date()
+        let good = try OCSP.response(for: leaf.0, issuer: pki.root, issuerKey: pki.rootKey, thisUpdate: now.addingTimeInterval(-60), nextUpdate: now.addingTimeInterval(86_400))
+        let serverContext = try TLSContext.server(), clientContext = try TLSContext.client(trustBundle: pki.bundle)
+        var offer = UpstreamOffer()
+        offer.statusRequest = true
+        for (key, staple) in [("stapled", good as [UInt8]?), ("unstapled", nil)] {
+            var seen: [(resumed: Bool, status: StapledStatus?)] = []
+            for _ in 0..<3 {
+                let server = try TLSSession.server(serverContext, chain: [leaf.0], key: leaf.1, staple: staple)
+                let client = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: key, offer: offer)
+                client.advanceHandshake()
+                pump(client, server)
+                _ = client.read()  // TLS 1.3 tickets arrive after the handshake
+                #expect(client.state == .established)
+                seen.append((client.resumed, client.stapledStatus))
+            }
+            #expect(seen.map(\.resumed) == [false, true, true], "\(key)")
+            #expect(seen.map(\.status) == (staple == nil ? [nil, nil, nil] : [.good, .good, .good]), "\(key): \(seen)")
+        }
+    }
+
     @Test func theClientsStatusRequestIsMirrored() throws {
         let offers = try TLSContext.client().offers
         let asks = ClientHello(supportedVersions: [0x0304], cipherSuites: [0x1301], extensionTypes: [0, 5, 43], signatureAlgorithms: [0x0403])

@@ -94,4 +94,8 @@ int loupe_sk_X509_num(const STACK_OF(X509) *certs);
 X509 *loupe_sk_X509_value(const STACK_OF(X509) *certs, int i);
 void loupe_sk_X509_pop_free(STACK_OF(X509) *certs);
 
+/// The TLS Feature extension's values (RFC 7633; 5 = status_request, "must staple"): at most
+/// `max` into `out`, their count; -1 without the extension (or with one that does not parse).
+int loupe_X509_tls_features(X509 *x, long *out, int max);
+
 #endif
