@@ -26,6 +26,8 @@ public struct HTTPRequestTracker: Sendable {
         case body(remaining: Int)
         case chunkSize
         case chunkData(remaining: Int)
+        /// The CRLF that must follow a chunk's data.
+        case chunkEnd
         case trailers
         /// An upgrade or CONNECT went upstream: the rest is held until the upstream answers.
         case awaitingSwitch
@@ -148,7 +150,7 @@ public struct HTTPRequestTracker: Sendable {
                     guard let size = HTTPHead.chunkSize(line[...]) else {
                         return pieces + refuse("bad chunk size '\(String(decoding: HTTPHead.chunkLine(line[...]), as: UTF8.self).prefix(40))'")
                     }
-                    state = size == 0 ? .trailers : .chunkData(remaining: size + 2)  // data + CRLF
+                    state = size == 0 ? .trailers : .chunkData(remaining: size)
                 }
                 buffer.removeFirst(lineEnd + 1)
                 pieces.append(.bytes(line))
@@ -156,7 +158,15 @@ public struct HTTPRequestTracker: Sendable {
                 let n = min(remaining, buffer.count)
                 pieces.append(.bytes(Array(buffer.prefix(n))))
                 buffer.removeFirst(n)
-                state = remaining - n == 0 ? .chunkSize : .chunkData(remaining: remaining - n)
+                state = remaining - n == 0 ? .chunkEnd : .chunkData(remaining: remaining - n)
+            case .chunkEnd:
+                // Exactly CRLF: a parser that also ends the data at a bare LF (or skips any two
+                // bytes) would start the next chunk line a byte away from the origin's.
+                guard buffer[0] == 0x0D, buffer.count < 2 || buffer[1] == 0x0A else { return pieces + refuse("chunk data not followed by CRLF") }
+                guard buffer.count >= 2 else { return pieces }
+                pieces.append(.bytes([0x0D, 0x0A]))
+                buffer.removeFirst(2)
+                state = .chunkSize
             }
         }
         return pieces

@@ -96,12 +96,28 @@ public struct HTTPHead: Sendable, Equatable {
         return trimmed
     }
 
-    /// The size a chunk-size line announces (extensions after ";" ignored); nil if it is no
-    /// hexadecimal size.
+    /// The size a chunk-size line announces (extensions after ";" ignored); nil unless the line
+    /// is hex digits (RFC 9112 7.1: no sign, prefix or leading space), then only whitespace
+    /// before a ";", and its line end (CRLF or LF) — a size two parsers could read two ways
+    /// ("+5", " 5", "5 x") would frame the body two ways.
     public static func chunkSize(_ line: ArraySlice<UInt8>) -> Int? {
-        let digits = chunkLine(line).prefix { $0 != 0x3B }
-        guard let size = Int(String(decoding: digits, as: UTF8.self), radix: 16), size >= 0 else { return nil }
-        return size
+        var rest = line
+        if rest.last == 0x0A { rest = rest.dropLast() }
+        if rest.last == 0x0D { rest = rest.dropLast() }
+        func hex(_ byte: UInt8) -> Int? {
+            switch byte {
+            case 0x30...0x39: Int(byte - 0x30)
+            case 0x41...0x46: Int(byte - 0x41 + 10)
+            case 0x61...0x66: Int(byte - 0x61 + 10)
+            default: nil
+            }
+        }
+        let digits = rest.prefix { hex($0) != nil }
+        let significant = digits.drop { $0 == 0x30 }
+        guard !digits.isEmpty, significant.count <= 15 else { return nil }  // 15 hex digits stay below Int.max
+        let after = rest.dropFirst(digits.count).drop { $0 == 0x20 || $0 == 0x09 }
+        guard after.isEmpty || after.first == 0x3B else { return nil }
+        return significant.reduce(0) { $0 << 4 | hex($1)! }
     }
 
     public static let maximumLength = 64 * 1024

@@ -76,6 +76,39 @@ import Wire
         }
     }
 
+    /// Chunk framing is read one way only: sizes of hex digits (no sign, "0x", leading space or
+    /// trailing junk; at most 15 significant digits) and exactly CRLF after each chunk's data —
+    /// an origin that ends the data at a bare LF, or reads "+5" as 0, would start its next line
+    /// elsewhere and could find a request in what was framed here as body. Extensions, leading
+    /// zeros, whitespace before ";" and bare-LF size lines are fine.
+    @Test func chunkFramingIsStrict() {
+        let head = "POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+        let next = "GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+        for bad in ["+5\r\nhello\r\n0\r\n\r\n", " 5\r\nhello\r\n0\r\n\r\n", "0x5\r\nhello\r\n0\r\n\r\n", "5 x\r\nhello\r\n0\r\n\r\n",
+                    "-0\r\n\r\n", "1000000000000000\r\n", "5\r\nhello\n0\r\n\r\n", "5\r\nhelloXY0\r\n\r\n", "5\r\nhello\r0\r\n\r\n"] {
+            var tracker = HTTPRequestTracker()
+            let stream = Array((head + bad + next).utf8)
+            let pieces = tracker.feed(stream)
+            guard case .refused? = pieces.last else { Issue.record("\(bad.debugDescription): \(pieces)"); continue }
+            #expect(heads(pieces) == ["POST /u"], "\(bad.debugDescription)")
+            // Split anywhere, the same verdict.
+            for cut in stride(from: head.utf8.count, to: stream.count, by: 1) {
+                var split = HTTPRequestTracker()
+                let parts = split.feed(Array(stream[..<cut])) + split.feed(Array(stream[cut...]))
+                if case .refused? = parts.last {} else { Issue.record("\(bad.debugDescription), cut \(cut): \(parts)") }
+            }
+        }
+        for good in ["0005;name=value\r\nhello\r\n0\r\n\r\n", "5 ;x\r\nhello\r\nA\r\n0123456789\r\n0\r\n\r\n", "5\nhello\r\n0\n\n",
+                     "00000000000000000005\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n"] {
+            var tracker = HTTPRequestTracker()
+            let stream = Array((head + good + next).utf8)
+            let pieces = tracker.feed(stream)
+            #expect(heads(pieces) == ["POST /u", "GET /next"] && bytes(pieces) == stream, "\(good.debugDescription): \(pieces)")
+        }
+        #expect(HTTPHead.chunkSize(Array("7fffffffffffffff\r\n".utf8)[...]) == nil, "past 15 digits")
+        #expect(HTTPHead.chunkSize(Array("fffffffffffffff".utf8)[...]) == 0xfffffffffffffff)
+    }
+
     /// After an upgrade request nothing passes until the upstream answers: a 101 makes the rest
     /// opaque (WebSocket frames are never parsed as requests); a refusal keeps it HTTP, so a
     /// request sent behind an upgrade the server ignored is still decided.
