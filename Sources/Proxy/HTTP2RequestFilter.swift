@@ -94,6 +94,8 @@ struct HTTP2RequestFilter {
     private var toClient: [UInt8] = []
     /// The host of a request that names none (no :authority or Host): the connection's SNI.
     var defaultAuthority = ""
+    /// Entries kept for streams still open (tests: cancelled streams leave none behind).
+    var openStreamEntries: Int { openRequests.count + bodies.count + exchanges.count }
 
     init() {
         let allocator = ByteBufferAllocator()
@@ -199,6 +201,12 @@ struct HTTP2RequestFilter {
                 dropping = header.stream != 0 && refused.contains(header.stream)
                 if header.type == FrameType.data.rawValue, fromClientBuffer[offset + 4] & Flag.endStream != 0 {
                     openRequests.remove(header.stream)  // its body is complete: no trailers follow
+                } else if header.type == FrameType.rstStream.rawValue {
+                    // The client cancelled it: nothing more is owed either way (and a client
+                    // opening and cancelling streams must not grow these without bound).
+                    openRequests.remove(header.stream)
+                    bodies[header.stream] = nil
+                    exchanges[header.stream] = nil
                 }
                 if dropping, header.type == FrameType.data.rawValue, header.length > 0 {
                     // Both windows: the upstream never saw the stream, so nobody else opens it.
@@ -430,6 +438,7 @@ struct HTTP2RequestFilter {
                 } else if header.type == FrameType.rstStream.rawValue {
                     exchanges[header.stream] = nil
                     openRequests.remove(header.stream)
+                    bodies[header.stream] = nil
                 }
                 if !readWhole {
                     fromUpstreamBuffer.removeAll()

@@ -332,6 +332,27 @@ import Testing
         #expect(failure?.contains("refused requests") == true && (stream - 1) / 2 == UInt32(F.maxRefusedStreams) + 1)
     }
 
+    /// Streams the client cancels (RST_STREAM) or the upstream resets leave nothing behind: a
+    /// client opening and cancelling requests cannot grow the filter's state.
+    @Test func cancelledStreamsAreForgotten() throws {
+        var client = Client()
+        var filter = Self.filter()
+        _ = filter.fromClient(F.preface, decide: Self.decide)
+        for i in 0..<500 {
+            let stream = UInt32(2 * i + 1)
+            let post = try client.block(Self.request("POST", "/upload") + [("content-length", "100")])
+            let rst = F.frameHeader(length: 4, type: .rstStream, flags: 0, stream: stream) + [0, 0, 0, 8]
+            let out = filter.fromClient(F.frameHeader(length: post.count, type: .headers, flags: 0x4, stream: stream) + post, decide: Self.decide)
+            #expect(out.failure == nil)
+            if i % 2 == 0 {
+                _ = filter.fromClient(rst, decide: Self.decide)
+            } else {
+                _ = filter.fromUpstream(rst)
+            }
+        }
+        #expect(filter.openStreamEntries == 0)
+    }
+
     @Test func invalidStreamsFail() throws {
         var a = F()
         #expect(a.fromClient(Array("GET / HTTP/1.1\r\n".utf8), decide: Self.decide).failure != nil)
