@@ -65,6 +65,19 @@ public struct Policy: Sendable {
         return spliced
     }
 
+    /// What at the request stage could still block a request of a flow whose connect and hello
+    /// facts are `facts` — a block rule whose conditions known by then hold (method and path
+    /// are not known yet; a URL rule only for the flow's name), or a blocking request default —
+    /// named for a log line; nil when nothing could. Splicing such a flow would let past what
+    /// the policy means to inspect, so no splice is learnt for it.
+    public func requestBlock(couldApplyTo facts: FlowFacts) -> String? {
+        if defaults[.request] == .block { return "the request default (block)" }
+        let rule = rulesByStage[Stage.request.ordinal].first { rule in
+            rule.action == .block && rule.conditions.allSatisfy { $0.couldHoldBeforeRequest(facts) }
+        }
+        return rule.map { "request rule \($0.name)" }
+    }
+
     /// Looked up per connection (hello decisions, client identities): a dictionary, not a scan.
     public func rule(named name: String) -> Rule? { ruleByName[name] }
 

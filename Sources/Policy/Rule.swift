@@ -157,6 +157,24 @@ public enum Condition: Sendable, CustomStringConvertible {
     /// is not a prefix of "https://intranet.test.evil.test") and a prefix of what follows it —
     /// both in canonical form (`URLPath`: rules are stored so, requests are
     /// `FlowFacts.canonicalURL`), so case, a default port or a trailing dot change nothing.
+    /// Whether the condition may hold for a request of a flow whose connect and hello facts are
+    /// `f`: request fields are unknown (they may), a URL prefix may if it names the flow's SNI
+    /// (or the flow has none); everything else is known already.
+    func couldHoldBeforeRequest(_ f: FlowFacts) -> Bool {
+        switch self {
+        case .method, .path: return true
+        case .url(let prefixes):
+            guard let sni = f.sni.flatMap(HostName.normalise) else { return true }
+            return prefixes.contains { prefix in
+                let origin = URLPath.split(prefix).authority  // "scheme://host[:port]"
+                guard let start = URLPath.authorityStart(origin) else { return true }
+                let host = origin[start...].split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+                return HostName.normalise(host) == sni
+            }
+        default: return matches(f)
+        }
+    }
+
     static func urlMatches(_ url: String, prefix: String) -> Bool {
         let (u1, u2) = URLPath.split(url), (p1, p2) = URLPath.split(prefix)
         return u1 == p1 && u2.hasPrefix(p2)

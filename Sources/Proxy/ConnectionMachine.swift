@@ -359,7 +359,8 @@ public final class ConnectionMachine {
         setup?.clientMaximum = h.newestVersion.flatMap { TLSVersion(rawValue: Int32($0)) }
         setup?.clientHello = h
         var decision = policy.decide(.hello, facts)
-        if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key) {
+        if policy.autoSpliceTTL != nil, decision.verdict == .bump, let key = autoSpliceKey, let learnt = settings.autoSplice?.lookup(key),
+           policy.requestBlock(couldApplyTo: facts) == nil {  // learnt before a reload added one
             decision = Decision(stage: .hello, verdict: .splice, rule: "auto_splice",
                                 reason: "learnt: a client aborted Loupe's handshake (\(learnt.reason)); spliced until \(learnt.expires.formatted(.iso8601))")
         }
@@ -557,14 +558,20 @@ public final class ConnectionMachine {
     /// The client refused our masquerade (pinning, mTLS, a root it does not trust): with
     /// `[auto_splice]`, the host is learnt so its next connections are spliced.
     private func clientAborted(_ why: String) -> [Command] {
-        learnSplice(because: "the client aborted Loupe's handshake (\(why))") + finish("client aborted our handshake: \(why)")
+        let (learnt, note) = learnSplice(because: "the client aborted Loupe's handshake (\(why))")
+        return learnt + finish("client aborted our handshake: \(why)\(note)")
     }
 
-    /// With `[auto_splice]`: the host goes into the learnt set, its next connections spliced.
-    private func learnSplice(because why: String) -> [Command] {
-        guard let ttl = policy.autoSpliceTTL, let key = autoSpliceKey, let learning = settings.autoSplice else { return [] }
+    /// With `[auto_splice]`: the host goes into the learnt set, its next connections spliced —
+    /// unless a request-stage block could apply to it: any client could then opt out of the
+    /// inspection the policy asks for by aborting one handshake. The note says so, for the log.
+    private func learnSplice(because why: String) -> (commands: [Command], note: String) {
+        guard let ttl = policy.autoSpliceTTL, let key = autoSpliceKey, let learning = settings.autoSplice else { return ([], "") }
+        if let block = policy.requestBlock(couldApplyTo: facts) {
+            return ([], "; not learnt for splicing: \(block) may apply to its requests")
+        }
         learning.learn(key, reason: why, ttl: ttl)
-        return [.learntSplice(host: key, reason: "spliced for \(Int(ttl)) s: \(why)")]
+        return ([.learntSplice(host: key, reason: "spliced for \(Int(ttl)) s: \(why)")], "")
     }
 
     /// An upstream that asked for a client certificate Loupe had none for, and then ended the
@@ -573,7 +580,8 @@ public final class ConnectionMachine {
     private func failedForWantOfACertificate(_ why: String) -> [Command]? {
         guard upstreamTLS?.certificateRequested == true, !upstreamSentPlaintext else { return nil }
         let reason = "the upstream demands a client certificate and no hello rule names an identity for it"
-        return learnSplice(because: reason) + finish("\(why): \(reason)", alert: phase == .relaying ? nil : 40)
+        let (learnt, note) = learnSplice(because: reason)
+        return learnt + finish("\(why): \(reason)\(note)", alert: phase == .relaying ? nil : 40)
     }
 
     private func pumpClientHandshake(_ bytes: [UInt8]) -> [Command] {

@@ -64,6 +64,46 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect((p.decide(.connect, f).verdict == .block) == matches, "\(condition) with \(edit)")
     }
 
+    /// What a learnt splice would let past: a request block whose known conditions hold for the
+    /// flow (method and path unknown before the request; URL rules only for their host), or a
+    /// blocking request default. Allow rules never count.
+    @Test func requestBlocksThatCouldApplyBeforeTheRequest() throws {
+        let p = try policy("""
+            [[rule]]
+            name = "corp-admin"
+            stage = "request"
+            sni = [".corp.test"]
+            path = ["/admin"]
+            action = "block"
+            [[rule]]
+            name = "files"
+            stage = "request"
+            url = ["https://Files.Example.com:8443/private/"]
+            action = "block"
+            [[rule]]
+            name = "uid-7"
+            stage = "request"
+            uid = [7]
+            method = ["POST"]
+            action = "block"
+            [[rule]]
+            name = "allowed"
+            stage = "request"
+            sni = ["open.test"]
+            action = "allow"
+            """)
+        #expect(p.requestBlock(couldApplyTo: facts { $0.sni = "app.corp.test" }) == "request rule corp-admin")
+        #expect(p.requestBlock(couldApplyTo: facts { $0.sni = "files.example.com" }) == "request rule files")
+        #expect(p.requestBlock(couldApplyTo: facts { $0.sni = "FILES.example.com." }) == "request rule files")
+        #expect(p.requestBlock(couldApplyTo: facts { $0.sni = "pinned.test"; $0.uid = 7 }) == "request rule uid-7")
+        #expect(p.requestBlock(couldApplyTo: facts { $0.sni = "pinned.test"; $0.uid = 1000 }) == nil)
+        #expect(p.requestBlock(couldApplyTo: facts { $0.sni = "open.test" }) == nil)
+        // Without an SNI a URL rule's host cannot be ruled out.
+        #expect(p.requestBlock(couldApplyTo: facts()) == "request rule files")
+        let strict = try policy("", defaults: "connect = \"allow\"\nhello = \"bump\"\nrequest = \"block\"")
+        #expect(strict.requestBlock(couldApplyTo: facts { $0.sni = "any.test" }) == "the request default (block)")
+    }
+
     @Test func helloAndRequestFields() throws {
         let p = try policy("""
             [[rule]]

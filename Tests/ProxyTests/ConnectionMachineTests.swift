@@ -587,7 +587,10 @@ final class Playbook {
     @Test func aClientThatAbortsIsLearntIntoAutoSplice() throws {
         let p = try Playbook()
         let learnt = AutoSplice()
-        let policy = Playbook.policyText + "\n[auto_splice]\nttl = 600\n"
+        // The request rule for corp hosts only: other hosts may be learnt.
+        let learning = "\n[auto_splice]\nttl = 600\n"
+        let everyHost = TestPolicies.noAdminPost + learning
+        let policy = everyHost.replacingOccurrences(of: "stage = \"request\"\n", with: "stage = \"request\"\nsni = [\".corp.test\"]\n")
         p.probeOrigin = { try p.origin([.dns("pinned.test")]) }
         let pinned = { try TLSSession.client(try TLSContext.client(trustBundle: p.originPKI.bundle), serverName: "pinned.test") }
 
@@ -607,6 +610,24 @@ final class Playbook {
         #expect(second.mode == .splice && p.decisions.first?.rule == "auto_splice", "\(p.decisions)")
         #expect(p.log.contains { if case .probe(_, "pinned.test") = $0 { true } else { false } }, "a learnt name is proved first")
         #expect(client2.state == .established && client2.peerChain.first?.issuer == "CN=Origin Test Root")
+
+        // A host a request-stage block may apply to is never learnt: any client could otherwise
+        // opt out of that inspection by aborting one handshake. Nor is a learnt splice used
+        // once a reload has put such a rule over it.
+        p.log = []
+        let corp = { try TLSSession.client(try TLSContext.client(trustBundle: p.originPKI.bundle), serverName: "app.corp.test") }
+        let fourth = try p.machine(policy: policy, autoSplice: learnt)
+        let client4 = try corp()
+        client4.advanceHandshake()
+        p.run(fourth, client: client4, origin: try p.origin([.dns("app.corp.test")]))
+        #expect(learnt.lookup("app.corp.test") == nil && !p.log.contains { if case .learntSplice = $0 { true } else { false } })
+        #expect(p.finishedReason?.contains("not learnt for splicing: request rule no-admin-post may apply") == true, "\(p.finishedReason ?? "-")")
+        p.log = []
+        let fifth = try p.machine(policy: everyHost, autoSplice: learnt)
+        let client5 = try pinned()
+        client5.advanceHandshake()
+        p.run(fifth, client: client5, origin: try p.origin([.dns("pinned.test")]))
+        #expect(fifth.mode == .bump && p.decisions.first?.rule == "default", "the learnt pinned.test is bumped under a rule for every host: \(p.decisions)")
 
         // Without [auto_splice] nothing is learnt.
         let quiet = AutoSplice()
