@@ -69,7 +69,7 @@ public final class ConnectionMachine {
         public var upstreamContext: TLSContext
         public var clientContext: TLSContext
         /// ALPN protocols Loupe can inspect on a bumped flow (others are relayed opaquely).
-        public var relayableALPN: [String] = ["h2", "http/1.1"]
+        public var relayableALPN: [String] = ["h2", "http/1.1", "http/1.0"]
         /// Hosts learnt for splicing (read at hello, taught when a client aborts our handshake);
         /// used only when the policy has `[auto_splice]`.
         public var autoSplice: AutoSplice?
@@ -431,7 +431,9 @@ public final class ConnectionMachine {
         // takes one, relayed opaquely — as a flow without ALPN that is not HTTP — instead of
         // losing the protocol it asked for.
         var offered = facts.alpn.filter { settings.relayableALPN.contains($0) }
-        if offered.isEmpty { offered = facts.alpn }
+        // HTTP in a form Loupe cannot read (SPDY, h2c, HTTP/0.9, HTTP/3's ids) is never
+        // offered: an origin taking it would have requests relayed past the request stage.
+        if offered.isEmpty { offered = facts.alpn.filter { !Self.unreadableHTTP($0) } }
         let name = facts.sni ?? facts.dst.map { IPAddress.format($0.address) }
         var identity: ClientIdentity?
         let label = setup?.helloDecision.flatMap { policy.rule(named: $0.rule)?.identity }
@@ -552,6 +554,12 @@ public final class ConnectionMachine {
         return .rsa2048
     }
 
+    /// ALPN ids of HTTP that the request stage cannot read.
+    static func unreadableHTTP(_ id: String) -> Bool {
+        let id = id.lowercased()
+        return ["http/0.9", "h2c", "h3"].contains(id) || id.hasPrefix("spdy/") || id.hasPrefix("h3-") || id.hasPrefix("hq")
+    }
+
     /// Where a learnt splice is filed: the SNI, or the destination address without one.
     private var autoSpliceKey: String? { facts.sni ?? facts.dst.map { IPAddress.format($0.address) } }
 
@@ -595,7 +603,7 @@ public final class ConnectionMachine {
             phase = .relaying
             // The request may have come with the handshake's last flight.
             if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
-            if client.alpn == nil || client.alpn == "http/1.1" {
+            if client.alpn == nil || client.alpn == "http/1.1" || client.alpn == "http/1.0" {
                 requests = HTTPRequestTracker()
                 responses = HTTPResponseTracker()
             }
@@ -728,7 +736,7 @@ public final class ConnectionMachine {
                 // A client that agreed on http/1.1 and then stops speaking it would slip its
                 // later requests past the request stage: the connection ends. Without ALPN the
                 // protocol was never promised: relayed as opaque bytes.
-                if client.alpn == "http/1.1" {
+                if client.alpn == "http/1.1" || client.alpn == "http/1.0" {
                     return finish("not HTTP/1.1 after agreeing on http/1.1 (\(why)): the request stage cannot see it")
                 }
                 requests = nil

@@ -266,6 +266,36 @@ final class Playbook {
         }
     }
 
+    /// HTTP under other ALPN ids: "http/1.0" is read as HTTP/1 (its requests decided), and ids
+    /// of HTTP Loupe cannot read (SPDY, h2c) are never offered upstream — an origin taking one
+    /// would have had its requests relayed opaquely, past the request stage.
+    @Test func httpUnderOtherALPNIdsIsDecidedOrNotOffered() throws {
+        let p = try Playbook()
+        let m = try p.machine()
+        let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.0"])
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["http/1.0"])
+        client.advanceHandshake()
+        p.run(m, client: client, origin: origin)
+        #expect(client.state == .established && client.alpn == "http/1.0" && origin.alpn == "http/1.0", "\(client.state)")
+        try client.write(Array("POST /admin HTTP/1.0\r\nHost: www.origin.test\r\nContent-Length: 6\r\n\r\nsecret".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 403 Forbidden"))
+        #expect(origin.read().isEmpty && p.decisions.last?.rule == "no-admin-post")
+
+        for unreadable in ["spdy/3.1", "h2c"] {
+            let q = try Playbook()
+            let n = try q.machine()
+            let origin = try q.origin([.dns("www.origin.test")], alpn: [unreadable, "http/1.1"])
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: q.loupeRootBundle), serverName: "www.origin.test", alpn: [unreadable])
+            client.advanceHandshake()
+            q.run(n, client: client, origin: origin)
+            #expect(client.state == .established && origin.alpn == nil && client.alpn == nil, "\(unreadable): offered upstream (\(origin.alpn ?? "-"))")
+            try client.write(Array("POST /admin HTTP/1.1\r\nHost: www.origin.test\r\nContent-Length: 6\r\n\r\nsecret".utf8))
+            q.run(n, client: client, origin: origin)
+            #expect(origin.read().isEmpty && q.decisions.last?.rule == "no-admin-post", "\(unreadable): the request is decided")
+        }
+    }
+
     /// A malformed request — with ALPN http/1.1 or without ALPN, once the stream looks like HTTP —
     /// gets a 400 and ends the connection: relayed unread, the request after it would escape the
     /// request stage. A stream that never looked like HTTP is relayed as it is without ALPN, and
