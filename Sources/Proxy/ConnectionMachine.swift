@@ -749,6 +749,11 @@ public final class ConnectionMachine {
                 return nil
             case .head(let head, let raw):
                 guard case .request(let method, let target) = head.kind else { continue }
+                if let responses, responses.unanswered >= HTTPResponseTracker.maximumUnanswered {
+                    let why = "more than \(HTTPResponseTracker.maximumUnanswered) requests pipelined without an answer"
+                    if let end = refuse(with: Self.badRequest(why), reason: "request refused: \(why)", client, upstream) { return end }
+                    return nil
+                }
                 facts.method = method
                 // An empty Host names no host (RFC 9110 7.2): the SNI does, as for none at all.
                 let host = head.header("host").flatMap { $0.isEmpty ? nil : $0 }

@@ -37,6 +37,11 @@ struct HTTPResponseTracker {
         waiting.append((method, url))
     }
 
+    /// Requests sent and not yet answered. Bounded by the machine (`maximumUnanswered`): an
+    /// upstream that reads requests and never answers must not grow this without end.
+    var unanswered: Int { waiting.count }
+    static let maximumUnanswered = 1000
+
     mutating func feed(_ bytes: [UInt8]) -> [HTTPExchange] {
         var done: [HTTPExchange] = []
         var input = pending.isEmpty ? bytes[...] : (pending + bytes)[...]

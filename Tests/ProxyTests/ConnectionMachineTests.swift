@@ -581,6 +581,25 @@ final class Playbook {
         }
     }
 
+    /// An upstream that reads pipelined requests and never answers cannot make Loupe remember
+    /// them without end: past `maximumUnanswered` outstanding, the next request is refused
+    /// (400, after the answers before it), and nothing more goes upstream.
+    @Test func unansweredPipelinesAreBounded() throws {
+        let p = try Playbook()
+        let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+        let limit = HTTPResponseTracker.maximumUnanswered
+        let request = "GET /x HTTP/1.1\r\nHost: www.origin.test\r\n\r\n"
+        try client.write(Array(String(repeating: request, count: limit + 5).utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(origin.read().count == limit * request.utf8.count, "exactly the first \(limit) go upstream")
+        #expect(client.read().isEmpty && p.finishedReason == nil, "the 400 waits for their answers")
+        try origin.write(Array(String(repeating: "HTTP/1.1 204 No Content\r\n\r\n", count: limit).utf8))
+        p.run(m, client: client, origin: origin)
+        let got = String(decoding: client.read(), as: UTF8.self)
+        #expect(got.components(separatedBy: "HTTP/1.1 204").count - 1 == limit && got.hasSuffix("pipelined without an answer\n"), "\(got.suffix(200))")
+        #expect(p.finishedReason?.contains("requests pipelined without an answer") == true)
+    }
+
     @Test func spliceRelaysTheOriginalBytesUntouched() throws {
         let p = try Playbook()
         let m = try p.machine()
