@@ -757,7 +757,10 @@ public final class ConnectionMachine {
                 facts.method = method
                 // An empty Host names no host (RFC 9110 7.2): the SNI does, as for none at all.
                 let host = head.header("host").flatMap { $0.isEmpty ? nil : $0 }
-                facts.url = Self.url(target: target, host: host ?? facts.sni ?? "")
+                // CONNECT names its tunnel's far end (authority form), as :authority does on h2:
+                // that host is what rules judge and what the certificate must cover.
+                facts.url = method == "CONNECT" && !target.hasPrefix("/") && HTTPHead.absoluteFormScheme(target) == nil
+                    ? "https://" + target : Self.url(target: target, host: host ?? facts.sni ?? "")
                 let decision = decideRequest()
                 out.append(.decidedRequest(decision, method: method, url: facts.url ?? ""))
                 if decision.verdict == .block {

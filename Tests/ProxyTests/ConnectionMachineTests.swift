@@ -600,6 +600,22 @@ final class Playbook {
         #expect(p.finishedReason?.contains("requests pipelined without an answer") == true)
     }
 
+    /// CONNECT over a bumped HTTP/1.1 flow is decided by its tunnel's far end, as on HTTP/2: a
+    /// tunnel to a host the server's certificate does not cover is refused as misdirected (it
+    /// would carry bytes no rule judged); one to the server itself waits for its answer.
+    @Test func connectIsDecidedByItsTarget() throws {
+        for (target, refused) in [("elsewhere.test:443", true), ("www.origin.test:443", false)] {
+            let p = try Playbook()
+            let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+            try client.write(Array("CONNECT \(target) HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
+            p.run(m, client: client, origin: origin)
+            let upstream = String(decoding: origin.read(), as: UTF8.self)
+            #expect(p.decisions.last?.rule == (refused ? "misdirected" : "default"), "\(target): \(p.decisions)")
+            #expect(refused ? upstream.isEmpty : upstream.hasPrefix("CONNECT \(target)"), "\(target): \(upstream)")
+            if refused { #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 403 Forbidden")) }
+        }
+    }
+
     @Test func spliceRelaysTheOriginalBytesUntouched() throws {
         let p = try Playbook()
         let m = try p.machine()
