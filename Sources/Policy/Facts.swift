@@ -70,6 +70,17 @@ public struct FlowFacts: Sendable, Equatable {
         return tail.utf8.first == 0x2F ? String(tail) : "/" + tail
     }
 
+    /// The port `url` names, from its canonical form: nil when it names none or the default
+    /// (request URLs are https: 443).
+    public var port: UInt16? {
+        guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }
+        let rest = url[start...]
+        var authority = rest[..<URLPath.authorityEnd(rest)]
+        if authority.utf8.first == 0x5B, let close = authority.utf8.firstIndex(of: 0x5D) { authority = authority[authority.index(after: close)...] }
+        guard let colon = authority.utf8.firstIndex(of: 0x3A) else { return nil }
+        return UInt16(authority[authority.index(after: colon)...])
+    }
+
     /// The request's host, from `url` in canonical form (lowercase, no userinfo or trailing dot).
     public var host: String? {
         guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }

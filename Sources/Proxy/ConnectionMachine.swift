@@ -81,6 +81,10 @@ public final class ConnectionMachine {
         /// With these, a client-facing handshake like the last one to the same upstream is
         /// worked out while the upstream answers (see `prepareClientHandshake`).
         public var forecasts: HandshakeForecasts?
+        /// The port the client connected to, and whether it came redirected (so that port is
+        /// the origin's, not a proxy listener's): a request's URL is judged with the port its
+        /// bytes really go to. nil: unknown (requests are judged by the port they name).
+        public var clientPort: (port: UInt16, redirected: Bool)?
         public init(upstreamContext: TLSContext, clientContext: TLSContext) {
             self.upstreamContext = upstreamContext
             self.clientContext = clientContext
@@ -798,6 +802,22 @@ public final class ConnectionMachine {
     /// — domain fronting, or a Host chosen to dodge a rule on the real one — is refused, since
     /// rules would judge a site other than the one the bytes go to.
     private func decideRequest() -> Decision {
+        // The port: servers route by name, so "Host: example.com:8443" on a connection to 443 is
+        // served as example.com — judged under its claimed port, it would pass a rule on
+        // https://example.com/. A port named that is not the connection's is refused; none named
+        // on a redirected connection to another port means that port. (A CONNECT's port is its
+        // tunnel's far end.)
+        if let client = settings.clientPort, facts.method != "CONNECT", let url = facts.url {
+            let named = facts.port
+            if let named, named != client.port {
+                return Decision(stage: .request, verdict: .block, rule: "misdirected",
+                                reason: "the request names port \(named), but the connection is to port \(client.port)")
+            }
+            if named == nil, client.redirected, client.port != 443 {
+                let (origin, rest) = URLPath.split(url)
+                facts.url = "\(origin):\(client.port)\(rest)"
+            }
+        }
         // `facts.host` is canonical: a fully qualified "example.com." is "example.com", as the
         // upstream was verified.
         if let host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {

@@ -305,7 +305,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             }
             // No redirect (the socket's own address came back) → the configured destination.
             var destination = (try? result.get()) ?? nil
-            if destination == nil || destination == ownAddress { destination = configuration.fixedDestination }
+            let redirected = destination != nil && destination != ownAddress
+            if !redirected { destination = configuration.fixedDestination }
             var facts = FlowFacts()
             facts.proto = .tcp
             facts.dst = destination
@@ -324,6 +325,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             settings.forecasts = configuration.forecasts
             settings.clientIdentities = configuration.liveClientIdentities?() ?? configuration.clientIdentities
             settings.quarantineFailures = configuration.quarantine != nil
+            // The port the client asked for: the original destination's, or this listener's.
+            if let port = redirected ? destination?.port : ownAddress?.port { settings.clientPort = (port, redirected) }
             machine = ConnectionMachine(facts: facts, policy: configuration.livePolicy?() ?? configuration.policy, settings: settings)
             let queued = pending
             pending = []

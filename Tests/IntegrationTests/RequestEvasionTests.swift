@@ -34,9 +34,11 @@ import Testing
             "/x/..;/admin", "/admin;x", "/x\\..\\admin", "/x/..%5cadmin"]]
         spellings += [b"GET %s HTTP/1.1\r\nHost: origin.test\r\n%s\r\n" % (t.encode(), close) for t in [
             "https://origin.test/admin", "HTTPS://ORIGIN.TEST/admin", "HTTP://origin.test/admin", "http://origin.test/admin",
-            "https://origin.test:443/admin", "https://origin.test:0443/admin", "https://origin.test./admin", "https://user@origin.test/admin"]]
+            "https://origin.test:443/admin", "https://origin.test:0443/admin", "https://origin.test./admin", "https://user@origin.test/admin",
+            "https://origin.test:8443/admin", "https://origin.test:1/admin"]]
         spellings += [b"GET /admin HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (h.encode(), close) for h in [
-            "origin.test:443", "origin.test:0443", "ORIGIN.TEST", "origin.test.", "origin.test ", "", "origin.test\r\nHost: other.test"]]
+            "origin.test:443", "origin.test:0443", "ORIGIN.TEST", "origin.test.", "origin.test ", "", "origin.test\r\nHost: other.test",
+            "origin.test:8443", "origin.test:65535"]]
         spellings += [s.encode() for s in [
             "GET /admin HTTP/1.0\r\n\r\n", "GET /admin\r\n", "GET /admin\r\n\r\n", "GET\t/admin\tHTTP/1.1\r\nHost: origin.test\r\n\r\n",
             "GET  /admin HTTP/1.1\r\nHost: origin.test\r\n\r\n", "GET /admin HTTP/1.1 \r\nHost: origin.test\r\n\r\n",
@@ -78,7 +80,7 @@ import Testing
         def H(path, authority="origin.test", scheme="https", extra=()):
             return [(":method", "GET"), (":scheme", scheme), (":authority", authority), (":path", path)] + list(extra)
         cases = [H(p) for p in ["/admin", "/%61dmin", "//admin", "/x/../admin", "/x/..%2fadmin", "/x/..;/admin", "/x\\..\\admin", "/admin?x", "/./admin"]]
-        cases += [H("/admin", a) for a in ["ORIGIN.TEST", "origin.test:443", "origin.test.", "origin.test:0443", ""]]
+        cases += [H("/admin", a) for a in ["ORIGIN.TEST", "origin.test:443", "origin.test.", "origin.test:0443", "", "origin.test:8443"]]
         cases += [H("/admin", scheme="http"), H("/admin", extra=[("host", "other.test")]), [(":method", "GET"), (":scheme", "https"), (":path", "/admin"), ("host", "origin.test")]]
         if sys.argv[1] == "malformed":  # requests an HTTP/1.1 hop behind the origin could misread
             proxied, ca = int(sys.argv[2]), sys.argv[3]

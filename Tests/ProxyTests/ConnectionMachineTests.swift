@@ -67,13 +67,14 @@ final class Playbook {
         """
 
     func machine(dst: String = "192.0.2.10:443", policy: String = Playbook.policyText, autoSplice: AutoSplice? = nil,
-                 keyLog: KeyLog? = nil) throws -> ConnectionMachine {
+                 keyLog: KeyLog? = nil, clientPort: (UInt16, Bool)? = nil) throws -> ConnectionMachine {
         var facts = FlowFacts()
         facts.dst = FlowFacts.Endpoint(dst)
         var settings = ConnectionMachine.Settings(upstreamContext: try TLSContext.client(trustBundle: originPKI.bundle),
                                                   clientContext: try TLSContext.server())
         settings.autoSplice = autoSplice
         settings.forecasts = forecasts
+        settings.clientPort = clientPort.map { (port: $0.0, redirected: $0.1) }
         settings.clientContext.logKeys(to: keyLog)
         return ConnectionMachine(facts: facts, policy: try Policy.parse(policy, file: "p.toml"), settings: settings)
     }
@@ -613,6 +614,38 @@ final class Playbook {
             #expect(p.decisions.last?.rule == (refused ? "misdirected" : "default"), "\(target): \(p.decisions)")
             #expect(refused ? upstream.isEmpty : upstream.hasPrefix("CONNECT \(target)"), "\(target): \(upstream)")
             if refused { #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 403 Forbidden")) }
+        }
+    }
+
+    /// Servers route by name, not by the port a request names: "Host: host:8443" on a
+    /// connection to 443 is served as the 443 site, so judged under its claimed port it passed
+    /// URL rules on https://host/. A named port that is not the connection's is refused; none
+    /// named on a redirected connection to another port means that port.
+    @Test func requestsAreJudgedAtThePortTheyReallyGoTo() throws {
+        let policy = TestPolicies.noAdminPost + "\n[[rule]]\nname = \"alt-admin\"\nstage = \"request\"\nurl = [\"https://www.origin.test:8443/admin\"]\naction = \"block\"\n"
+        let cases: [(port: UInt16, redirected: Bool, host: String, rule: String, url: String)] = [
+            (443, true, "www.origin.test:8443", "misdirected", "https://www.origin.test:8443/admin"),
+            (443, true, "www.origin.test:443", "default", "https://www.origin.test:443/admin"),
+            (443, true, "www.origin.test", "default", "https://www.origin.test/admin"),
+            (8443, true, "www.origin.test", "alt-admin", "https://www.origin.test:8443/admin"),
+            (8443, true, "www.origin.test:8443", "alt-admin", "https://www.origin.test:8443/admin"),
+            (31001, false, "www.origin.test", "default", "https://www.origin.test/admin"),  // a listener's port (--to)
+            (31001, false, "www.origin.test:31001", "default", "https://www.origin.test:31001/admin"),
+            (31001, false, "www.origin.test:443", "default", "https://www.origin.test:443/admin"),  // the default, as if unnamed
+            (31001, false, "www.origin.test:8443", "misdirected", "https://www.origin.test:8443/admin"),
+        ]
+        for c in cases {
+            let p = try Playbook()
+            let m = try p.machine(policy: policy, clientPort: (c.port, c.redirected))
+            let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.1"])
+            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["http/1.1"])
+            client.advanceHandshake()
+            p.run(m, client: client, origin: origin)
+            try client.write(Array("GET /admin HTTP/1.1\r\nHost: \(c.host)\r\n\r\n".utf8))
+            p.run(m, client: client, origin: origin)
+            let logged = p.log.compactMap { if case .decidedRequest(let d, _, let url) = $0 { (d.rule, url) } else { nil } }.last
+            #expect(logged?.0 == c.rule && logged?.1 == c.url, "\(c): \(String(describing: logged))")
+            #expect(origin.read().isEmpty == (c.rule != "default"), "\(c)")
         }
     }
 
