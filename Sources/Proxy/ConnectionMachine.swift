@@ -667,7 +667,8 @@ public final class ConnectionMachine {
                 facts.url = url
                 return decideRequest()
             }
-            out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.url) }
+            // Logged with the port the request was judged at (the filter knows only what it named).
+            out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.method == "CONNECT" ? $0.url : atConnectionPort($0.url)) }
             if let failure = filtered.failure { return out + finish(failure) }
             try? upstream.write(filtered.upstream)
             if !filtered.client.isEmpty { try? client.write(filtered.client) }
@@ -692,7 +693,11 @@ public final class ConnectionMachine {
             }
             if let http2 {
                 let seen = http2.filter.fromUpstream(down)
-                out += seen.answered.map(Command.answered)
+                out += seen.answered.map { exchange in
+                    var judged = exchange
+                    if exchange.method != "CONNECT" { judged.url = atConnectionPort(exchange.url) }
+                    return .answered(judged)
+                }
                 if let failure = seen.failure { return out + finish(failure) }
                 try? client.write(down)
                 if !seen.client.isEmpty { try? client.write(seen.client) }
@@ -813,10 +818,7 @@ public final class ConnectionMachine {
                 return Decision(stage: .request, verdict: .block, rule: "misdirected",
                                 reason: "the request names port \(named), but the connection is to port \(client.port)")
             }
-            if named == nil, client.redirected, client.port != 443 {
-                let (origin, rest) = URLPath.split(url)
-                facts.url = "\(origin):\(client.port)\(rest)"
-            }
+            if named == nil, client.redirected, client.port != 443 { facts.url = atConnectionPort(url) }
         }
         // `facts.host` is canonical: a fully qualified "example.com." is "example.com", as the
         // upstream was verified.
@@ -828,6 +830,17 @@ public final class ConnectionMachine {
             coveredHost = facts.host
         }
         return policy.decide(.request, facts)
+    }
+
+    /// `url` (naming no port) with the port of a redirected connection to other than 443 —
+    /// where the request really goes; as it is otherwise.
+    private func atConnectionPort(_ url: String) -> String {
+        guard let client = settings.clientPort, client.redirected, client.port != 443 else { return url }
+        var parsed = FlowFacts()
+        parsed.url = url
+        guard parsed.port == nil else { return url }
+        let (origin, rest) = URLPath.split(url)
+        return "\(origin):\(client.port)\(rest)"
     }
 
     /// The absolute URL of a request: origin-form targets get the Host header's authority.

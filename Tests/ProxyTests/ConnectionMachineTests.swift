@@ -89,8 +89,8 @@ final class Playbook {
 
     /// A machine with a bumped connection relaying: client and origin both offering `alpn`;
     /// `first` goes to the machine before the client's hello.
-    func bumped(alpn: [String], first: [ConnectionMachine.Event] = []) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
-        let m = try machine()
+    func bumped(alpn: [String], first: [ConnectionMachine.Event] = [], clientPort: (UInt16, Bool)? = nil) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
+        let m = try machine(clientPort: clientPort)
         let origin = try origin([.dns("www.origin.test")], alpn: alpn)
         let client = try TLSSession.client(try TLSContext.client(trustBundle: loupeRootBundle), serverName: "www.origin.test", alpn: alpn)
         client.advanceHandshake()
@@ -492,6 +492,24 @@ final class Playbook {
         try origin.write(F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0))
         p.run(m, client: client, origin: origin)
         #expect(m.facts.url == "https://www.origin.test/x", "\(m.facts.url ?? "-")")
+    }
+
+    /// On h2 too the flow log names the port a request was judged at: the decision's and the
+    /// response's lines for a redirected connection to 8443 say https://host:8443/….
+    @Test func h2RequestsAreLoggedAtTheConnectionsPort() throws {
+        let p = try Playbook()
+        let (m, client, origin) = try p.bumped(alpn: ["h2"], clientPort: (8443, true))
+        var encoder = HTTP2RequestFilterTests.Client(), upstreamEncoder = HTTP2RequestFilterTests.Client()
+        let block = try encoder.block([(":method", "GET"), (":scheme", "https"), (":authority", "www.origin.test"), (":path", "/x")])
+        typealias F = HTTP2RequestFilter
+        try client.write(F.preface + F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0)
+                         + F.frameHeader(length: block.count, type: .headers, flags: 0x5, stream: 1) + block)
+        let status = try upstreamEncoder.block([(":status", "204")])
+        try origin.write(F.frameHeader(length: 0, type: .settings, flags: 0, stream: 0) + F.frameHeader(length: status.count, type: .headers, flags: 0x5, stream: 1) + status)
+        p.run(m, client: client, origin: origin)
+        let decided = p.log.compactMap { if case .decidedRequest(_, _, let url) = $0 { url } else { nil } }
+        let answered = p.log.compactMap { if case .answered(let exchange) = $0 { exchange.url } else { nil } }
+        #expect(decided == ["https://www.origin.test:8443/x"] && answered == ["https://www.origin.test:8443/x"], "\(decided) \(answered)")
     }
 
     /// HTTP/1.1 bytes where h2 was agreed fail the connection instead of passing unread.
