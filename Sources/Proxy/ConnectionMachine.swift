@@ -665,10 +665,10 @@ public final class ConnectionMachine {
             let filtered = http2.filter.fromClient(up) { method, url in
                 facts.method = method
                 facts.url = url
+                defer { url = facts.url ?? url }  // as judged: with the connection's port
                 return decideRequest()
             }
-            // Logged with the port the request was judged at (the filter knows only what it named).
-            out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.method == "CONNECT" ? $0.url : atConnectionPort($0.url)) }
+            out += filtered.decisions.map { .decidedRequest($0.decision, method: $0.method, url: $0.url) }
             if let failure = filtered.failure { return out + finish(failure) }
             try? upstream.write(filtered.upstream)
             if !filtered.client.isEmpty { try? client.write(filtered.client) }
@@ -693,11 +693,7 @@ public final class ConnectionMachine {
             }
             if let http2 {
                 let seen = http2.filter.fromUpstream(down)
-                out += seen.answered.map { exchange in
-                    var judged = exchange
-                    if exchange.method != "CONNECT" { judged.url = atConnectionPort(exchange.url) }
-                    return .answered(judged)
-                }
+                out += seen.answered.map(Command.answered)
                 if let failure = seen.failure { return out + finish(failure) }
                 try? client.write(down)
                 if !seen.client.isEmpty { try? client.write(seen.client) }
@@ -818,7 +814,10 @@ public final class ConnectionMachine {
                 return Decision(stage: .request, verdict: .block, rule: "misdirected",
                                 reason: "the request names port \(named), but the connection is to port \(client.port)")
             }
-            if named == nil, client.redirected, client.port != 443 { facts.url = atConnectionPort(url) }
+            if named == nil, client.redirected, client.port != 443 {
+                let (origin, rest) = URLPath.split(url)
+                facts.url = "\(origin):\(client.port)\(rest)"
+            }
         }
         // `facts.host` is canonical: a fully qualified "example.com." is "example.com", as the
         // upstream was verified.
@@ -830,17 +829,6 @@ public final class ConnectionMachine {
             coveredHost = facts.host
         }
         return policy.decide(.request, facts)
-    }
-
-    /// `url` (naming no port) with the port of a redirected connection to other than 443 —
-    /// where the request really goes; as it is otherwise.
-    private func atConnectionPort(_ url: String) -> String {
-        guard let client = settings.clientPort, client.redirected, client.port != 443 else { return url }
-        var parsed = FlowFacts()
-        parsed.url = url
-        guard parsed.port == nil else { return url }
-        let (origin, rest) = URLPath.split(url)
-        return "\(origin):\(client.port)\(rest)"
     }
 
     /// The absolute URL of a request: origin-form targets get the Host header's authority.

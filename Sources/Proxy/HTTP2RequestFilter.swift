@@ -27,8 +27,9 @@ struct HTTP2RequestFilter {
         var failure: String?
     }
 
-    /// A request as the policy sees it: method and absolute URL.
-    typealias Decide = (_ method: String, _ url: String) -> Decision
+    /// A request as the policy sees it: method and absolute URL. The decider may complete the
+    /// URL (the connection's port, where the request names none); what it leaves is logged.
+    typealias Decide = (_ method: String, _ url: inout String) -> Decision
 
     static let preface: [UInt8] = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
     /// The smallest SETTINGS_MAX_FRAME_SIZE a peer may set: re-encoded blocks never exceed it.
@@ -328,7 +329,7 @@ struct HTTP2RequestFilter {
         let path = headers.first(name: ":path") ?? ""
         // https whatever :scheme says: the request came over TLS, and "http" must not slip
         // past a rule on "https://".
-        let url = "https://\(hosts.first ?? defaultAuthority)\(path)"
+        var url = "https://\(hosts.first ?? defaultAuthority)\(path)"
         // Hosts that disagree (:authority and Host, or Host twice): the request stage would
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
         let distinct = hosts.count > 1 ? Set(hosts.map { $0.lowercased() }) : []
@@ -340,7 +341,7 @@ struct HTTP2RequestFilter {
         } else if distinct.count > 1 {
             decision = Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(distinct.sorted().joined(separator: ", ").prefix(120)))")
         } else {
-            decision = decide(method, url)
+            decision = decide(method, &url)
         }
         out.decisions.append((decision, method, url))
         if decision.verdict == .block {

@@ -22,7 +22,7 @@ import Testing
 
     static let policy = try! Policy.parse(TestPolicies.noAdminPost, file: "p.toml")
 
-    static func decide(_ method: String, _ url: String) -> Decision {
+    static func decide(_ method: String, _ url: inout String) -> Decision {
         var facts = FlowFacts()
         facts.method = method
         facts.url = url
