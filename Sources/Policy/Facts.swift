@@ -73,21 +73,14 @@ public struct FlowFacts: Sendable, Equatable {
     /// The port `url` names, from its canonical form: nil when it names none or the default
     /// (request URLs are https: 443).
     public var port: UInt16? {
-        guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }
-        let rest = url[start...]
-        var authority = rest[..<URLPath.authorityEnd(rest)]
-        if authority.utf8.first == 0x5B, let close = authority.utf8.firstIndex(of: 0x5D) { authority = authority[authority.index(after: close)...] }
-        guard let colon = authority.utf8.firstIndex(of: 0x3A) else { return nil }
-        return UInt16(authority[authority.index(after: colon)...])
+        canonicalURL.flatMap(URLPath.authority).flatMap { URLPath.hostAndPort($0).port.flatMap { UInt16($0) } }
     }
 
-    /// The request's host, from `url` in canonical form (lowercase, no userinfo or trailing dot).
+    /// The request's host, from `url` in canonical form (lowercase, no userinfo or trailing dot;
+    /// an IPv6 address without its brackets).
     public var host: String? {
-        guard let url = canonicalURL, let start = URLPath.authorityStart(url) else { return nil }
-        let rest = url[start...]
-        let authority = rest[..<URLPath.authorityEnd(rest)]
-        if authority.utf8.first == 0x5B, let close = authority.utf8.firstIndex(of: 0x5D) { return String(authority[authority.index(after: authority.startIndex)..<close]) }
-        return String(authority[..<(authority.utf8.firstIndex(of: 0x3A) ?? authority.endIndex)])
+        guard let host = canonicalURL.flatMap(URLPath.authority).map({ URLPath.hostAndPort($0).host }) else { return nil }
+        return String(host.utf8.first == 0x5B ? host.dropFirst().dropLast() : host)
     }
 }
 
@@ -116,23 +109,33 @@ public enum URLPath {
     /// so already. `scheme` ends in "://".
     static func canonicalOrigin(scheme: Substring, authority: Substring) -> String? {
         func hasUppercase(_ s: Substring) -> Bool { s.utf8.contains { $0 >= 0x41 && $0 <= 0x5A } }
-        var host = authority, port: Substring = ""
         var changed = hasUppercase(scheme) || hasUppercase(authority)
-        if let at = host.utf8.lastIndex(of: 0x40) { host = host[host.index(after: at)...]; changed = true }
-        if host.utf8.first == 0x5B, let close = host.utf8.firstIndex(of: 0x5D) {  // [IPv6]:port
-            port = host[host.index(after: close)...]
-            host = host[...close]
-        } else if let colon = host.utf8.firstIndex(of: 0x3A) {
-            port = host[colon...]
-            host = host[..<colon]
-        }
+        var userless = authority
+        if let at = userless.utf8.lastIndex(of: 0x40) { userless = userless[userless.index(after: at)...]; changed = true }
+        var (host, port) = hostAndPort(userless)
         let lowerScheme = scheme.lowercased()
         // The port as a number: ":0443" is 443 to a server.
-        var portText = String(port)
-        if let number = Int(port.dropFirst()), String(number) != port.dropFirst() { portText = ":\(number)"; changed = true }
+        var portText = port.map { ":" + $0 } ?? ""
+        if let digits = port, let number = Int(digits), String(number) != digits { portText = ":\(number)"; changed = true }
         if portText == ":" || (portText == ":443" && lowerScheme == "https://") || (portText == ":80" && lowerScheme == "http://") { portText = ""; changed = true }
         if host.count > 1, host.hasSuffix(".") { host = host.dropLast(); changed = true }
         return changed ? lowerScheme + host.lowercased() + portText : nil
+    }
+
+    /// The authority of `url` ("host[:port]", with any userinfo), nil without a "://".
+    static func authority(_ url: String) -> Substring? {
+        guard let start = authorityStart(url) else { return nil }
+        let rest = url[start...]
+        return rest[..<authorityEnd(rest)]
+    }
+
+    /// An authority without userinfo split at its port's colon: an IPv6 host keeps its
+    /// brackets; the port is nil without a colon (and empty after a bare one).
+    static func hostAndPort(_ authority: Substring) -> (host: Substring, port: Substring?) {
+        var from = authority.startIndex
+        if authority.utf8.first == 0x5B, let close = authority.utf8.firstIndex(of: 0x5D) { from = close }  // [IPv6]: its colons are not the port's
+        guard let colon = authority[from...].utf8.firstIndex(of: 0x3A) else { return (authority, nil) }
+        return (authority[..<colon], authority[authority.index(after: colon)...])
     }
 
     /// "scheme://authority" and the rest (path, query, fragment).

@@ -166,10 +166,8 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .url(let prefixes):
             guard let sni = f.sni.flatMap(HostName.normalise) else { return true }
             return prefixes.contains { prefix in
-                let origin = URLPath.split(prefix).authority  // "scheme://host[:port]"
-                guard let start = URLPath.authorityStart(origin) else { return true }
-                let host = origin[start...].split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
-                return HostName.normalise(host) == sni
+                guard let authority = URLPath.authority(prefix) else { return true }
+                return HostName.normalise(String(URLPath.hostAndPort(authority).host)) == sni
             }
         default: return matches(f)
         }
