@@ -37,7 +37,7 @@ public struct LeafRequest: Sendable, Hashable {
     /// does not) refuses the masquerade as it refuses the real server. nil: Loupe's own.
     public var keyUsage: String?
     /// The upstream's TLS Feature extension (OCSP must-staple), carried as it is: a client that
-    /// enforces it (GnuTLS, Firefox) then fails without a staple exactly as it would directly —
+    /// enforces it (GnuTLS) then fails without a staple exactly as it would directly —
     /// Loupe staples its own only when the upstream stapled a good response.
     public var tlsFeature: String?
     /// The upstream certificate when mirroring (not part of the identity: its hash is).
