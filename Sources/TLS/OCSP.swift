@@ -43,6 +43,9 @@ public enum OCSP {
         return Array(UnsafeBufferPointer(start: out, count: Int(length)))
     }
 
+    /// How far past its period a response still counts (clocks differ).
+    static let leewaySeconds = 300
+
     /// What `der` says about `chain[0]`, issued by `chain[1]`: its signature checked against
     /// `store` (an issuer-signed or delegated responder), its period against now (5 min leeway).
     /// `goodUntil`: a good response's nextUpdate in seconds since 1970 (nil without one), how
@@ -69,7 +72,7 @@ public enum OCSP {
         guard OCSP_resp_find_status(basic, id, &status, &reason, &revokedAt, &thisUpdate, &nextUpdate) == 1 else {
             return unusable("it says nothing about this certificate")
         }
-        guard OCSP_check_validity(thisUpdate, nextUpdate, 300, -1) == 1 else { return unusable("it is out of date") }
+        guard OCSP_check_validity(thisUpdate, nextUpdate, leewaySeconds, -1) == 1 else { return unusable("it is out of date") }
         switch status {
         case V_OCSP_CERTSTATUS_GOOD: return (.good, nextUpdate.map { Int(asn1Date($0).timeIntervalSince1970) })
         case V_OCSP_CERTSTATUS_REVOKED: return (.revoked(reason: reason >= 0 ? String(cString: OCSP_crl_reason_str(Int(reason))) : "no reason given"), nil)

@@ -242,7 +242,8 @@ public final class TLSSession: @unchecked Sendable {
     /// Client side: what the server's stapled OCSP response said (nil: none was asked or sent).
     /// On a resumption, the verdict the session's full handshake got, while it holds.
     public internal(set) var stapledStatus: StapledStatus?
-    /// Client side: until when a good staple's verdict holds (its nextUpdate, seconds since 1970).
+    /// Client side: until when a good staple's verdict holds (its nextUpdate, seconds since
+    /// 1970); nil unless it was good.
     var stapleGoodUntil: Int?
     /// Client side: that of the session offered for resumption.
     private var offeredStapleGoodUntil: Int?
@@ -318,8 +319,7 @@ public final class TLSSession: @unchecked Sendable {
     /// close_notify, which would spoil the cached entry.
     func fileForResumption(_ session: OpaquePointer) {
         guard let key = resumptionKey, SSL_SESSION_is_resumable(session) == 1, let copy = SSL_SESSION_dup(session) else { return }
-        let goodUntil = stapledStatus == .good ? stapleGoodUntil : nil
-        context.sessions.withLock { $0.insert(ResumableSession(copy, stapleGoodUntil: goodUntil), for: key) }
+        context.sessions.withLock { $0.insert(ResumableSession(copy, stapleGoodUntil: stapleGoodUntil), for: key) }
     }
 
     /// Offers no more than `offer` allows (each part left nil keeps the context's default).
@@ -376,7 +376,7 @@ public final class TLSSession: @unchecked Sendable {
             state = .established
             // Resumed: no staple came; the full handshake's good one stands until it expires,
             // as a fresh handshake would have got it (a client asking for status sees the same).
-            if resumed, stapledStatus == nil, let until = offeredStapleGoodUntil, until + 300 > time(nil) {  // the leeway `OCSP.evaluate` allows
+            if resumed, stapledStatus == nil, let until = offeredStapleGoodUntil, until + OCSP.leewaySeconds > time(nil) {
                 stapledStatus = .good
                 stapleGoodUntil = until
             }
