@@ -89,8 +89,9 @@ final class Playbook {
 
     /// A machine with a bumped connection relaying: client and origin both offering `alpn`;
     /// `first` goes to the machine before the client's hello.
-    func bumped(alpn: [String], first: [ConnectionMachine.Event] = [], clientPort: (UInt16, Bool)? = nil) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
-        let m = try machine(clientPort: clientPort)
+    func bumped(alpn: [String], first: [ConnectionMachine.Event] = [], policy: String = Playbook.policyText,
+                clientPort: (UInt16, Bool)? = nil) throws -> (ConnectionMachine, client: TLSSession, origin: TLSSession) {
+        let m = try machine(policy: policy, clientPort: clientPort)
         let origin = try origin([.dns("www.origin.test")], alpn: alpn)
         let client = try TLSSession.client(try TLSContext.client(trustBundle: loupeRootBundle), serverName: "www.origin.test", alpn: alpn)
         client.advanceHandshake()
@@ -272,11 +273,7 @@ final class Playbook {
     /// would have had its requests relayed opaquely, past the request stage.
     @Test func httpUnderOtherALPNIdsIsDecidedOrNotOffered() throws {
         let p = try Playbook()
-        let m = try p.machine()
-        let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.0"])
-        let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["http/1.0"])
-        client.advanceHandshake()
-        p.run(m, client: client, origin: origin)
+        let (m, client, origin) = try p.bumped(alpn: ["http/1.0"])
         #expect(client.state == .established && client.alpn == "http/1.0" && origin.alpn == "http/1.0", "\(client.state)")
         try client.write(Array("POST /admin HTTP/1.0\r\nHost: www.origin.test\r\nContent-Length: 6\r\n\r\nsecret".utf8))
         p.run(m, client: client, origin: origin)
@@ -654,11 +651,7 @@ final class Playbook {
         ]
         for c in cases {
             let p = try Playbook()
-            let m = try p.machine(policy: policy, clientPort: (c.port, c.redirected))
-            let origin = try p.origin([.dns("www.origin.test")], alpn: ["http/1.1"])
-            let client = try TLSSession.client(try TLSContext.client(trustBundle: p.loupeRootBundle), serverName: "www.origin.test", alpn: ["http/1.1"])
-            client.advanceHandshake()
-            p.run(m, client: client, origin: origin)
+            let (m, client, origin) = try p.bumped(alpn: ["http/1.1"], policy: policy, clientPort: (c.port, c.redirected))
             try client.write(Array("GET /admin HTTP/1.1\r\nHost: \(c.host)\r\n\r\n".utf8))
             p.run(m, client: client, origin: origin)
             let logged = p.log.compactMap { if case .decidedRequest(let d, _, let url) = $0 { (d.rule, url) } else { nil } }.last
