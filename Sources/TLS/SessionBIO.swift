@@ -14,8 +14,8 @@ enum SessionBIO {
         _ = BIO_meth_set_read_ex(method) { bio, buffer, wanted, done in
             BIO_clear_flags(bio, retryFlags)
             var taken = 0
-            if let buffer, wanted > 0, let session = session(of: bio) {
-                taken = session.takeInput(into: buffer, upTo: wanted)
+            if let buffer, wanted > 0 {
+                taken = withSession(of: bio) { $0.takeInput(into: buffer, upTo: wanted) } ?? 0
             }
             done?.pointee = taken
             guard taken > 0 else {
@@ -26,19 +26,23 @@ enum SessionBIO {
         }
         _ = BIO_meth_set_write_ex(method) { bio, bytes, count, done in
             BIO_clear_flags(bio, retryFlags)
-            guard let session = session(of: bio) else { return 0 }
-            if let bytes, count > 0 {
-                session.output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes).assumingMemoryBound(to: UInt8.self), count: count))
+            let appended: Bool? = withSession(of: bio) { session in
+                if let bytes, count > 0 {
+                    session.output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes).assumingMemoryBound(to: UInt8.self), count: count))
+                }
+                return true
             }
+            guard appended != nil else { return 0 }
             done?.pointee = count
             return 1
         }
+        // OpenSSL asks several of these a record (flush, kTLS, pending): the session is looked
+        // at only for the two that need it.
         _ = BIO_meth_set_ctrl(method) { bio, command, _, _ in
-            guard let session = session(of: bio) else { return 0 }
             switch command {
-            case BIO_CTRL_PENDING: return Int(session.inputPending)
-            case BIO_CTRL_WPENDING: return Int(session.output.count)
-            case BIO_CTRL_FLUSH: return 1  // nothing is held back
+            case BIO_CTRL_FLUSH: return BIO_get_data(bio) == nil ? 0 : 1  // nothing is held back
+            case BIO_CTRL_PENDING: return withSession(of: bio) { $0.inputPending } ?? 0
+            case BIO_CTRL_WPENDING: return withSession(of: bio) { $0.output.count } ?? 0
             default: return 0
             }
         }
@@ -55,9 +59,12 @@ enum SessionBIO {
         return bio
     }
 
-    /// The session a BIO of this method was made for (none before `make` set it).
-    private static func session(of bio: OpaquePointer?) -> TLSSession? {
-        BIO_get_data(bio).map { Unmanaged<TLSSession>.fromOpaque($0).takeUnretainedValue() }
+    /// Runs `body` on the session a BIO of this method was made for (nil before `make` set
+    /// it), without retaining and releasing it: the session outlives its SSL and so its BIO,
+    /// and these callbacks run several times a record.
+    private static func withSession<T>(of bio: OpaquePointer?, _ body: (TLSSession) -> T) -> T? {
+        guard let data = BIO_get_data(bio) else { return nil }
+        return Unmanaged<TLSSession>.fromOpaque(data)._withUnsafeGuaranteedRef(body)
     }
 }
 
