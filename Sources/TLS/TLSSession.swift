@@ -80,6 +80,9 @@ public final class TLSContext: @unchecked Sendable {
         // AES-128-GCM first, as browsers order them: as strong for TLS, cheaper for Loupe and the
         // origin than OpenSSL's AES-256-first default (the server still chooses).
         try check("TLS 1.3 cipher suites", SSL_CTX_set_ciphersuites(context.ctx, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384") == 1)
+        // And so for TLS 1.2 (OpenSSL's default puts every AES-256 suite first): the same suites.
+        let tls12 = OfferCatalog.aes128First(context.configuredNames().filter { !$0.hasPrefix("TLS_") })
+        try check("TLS 1.2 cipher list", SSL_CTX_set_cipher_list(context.ctx, tls12.joined(separator: ":")) == 1)
         // External cache only: OpenSSL hands each new session (TLS 1.3 tickets arrive after the
         // handshake) to `newSession`, which files a copy under the session's upstream key.
         _ = SSL_CTX_ctrl(context.ctx, SSL_CTRL_SET_SESS_CACHE_MODE, Int(SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE), nil)
@@ -87,6 +90,14 @@ public final class TLSContext: @unchecked Sendable {
         SSL_CTX_set_client_cert_cb(context.ctx, certificateRequested)
         context.offers = try context.catalog()
         return context
+    }
+
+    /// The OpenSSL names of the suites this context is configured with, in its order.
+    private func configuredNames() -> [String] {
+        guard let ciphers = SSL_CTX_get_ciphers(ctx) else { return [] }
+        return (0..<loupe_sk_SSL_CIPHER_num(ciphers)).compactMap { i in
+            loupe_sk_SSL_CIPHER_value(ciphers, i).map { String(cString: SSL_CIPHER_get_name($0)) }
+        }
     }
 
     /// The suites a client session of this context would offer (SSL_get1_supported_ciphers

@@ -74,6 +74,26 @@ public struct OfferCatalog: Sendable, Equatable {
         return offer
     }
 
+    /// `names` (OpenSSL's TLS 1.2 suite names) with each AES-128-GCM suite moved up to just
+    /// before the AES-256-GCM suite of the same key exchange and authentication, as Mozilla's
+    /// recommended server configurations order them: as strong for TLS, and a quarter less AES
+    /// work for Loupe and the origin. The set is unchanged.
+    static func aes128First(_ names: [String]) -> [String] {
+        let present = Set(names)
+        var moved = Set<String>()
+        var out: [String] = []
+        for name in names where !moved.contains(name) {
+            let aes256 = "AES256-GCM-SHA384"
+            let twin = String(name.dropLast(aes256.count)) + "AES128-GCM-SHA256"
+            if name.hasSuffix(aes256), present.contains(twin) {
+                out.append(twin)
+                moved.insert(twin)
+            }
+            out.append(name)
+        }
+        return out
+    }
+
     /// Names for the known code points, first occurrence only, GREASE and unknown values dropped.
     static func names(_ points: [UInt16], in table: [UInt16: String]) -> [String] {
         var seen = Set<UInt16>()

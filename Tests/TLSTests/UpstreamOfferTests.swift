@@ -24,6 +24,21 @@ import Wire
         #expect(!offers.tls12.contains { $0.name.contains("DES") || $0.name.contains("RC4") })
     }
 
+    @Test func aes128GCMComesBeforeAES256GCMForEachKeyExchange() throws {
+        let defaults = ["ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                        "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-SHA384",
+                        "DHE-RSA-AES256-GCM-SHA384", "AES256-GCM-SHA384", "AES128-GCM-SHA256", "AES128-SHA"]
+        #expect(OfferCatalog.aes128First(defaults) == [
+            "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-ECDSA-AES256-SHA384", "DHE-RSA-AES256-GCM-SHA384",
+            "AES128-GCM-SHA256", "AES256-GCM-SHA384", "AES128-SHA"], "a twin that is missing (DHE-RSA-AES128-GCM) is not invented")
+        // The context's own TLS 1.2 list: the same suites as OpenSSL's default, AES-128-GCM first.
+        let offers = try TLSContext.client().offers
+        #expect(offers.tls12.first?.name == "ECDHE-ECDSA-AES128-GCM-SHA256")
+        let defaultList = TestEnv.sh("openssl ciphers -s -tls1_2 DEFAULT").out.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(Set(offers.tls12.map(\.name)) == Set(defaultList.split(separator: ":").map(String.init)))
+    }
+
     @Test func everyNameInTheTablesIsOneOpenSSLAccepts() throws {
         let context = try TLSContext.client()
         var offer = UpstreamOffer()
