@@ -4,8 +4,8 @@ import Testing
 import TLS
 
 /// badssl-style origins through `loupe proxy`, with clients built on different TLS stacks —
-/// curl and Python (OpenSSL), wget and gnutls-cli (GnuTLS), and Node and Java (JSSE) where
-/// they are installed: each must fail through Loupe exactly when it fails direct — except
+/// curl and Python (OpenSSL), wget and gnutls-cli (GnuTLS), Chromium (BoringSSL and Chrome's
+/// own verifier), and Node and Java (JSSE) where they are installed: each must fail through Loupe exactly when it fails direct — except
 /// weak upstreams (TLS 1.1, 1024-bit keys and groups) and leaves not meant for servers, which
 /// Loupe refuses for every client. Clients
 /// connect by IP (wget has no --resolve), so the hello carries no SNI and Loupe names the
@@ -24,6 +24,13 @@ import TLS
             """),
         ("node", "node", """
             node -e 'const [ca,h,p]=process.argv.slice(1);require("https").get({host:h,port:+p,path:"/",ca:require("fs").readFileSync(ca),timeout:10000},r=>process.exit(r.statusCode==200?0:3)).on("error",()=>process.exit(1))' $1 $2 $3
+            """),
+        // A browser: its own verifier (Chrome's, with the roots of an NSS database made for the
+        // CA file), its own TLS stack (BoringSSL); success is the origin's page in the DOM.
+        ("chromium", "chromium", """
+            n=$(dirname $1)/nss-$(basename $1 .pem)
+            [ -d $n ] || { mkdir -p $n/.pki/nssdb && certutil -d sql:$n/.pki/nssdb -N --empty-password && certutil -d sql:$n/.pki/nssdb -A -t C,, -n ca -i $1; } >/dev/null 2>&1
+            u=$(mktemp -d); HOME=$n timeout 30 chromium --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir=$u --dump-dom https://$2:$3/ 2>/dev/null | grep -q "Ciphers supported in s_server"; rc=$?; rm -rf $u; exit $rc
             """),
         ("java (JSSE)", "java", """
             t=$(mktemp -u).p12; keytool -importcert -noprompt -alias ca -file $1 -keystore $t -storetype PKCS12 -storepass changeit >/dev/null 2>&1
