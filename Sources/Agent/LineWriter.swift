@@ -4,7 +4,8 @@ import Wire
 
 /// Appends lines to a file or stdout from a thread of its own. Callers (event loops, queue
 /// threads) only copy the line into a buffer: a slow or stuck reader (a terminal, a full pipe,
-/// a slow disk) never holds up traffic, and one write() carries every line queued meanwhile.
+/// a slow disk) never holds up traffic, and one write() carries every line queued meanwhile —
+/// at most one write every 2 ms.
 /// Past `limit` bytes waiting, lines are dropped and counted; the count is written as a line of
 /// its own once the file takes bytes again.
 public final class LineWriter: Sendable {
@@ -113,8 +114,15 @@ public final class LineWriter: Sendable {
                 fd = replacement
             }
             for waiter in flushed { waiter.signal() }
+            // Lines arriving meanwhile gather into the next batch, and their callers find the
+            // writer busy rather than waiting: no wake-up (a futex call and a context switch
+            // on a busy event loop) per line. A line waits at most this long.
+            usleep(Self.gatherMicroseconds)
         }
     }
+
+    /// How long the writer lets lines gather after each write.
+    static let gatherMicroseconds: UInt32 = 2_000
 
     /// The whole buffer, across partial writes; false if the file refuses it (EPIPE, ENOSPC…).
     private func writeAll(_ bytes: [UInt8]) -> Bool {

@@ -275,6 +275,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     var context: ChannelHandlerContext?
     var upstream: Channel?
     var pending: [ConnectionMachine.Event] = []
+    /// The connection's own flow-log fields, once rendered (`connectionFields`).
+    private var renderedConnectionFields: String?
     let started = Date()
     var bytesFromClient = 0
     var bytesFromUpstream = 0
@@ -431,10 +433,25 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         case .learntSplice(let host, let reason):
             log(["event": "auto_splice", "host": host, "reason": reason])
         case .answered(let exchange):
-            log(["event": "response", "method": exchange.method, "url": exchange.url, "status": exchange.status, "bytes": exchange.bytes])
+            // Per-request lines are built field by field, keys in order: no dictionaries.
+            log { line in
+                line.add("bytes", exchange.bytes)
+                line.add("event", "response")
+                line.add("method", exchange.method)
+                line.add("status", exchange.status)
+                line.add("url", exchange.url)
+            }
         case .decidedRequest(let decision, let method, let url):
             configuration.onRequest?(decision.verdict.rawValue)
-            log(Self.fields(of: decision).merging(["method": method, "url": url]) { a, _ in a })
+            log { line in
+                line.add("event", "decision")
+                line.add("method", method)
+                line.add("reason", decision.reason)
+                line.add("rule", decision.rule)
+                line.add("stage", decision.stage.rawValue)
+                line.add("url", url)
+                line.add("verdict", decision.verdict.rawValue)
+            }
         case .decided(let decision):
             log(Self.fields(of: decision))
         case .closeClient:
@@ -521,21 +538,34 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         }
     }
 
-    /// One flow-log line; the fields are not even built when nothing is logged (every request
-    /// would pay for two dictionaries).
-    func log(_ fields: @autoclosure () -> [String: Any]) {
+    /// One flow-log line: the time, the connection's fields, then `fill`'s. Nothing is built
+    /// when nothing is logged.
+    func log(_ fill: (inout JSONLine) -> Void) {
         guard let sink = configuration.flowLog else { return }
-        let fields = fields()
         var line = JSONLine(time: Date())
-        if let facts = machine?.facts {
-            line.add("src", facts.src?.description)
-            line.add("dst", facts.dst?.description)
-            line.add("uid", facts.uid)
-            line.add("user", facts.user)
-            line.add("exe", facts.exe)
-        }
-        for key in fields.keys.sorted() { line.add(key, any: fields[key]) }
+        line.add(fields: connectionFields())
+        fill(&line)
         sink(line.line)
+    }
+
+    /// One flow-log line from `fields`, in the order of their keys.
+    func log(_ fields: @autoclosure () -> [String: Any]) {
+        log { $0.add(sorted: fields()) }
+    }
+
+    /// Who connected where, rendered once: every line of the connection carries it, and it
+    /// is known before the machine starts (its facts' source, destination and process).
+    private func connectionFields() -> String {
+        if let rendered = renderedConnectionFields { return rendered }
+        guard let facts = machine?.facts else { return "" }
+        var line = JSONLine()
+        line.add("src", facts.src?.description)
+        line.add("dst", facts.dst?.description)
+        line.add("uid", facts.uid)
+        line.add("user", facts.user)
+        line.add("exe", facts.exe)
+        renderedConnectionFields = line.fields
+        return line.fields
     }
 }
 

@@ -4,12 +4,32 @@ import Foundation
 /// and per request) without JSONSerialization or date formatters, which cost hundreds of µs
 /// per line on Linux. Fields keep the order they are added in; nil values are left out.
 public struct JSONLine: Sendable {
-    var text = "{"
+    var text: String
 
-    public init() {}
+    public init() {
+        text = "{"
+        text.reserveCapacity(384)  // a request line, without regrowing
+    }
 
     public init(time: Date) {
+        self.init()
         add("time", Self.timestamp(time))
+    }
+
+    /// The fields added so far, without the braces: rendered once, added to many lines with
+    /// `add(fields:)` (a connection's own fields, on each of its request lines).
+    public var fields: String { String(text.dropFirst()) }
+
+    /// Fields another line rendered (its `fields`).
+    public mutating func add(fields: String) {
+        guard !fields.isEmpty else { return }
+        if text.utf8.count > 1 { text += "," }
+        text += fields
+    }
+
+    /// `fields` in the order of their keys (a dictionary has none of its own).
+    public mutating func add(sorted fields: [String: Any]) {
+        for key in fields.keys.sorted() { add(key, any: fields[key]) }
     }
 
     public mutating func add(_ key: String, _ value: String?) {
@@ -57,10 +77,11 @@ public struct JSONLine: Sendable {
         }
     }
 
+    /// Keys are the code's own field names: nothing in them needs escaping.
     mutating func appendKey(_ key: String) {
-        if text.utf8.count > 1 { text += "," }
-        Self.quote(key, into: &text)
-        text += ":"
+        text += text.utf8.count > 1 ? ",\"" : "\""
+        text += key
+        text += "\":"
     }
 
     public var line: String { text + "}" }
@@ -74,8 +95,8 @@ public struct JSONLine: Sendable {
 
     static func quote(_ s: String, into out: inout String) {
         out += "\""
-        var plain = true
-        for b in s.utf8 where b < 0x20 || b == 0x22 || b == 0x5C || b == 0x7F { plain = false; break }
+        var bytes = s
+        let plain = bytes.withUTF8 { !$0.contains { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F } }
         if plain {
             out += s
         } else {
@@ -99,15 +120,35 @@ public struct JSONLine: Sendable {
         out += "\""
     }
 
-    /// "2026-11-23T19:40:18.123Z" (UTC, milliseconds).
+    /// "2026-11-23T19:40:18.123Z" (UTC, milliseconds), written digit by digit into one
+    /// allocation (every flow-log line carries one).
     public static func timestamp(_ date: Date) -> String {
         let interval = date.timeIntervalSince1970
         var seconds = time_t(interval.rounded(.down))
-        let millis = Int((interval - Double(seconds)) * 1000)
+        let millis = min(999, max(0, Int((interval - Double(seconds)) * 1000)))
         var parts = tm()
         gmtime_r(&seconds, &parts)
-        func two(_ v: Int32) -> String { v < 10 ? "0\(v)" : "\(v)" }
-        let ms = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
-        return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(ms)Z"
+        let year = Int(parts.tm_year) + 1900
+        guard (0...9999).contains(year) else { return "\(year)-01-01T00:00:00.000Z" }
+        return String(unsafeUninitializedCapacity: 24) { out in
+            var i = 0
+            func put(_ value: Int, digits: Int, then separator: UInt8?) {
+                var v = value
+                for k in stride(from: digits - 1, through: 0, by: -1) {
+                    out[i + k] = UInt8(ascii: "0") + UInt8(v % 10)
+                    v /= 10
+                }
+                i += digits
+                if let separator { out[i] = separator; i += 1 }
+            }
+            put(year, digits: 4, then: UInt8(ascii: "-"))
+            put(Int(parts.tm_mon) + 1, digits: 2, then: UInt8(ascii: "-"))
+            put(Int(parts.tm_mday), digits: 2, then: UInt8(ascii: "T"))
+            put(Int(parts.tm_hour), digits: 2, then: UInt8(ascii: ":"))
+            put(Int(parts.tm_min), digits: 2, then: UInt8(ascii: ":"))
+            put(Int(parts.tm_sec), digits: 2, then: UInt8(ascii: "."))
+            put(millis, digits: 3, then: UInt8(ascii: "Z"))
+            return i
+        }
     }
 }

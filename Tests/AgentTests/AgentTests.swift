@@ -147,6 +147,24 @@ final class Lines: @unchecked Sendable {
         #expect(stat(path, &info) == 0 && info.st_mode & 0o777 == 0o600)
     }
 
+    /// Lines gather for a moment between writes, but never wait for a flush: one written on
+    /// its own is in the file soon after, and so is a burst written while the writer was busy.
+    @Test func linesArriveWithoutAFlush() throws {
+        let path = NSTemporaryDirectory() + "loupe-soon-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).jsonl"
+        defer { unlink(path) }
+        let writer = try LineWriter(path: path)
+        func lines() -> Int { ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").split(separator: "\n").count }
+        func waitFor(_ count: Int) -> Bool {
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline { if lines() == count { return true }; usleep(1_000) }
+            return false
+        }
+        writer.write("one")
+        #expect(waitFor(1), "a single line must reach the file without a flush")
+        for i in 0..<1_000 { writer.write("burst \(i)") }
+        #expect(waitFor(1_001), "a burst must reach the file without a flush")
+    }
+
     /// logrotate moves the file away and asks for a reload: lines written before go to the
     /// moved file, later ones to a new file at the path.
     @Test func reopenFollowsTheRotation() throws {

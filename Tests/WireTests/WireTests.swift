@@ -401,3 +401,39 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(throws: WireError.self) { try CaptureFile.packets(shb + epb) }  // a packet before any interface
     }
 }
+
+@Suite struct JSONLineTests {
+    @Test func timestampsAreUTCWithMillisecondsAndPaddedFields() {
+        // 2026-03-04T05:06:07.089Z
+        #expect(JSONLine.timestamp(Date(timeIntervalSince1970: 1_772_600_767.089_5)) == "2026-03-04T05:06:07.089Z")
+        #expect(JSONLine.timestamp(Date(timeIntervalSince1970: 0)) == "1970-01-01T00:00:00.000Z")
+        #expect(JSONLine.timestamp(Date(timeIntervalSince1970: 1_798_761_599.999_9)) == "2026-12-31T23:59:59.999Z")
+    }
+
+    @Test func fieldsRenderedOnceJoinOtherLinesInPlace() throws {
+        var connection = JSONLine()
+        connection.add("src", "10.0.0.2:40000")
+        connection.add("uid", 1000)
+        connection.add("exe", nil as String?)
+        #expect(connection.fields == #""src":"10.0.0.2:40000","uid":1000"#)
+        var line = JSONLine()
+        line.add("event", "decision")
+        line.add(fields: connection.fields)
+        line.add(fields: "")
+        line.add(sorted: ["verdict": "allow", "bytes": 5, "flags": ["a\"b"], "done": true])
+        #expect(line.line == #"{"event":"decision","src":"10.0.0.2:40000","uid":1000,"bytes":5,"done":true,"flags":["a\"b"],"verdict":"allow"}"#)
+        let parsed = try JSONSerialization.jsonObject(with: Data(line.line.utf8)) as? [String: Any]
+        #expect(parsed?["uid"] as? Int == 1000 && parsed?["flags"] as? [String] == ["a\"b"])
+        var first = JSONLine()
+        first.add(fields: connection.fields)
+        #expect(first.line == "{" + connection.fields + "}", "no comma before the first field")
+    }
+
+    @Test func controlCharactersAndQuotesAreEscaped() throws {
+        var line = JSONLine()
+        line.add("url", "https://a.test/\"x\"\\\n\t\u{1}\u{7F}é")
+        #expect(line.line == #"{"url":"https://a.test/\"x\"\\\n\t\u0001\u007Fé"}"#)
+        let parsed = try JSONSerialization.jsonObject(with: Data(line.line.utf8)) as? [String: String]
+        #expect(parsed?["url"] == "https://a.test/\"x\"\\\n\t\u{1}\u{7F}é")
+    }
+}
