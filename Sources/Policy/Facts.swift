@@ -30,7 +30,9 @@ public struct FlowFacts: Sendable, Equatable {
         }
 
         public var description: String {
-            address.count == 16 ? "[\(IPAddress.format(address))]:\(port)" : "\(IPAddress.format(address)):\(port)"
+            var text = address.count == 16 ? "[" + IPAddress.format(address) + "]:" : IPAddress.format(address) + ":"
+            text += String(port)
+            return text
         }
     }
 

@@ -20,12 +20,25 @@ public enum IPAddress {
     }
 
     public static func format(_ bytes: [UInt8]) -> String {
-        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        let family = bytes.count == 4 ? AF_INET : AF_INET6
-        guard bytes.count == 4 || bytes.count == 16, inet_ntop(family, bytes, &buffer, socklen_t(buffer.count)) != nil else {
-            return bytes.map { String($0, radix: 16) }.joined(separator: ":")
+        // IPv4 digit by digit into one allocation: every flow-log line names two addresses.
+        if bytes.count == 4 {
+            return String(unsafeUninitializedCapacity: 15) { out in
+                var i = 0
+                for (n, byte) in bytes.enumerated() {
+                    if n > 0 { out[i] = UInt8(ascii: "."); i += 1 }
+                    if byte >= 100 { out[i] = UInt8(ascii: "0") + byte / 100; i += 1 }
+                    if byte >= 10 { out[i] = UInt8(ascii: "0") + byte / 10 % 10; i += 1 }
+                    out[i] = UInt8(ascii: "0") + byte % 10
+                    i += 1
+                }
+                return i
+            }
         }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let text = withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN)) { buffer -> String? in
+            guard bytes.count == 16, inet_ntop(AF_INET6, bytes, buffer.baseAddress, socklen_t(buffer.count)) != nil else { return nil }
+            return String(cString: buffer.baseAddress!)
+        }
+        return text ?? bytes.map { String($0, radix: 16) }.joined(separator: ":")
     }
 }
 

@@ -402,6 +402,19 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
     }
 }
 
+@Suite struct IPAddressFormatTests {
+    @Test func addressesPrintAsInetNtopPrintsThem() {
+        for v4: [UInt8] in [[0, 0, 0, 0], [255, 255, 255, 255], [10, 0, 9, 100], [192, 168, 1, 99], [1, 20, 100, 250]] {
+            var buffer = [CChar](repeating: 0, count: 16)
+            #expect(inet_ntop(AF_INET, v4, &buffer, 16) != nil)
+            #expect(IPAddress.format(v4) == String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self))
+        }
+        #expect(IPAddress.format([0x20, 0x01, 0x0d, 0xb8] + [UInt8](repeating: 0, count: 11) + [7]) == "2001:db8::7")
+        #expect(IPAddress.format([UInt8](repeating: 0, count: 10) + [0xff, 0xff, 10, 0, 0, 1]) == "::ffff:10.0.0.1")
+        #expect(IPAddress.format([1, 2, 3]) == "1:2:3", "not an address: its bytes in hex")
+    }
+}
+
 @Suite struct JSONLineTests {
     @Test func timestampsAreUTCWithMillisecondsAndPaddedFields() {
         // 2026-03-04T05:06:07.089Z
