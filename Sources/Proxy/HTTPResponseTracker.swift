@@ -16,7 +16,9 @@ struct HTTPResponseTracker {
         case head
         case body(remaining: Int)
         case chunkSize
-        case chunkData(remaining: Int)  // data + CRLF
+        case chunkData(remaining: Int)
+        /// The CRLF after a chunk's data: `seen` of its two bytes so far.
+        case chunkEnd(seen: Int)
         case trailers
         case untilClose
         /// After an upgrade, or bytes that are not HTTP/1.1: nothing more to follow.
@@ -60,9 +62,16 @@ struct HTTPResponseTracker {
                 if n == remaining { finish(into: &done) } else { state = .body(remaining: remaining - n) }
             case .chunkData(let remaining):
                 let n = min(remaining, input.count)
-                current?.bytes += max(0, min(n, remaining - 2))  // the trailing CRLF is framing
+                current?.bytes += n
                 input = input.dropFirst(n)
-                state = n == remaining ? .chunkSize : .chunkData(remaining: remaining - n)
+                state = n == remaining ? .chunkEnd(seen: 0) : .chunkData(remaining: remaining - n)
+            case .chunkEnd(let seen):
+                // Exactly CRLF, as the request side demands: a response framed any other way is
+                // read one way here and perhaps another by the client, so its answers (and where
+                // a held 403 may go) are no longer known.
+                guard input.first == (seen == 0 ? 0x0D : 0x0A) else { lose(); return done }
+                input = input.dropFirst()
+                state = seen == 0 ? .chunkEnd(seen: 1) : .chunkSize
             case .chunkSize, .trailers:
                 guard let end = input.firstIndex(of: 0x0A) else {
                     if input.count > 8192 { lose() } else { pending = Array(input) }
@@ -75,7 +84,7 @@ struct HTTPResponseTracker {
                     continue
                 }
                 guard let size = HTTPHead.chunkSize(line) else { lose(); return done }
-                state = size == 0 ? .trailers : .chunkData(remaining: size + 2)
+                state = size == 0 ? .trailers : .chunkData(remaining: size)
             case .head:
                 switch HTTPHead.parse(input, expectRequest: false) {
                 case .needMore:

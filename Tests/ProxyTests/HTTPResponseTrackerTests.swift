@@ -39,6 +39,25 @@ import Testing
         #expect(Self.track(stride(from: 0, to: Self.stream.count, by: 7).map { Array(Self.stream[$0..<min($0 + 7, Self.stream.count)]) }) == Self.expected)
     }
 
+    /// A chunk's data must end in exactly CRLF: any other two bytes (or a bare LF) and the
+    /// answers are lost — allAnswered nil, so no held 403 is placed by a guess.
+    @Test func chunkDataNotEndedByCRLFLosesTheTracking() {
+        for ending in ["XY", "\n0", "\r0", "\n\r"] {
+            for split in [false, true] {
+                var t = T()
+                t.requestSent(method: "GET", url: "https://o.test/a")
+                t.requestSent(method: "GET", url: "https://o.test/b")
+                let bytes = Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\(ending)0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".utf8)
+                let done = split ? bytes.map { t.feed([$0]) }.joined().map { $0 } : t.feed(bytes)
+                #expect(done.isEmpty && t.allAnswered == nil, "ending \(ending.debugDescription), split \(split): \(done)")
+            }
+        }
+        var good = T()
+        good.requestSent(method: "GET", url: "https://o.test/a")
+        #expect(good.feed(Array("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n".utf8))
+                == [HTTPExchange(method: "GET", url: "https://o.test/a", status: 200, bytes: 3)] && good.allAnswered == true)
+    }
+
     @Test func upgradesAndGarbageStopTheTracking() {
         var t = T()
         t.requestSent(method: "GET", url: "https://o.test/ws")
