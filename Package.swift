@@ -65,7 +65,7 @@ let package = Package(
         .testTarget(name: "StoreTests", dependencies: ["Store", "TLS", "Platform", "TestSupport"]),
         .testTarget(name: "CATests", dependencies: ["CA", "Store", "TLS", "TestSupport"]),
         .testTarget(name: "DivertTests", dependencies: ["Divert", "Policy", "Wire", "TestSupport"]),
-        .testTarget(name: "AgentTests", dependencies: ["Agent", "TOML", "TestSupport"]),
+        .testTarget(name: "AgentTests", dependencies: ["Agent", "TOML", "TestSupport", .product(name: "NIOPosix", package: "swift-nio")]),
         .testTarget(name: "TrustTests", dependencies: ["Trust", "TLS", "TestSupport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["loupe", "TLS", "Store", "TestSupport"]),
     ],

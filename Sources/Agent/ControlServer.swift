@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import Platform
+import Wire
 
 /// What the agent answers: lines to send, then close; or a stream that ends when the client goes.
 public enum ControlReply: Sendable {
@@ -139,8 +140,9 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
         case .stream(let initial, let start, let stop):
             write([ControlHeader.ok] + initial, on: channel, close: false)
             let loop = channel.eventLoop
+            let follower = NIOLoopBound(FollowerOutput(channel: channel), eventLoop: loop)
             let id = start { line in
-                loop.execute { channel.writeAndFlush(channel.allocator.buffer(string: line + "\n"), promise: nil) }
+                loop.execute { follower.value.send(line) }
             }
             channel.closeFuture.whenComplete { _ in stop(id) }
         }
@@ -153,4 +155,32 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+/// One `flows --follow` client's lines, on its channel's event loop. Past the channel's
+/// high-water mark — a client that stopped reading: a paused pager, a full pipe — lines are
+/// dropped and counted, and the count goes out as a line of its own once it reads again: the
+/// agent never holds more than the mark for a reader.
+final class FollowerOutput {
+    let channel: Channel
+    private var dropped = 0
+
+    init(channel: Channel) { self.channel = channel }
+
+    func send(_ line: String) {
+        guard channel.isWritable else {
+            dropped += 1
+            return
+        }
+        var text = ""
+        if dropped > 0 {
+            var notice = JSONLine(time: Date())
+            notice.add("event", "follow_overflow")
+            notice.add("dropped_lines", dropped)
+            notice.add("reason", "this follower was not reading fast enough; \(dropped) lines were not sent to it")
+            text = notice.line + "\n"
+            dropped = 0
+        }
+        channel.writeAndFlush(channel.allocator.buffer(string: text + line + "\n"), promise: nil)
+    }
 }

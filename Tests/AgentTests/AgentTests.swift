@@ -1,5 +1,7 @@
 import Agent
 import Foundation
+import NIOPosix
+import Synchronization
 import TestSupport
 import TOML
 import Testing
@@ -257,5 +259,87 @@ final class Lines: @unchecked Sendable {
             #expect(text.contains(expected), "\(expected) in:\n\(text)")
         }
         #expect(MetricsSnapshot.label("a\"b\\c\nd") == "\"a\\\"b\\\\c\\nd\"", "label values are escaped")
+    }
+}
+
+@Suite struct FollowerTests {
+    static func residentKiB() -> Int {
+        let status = (try? String(contentsOfFile: "/proc/self/status", encoding: .utf8)) ?? ""
+        return status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }.flatMap { Int($0.split(separator: " ")[1]) } ?? 0
+    }
+
+    /// `loupe flows --follow | less`, paused: the agent keeps writing lines for it. Past the
+    /// channel's mark they are dropped and counted — not queued in the agent without bound —
+    /// and once the client reads again the count arrives as a line of its own, before the next.
+    @Test(.enabled(if: TestEnv.isRoot, "the control socket serves root and group loupe; as another user the request is refused (CI is root)"))
+    func aFollowerThatStopsReadingCostsLinesNotMemory() async throws {
+        let dir = TestEnv.scratch("follow")
+        defer { TestEnv.remove(dir) }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        do { try await Self.follow(group: group, dir: dir) } catch { Issue.record(error) }
+        try? await group.shutdownGracefully()
+    }
+
+    static func follow(group: MultiThreadedEventLoopGroup, dir: String) async throws {
+        let writer = Mutex<(@Sendable (String) -> Void)?>(nil)
+        let server = ControlServer(path: "\(dir)/control.sock", group: group) { _, _ in
+            .stream(initial: [], start: { w in writer.withLock { $0 = w }; return 1 }, stop: { _ in })
+        }
+        let listener = try await server.start()
+        defer { listener.close(promise: nil) }
+
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        #expect(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array("\(dir)/control.sock".utf8)
+            raw.copyBytes(from: bytes.prefix(raw.count - 1))
+        }
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        #expect(connected == 0)
+        let request = Array("{\"command\":\"flows\",\"follow\":true}\n".utf8)
+        #expect(write(fd, request, request.count) == request.count)
+        var send: (@Sendable (String) -> Void)?
+        for _ in 0..<500 where send == nil {
+            send = writer.withLock { $0 }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        let follow = try #require(send, "the stream never started")
+
+        // 200,000 lines of 1,000 bytes while the client reads nothing: 200 MB if queued.
+        let line = String(repeating: "x", count: 1_000)
+        let before = residentKiB()
+        for _ in 0..<200_000 { follow(line) }
+        try await group.next().submit {}.get()  // the loop has handled every line
+        let grown = residentKiB() - before
+        #expect(grown < 65_536, "the agent grew \(grown) KiB for a follower that reads nothing")
+
+        // Now the client reads; the next line brings the count of those it missed.
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        /// Reads until `done`, or until nothing came for `quiet` ms (20 s at most).
+        func drain(quiet: Int32 = 5_000, until done: () -> Bool) {
+            let deadline = Date().addingTimeInterval(20)
+            var readable = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            while Date() < deadline, !done() {
+                guard poll(&readable, 1, quiet) > 0 else { return }
+                let n = read(fd, &buffer, buffer.count)
+                if n <= 0 { return }
+                received += buffer[..<n]
+            }
+        }
+        drain(quiet: 300) { false }  // what was queued before: the socket's and the channel's share
+        follow("last")
+        drain { received.count >= 5 && Array(received.suffix(5)) == Array("last\n".utf8) }
+        let lines = String(decoding: received, as: UTF8.self).split(separator: "\n").map(String.init)
+        #expect(lines.last == "last")
+        let delivered = lines.count { $0 == line }
+        let notice = try #require(lines.first { $0.contains("\"event\":\"follow_overflow\"") }, "no overflow notice among \(lines.count) lines")
+        let parsed = try JSONSerialization.jsonObject(with: Data(notice.utf8)) as? [String: Any]
+        let dropped = parsed?["dropped_lines"] as? Int ?? -1
+        #expect(dropped > 0 && delivered + dropped == 200_000, "every line is either sent or counted: \(delivered) + \(dropped)")
+        #expect(lines.firstIndex(of: notice)! > (lines.lastIndex(of: line) ?? -1), "the notice comes after what was sent, before the next line")
     }
 }
