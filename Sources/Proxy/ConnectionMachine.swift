@@ -869,7 +869,15 @@ public final class ConnectionMachine {
     /// The page a blocked request gets inside the (trusted) bumped session.
     static func forbidden(_ decision: Decision) -> [UInt8] {
         let body = forbiddenBody(decision)
-        return Array("HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+        let status = refusalStatus(decision)
+        return Array("HTTP/1.1 \(status.code) \(status.text)\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.count)\r\nConnection: close\r\n\r\n".utf8) + body
+    }
+
+    /// 403 for a request the policy blocks; 421 Misdirected Request (RFC 9110 15.5.20) for one
+    /// this connection cannot carry — a host its verified certificate does not cover, another
+    /// port — which clients may send again on a connection of its own, judged there as itself.
+    static func refusalStatus(_ decision: Decision) -> (code: Int, text: String) {
+        decision.rule == "misdirected" ? (421, "Misdirected Request") : (403, "Forbidden")
     }
 
     /// The answer to a request whose body framing is ambiguous.

@@ -7,8 +7,8 @@ import Policy
 ///
 /// The client's header blocks are re-encoded for the upstream with Loupe's own HPACK encoder,
 /// so a refused request can be left out entirely without the two compression contexts drifting
-/// apart; every other frame passes unchanged. A refused stream gets a 403 from Loupe (a 400 when
-/// malformed, `HTTP2RequestValidation`; encoded without touching the client's dynamic table),
+/// apart; every other frame passes unchanged. A refused stream gets a 403 from Loupe (a 421
+/// when misdirected, a 400 when malformed, `HTTP2RequestValidation`; encoded without touching the client's dynamic table),
 /// its later frames are dropped and the connection window they used is given back; a request
 /// found malformed once the upstream has it (a body longer or shorter than its content-length,
 /// bad trailers) is reset both ways. The upstream's frames are relayed as they are;
@@ -334,7 +334,7 @@ struct HTTP2RequestFilter {
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
         let distinct = hosts.count > 1 ? Set(hosts.map { $0.lowercased() }) : []
         let decision: Decision
-        var status = "403"
+        var status: String?
         if case .malformed(let why) = verdict {
             decision = Decision(stage: .request, verdict: .block, rule: "malformed", reason: "a malformed HTTP/2 request: \(why)")
             status = "400"
@@ -351,7 +351,7 @@ struct HTTP2RequestFilter {
             }
             refused.insert(block.stream)
             let body = ConnectionMachine.forbiddenBody(decision)
-            toClient += Self.refusal(stream: block.stream, status: status, body: body)
+            toClient += Self.refusal(stream: block.stream, status: status ?? String(ConnectionMachine.refusalStatus(decision).code), body: body)
             windowOwed += body.count
             return
         }
@@ -579,7 +579,7 @@ struct HTTP2RequestFilter {
             + [UInt8(increment >> 24 & 0x7F), UInt8(increment >> 16 & 0xFF), UInt8(increment >> 8 & 0xFF), UInt8(increment & 0xFF)]
     }
 
-    /// A refusal (403 blocked, 400 malformed) on `stream`: its header block uses only literals never indexed (static names), so
+    /// A refusal (403 blocked, 421 misdirected, 400 malformed) on `stream`: its header block uses only literals never indexed (static names), so
     /// the client's decoder — whose table the upstream's encoder drives — is left as it was.
     /// A request still sending its body is not reset: RFC 9113 §8.1 allows RST_STREAM NO_ERROR,
     /// but Debian 12's curl then reports a framing error instead of the 403. Its body is drained

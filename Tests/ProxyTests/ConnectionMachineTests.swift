@@ -410,7 +410,8 @@ final class Playbook {
             let upstream = String(decoding: origin.read(), as: UTF8.self)
             if refused {
                 #expect(upstream.isEmpty && p.decisions.last?.rule == "misdirected", "\(host): \(p.decisions)")
-                #expect(String(decoding: client.read(), as: UTF8.self).contains("403 Forbidden"))
+                // 421: a client may send it again on a connection of its own to that host.
+                #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 421 Misdirected Request\r\n"))
             } else {
                 #expect(upstream.hasPrefix("GET /x HTTP/1.1"), "\(host): \(p.decisions)")
                 // An empty Host names no host: the URL rules see is the SNI's, as without one.
@@ -628,7 +629,7 @@ final class Playbook {
             let upstream = String(decoding: origin.read(), as: UTF8.self)
             #expect(p.decisions.last?.rule == (refused ? "misdirected" : "default"), "\(target): \(p.decisions)")
             #expect(refused ? upstream.isEmpty : upstream.hasPrefix("CONNECT \(target)"), "\(target): \(upstream)")
-            if refused { #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 403 Forbidden")) }
+            if refused { #expect(String(decoding: client.read(), as: UTF8.self).hasPrefix("HTTP/1.1 421 Misdirected Request")) }
         }
     }
 

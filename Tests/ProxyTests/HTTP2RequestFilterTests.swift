@@ -145,6 +145,8 @@ import Testing
         #expect(out.decisions.map(\.decision.rule) == ["misdirected", "malformed", "default"])
         #expect(Self.frames(out.upstream).map(\.2) == [0, 5], "only the request whose hosts agree goes upstream")
         #expect(Self.frames(out.client).filter { $0.0 == 1 }.map(\.2) == [1, 3], "the others get their refusal")
+        // :status as a never-indexed literal: 421 for the misdirected one, 400 for the malformed.
+        #expect(Self.frames(out.client).filter { $0.0 == 1 }.map { Array($0.3.prefix(5)) } == [[0x18, 3] + Array("421".utf8), [0x18, 3] + Array("400".utf8)])
     }
 
     /// An empty :authority names no host: Host does (and without either, the machine takes the
