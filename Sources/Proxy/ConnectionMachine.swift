@@ -650,6 +650,10 @@ public final class ConnectionMachine {
             return finish("client closed without close_notify")
         case (_, .upstreamClosed):
             if upstreamClosed { return clientClosed ? finish("both sides closed") : [] }
+            // After the client's own close_notify, closing without answering it is how many
+            // servers end (nginx among them): the same cut is passed on, but the log says the
+            // client ended first rather than reading as a truncation mid-exchange.
+            if clientClosed { return finish("upstream closed without close_notify, after the client's close_notify") }
             return failedForWantOfACertificate("upstream closed") ?? finish("upstream closed without close_notify: the cut is passed on to the client")
         default:
             return []

@@ -540,6 +540,25 @@ final class Playbook {
         }
     }
 
+    /// A client that ends with close_notify, then an upstream that closes without answering it
+    /// (nginx does): the close line says the client ended first, not that a cut went to it.
+    @Test func anUpstreamClosingAfterTheClientsCloseNotifyIsNoTruncation() throws {
+        let p = try Playbook()
+        let (m, client, origin) = try p.bumped(alpn: ["http/1.1"])
+        try client.write(Array("GET / HTTP/1.1\r\nHost: www.origin.test\r\n\r\n".utf8))
+        p.run(m, client: client, origin: origin)
+        try origin.write(Array("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".utf8))
+        p.run(m, client: client, origin: origin)
+        #expect(String(decoding: client.read(), as: UTF8.self).hasSuffix("ok"))
+        client.close()
+        p.run(m, client: client, origin: origin)
+        p.run(m, client: client, origin: origin, first: [.clientClosed])  // then its TCP close
+        _ = origin.read()
+        #expect(origin.state == .closed, "the client's close_notify went upstream")
+        p.run(m, client: client, origin: origin, first: [.upstreamClosed])  // a TCP close, no close_notify
+        #expect(p.finishedReason == "upstream closed without close_notify, after the client's close_notify", "\(p.finishedReason ?? "-")")
+    }
+
     /// Each HTTP/1.1 request on a bumped flow is decided before any of it goes upstream.
     @Test func requestStageBlocksWithA403AndForwardsNothing() throws {
         let p = try Playbook()
