@@ -1,3 +1,4 @@
+import COpenSSL
 import Foundation
 import TestSupport
 import Testing
@@ -112,6 +113,31 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         other.advanceHandshake()
         pump(other, server)
         #expect(other.state == .established && !other.resumed)
+    }
+
+    /// TLS 1.2 clients without tickets resume by session ID from the server context's cache —
+    /// also after a connection that ended without Loupe's close_notify (it sends one only after
+    /// the upstream's, and nginx sends none), which OpenSSL would otherwise take as a reason to
+    /// drop the session.
+    @Test func sessionIDsResumeAfterConnectionsThatEndWithoutCloseNotify() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        let serverContext = try TLSContext.server()
+        let clientContext = try TLSContext.client(trustBundle: pki.bundle)
+        var resumed: [Bool] = []
+        for _ in 0..<3 {
+            let server = try TLSSession.server(serverContext, chain: [leaf], key: key)
+            let client = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.1:443", maximum: .tls12)
+            _ = SSL_set_options(client.ssl, 1 << 14)  // SSL_OP_NO_TICKET: session IDs only
+            client.advanceHandshake()
+            pump(client, server)
+            #expect(client.state == .established && client.protocolVersion == .tls12)
+            #expect(server.resumed == client.resumed)
+            resumed.append(client.resumed)
+            // The connection ends here, neither side having sent close_notify.
+        }
+        #expect(resumed == [false, true, true])
     }
 
     @Test func noALPNOverlapMeansNoALPN() throws {
