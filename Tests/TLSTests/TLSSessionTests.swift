@@ -87,9 +87,11 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         #expect(client.read() == Array("pending".utf8))
     }
 
-    /// A second visit to the same upstream resumes the session (no full handshake) and still
-    /// knows the upstream's certificate, which the masquerade leaf mirrors.
-    @Test func upstreamSessionsAreResumed() throws {
+    /// Three visits to one upstream (one server context, one client context): whether each
+    /// resumed. `prepare` adjusts each client session before its handshake; every connection
+    /// ends without close_notify from either side.
+    static func visits(maximum: TLSVersion? = nil, prepare: (TLSSession) -> Void = { _ in },
+                       check: (TLSSession, TLSSession, Certificate) -> Void) throws -> [Bool] {
         let pki = try TestPKI()
         defer { TestEnv.remove(pki.dir) }
         let (leaf, key) = try pki.leaf([.dns("origin.test")])
@@ -98,21 +100,32 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         var resumed: [Bool] = []
         for _ in 0..<3 {
             let server = try TLSSession.server(serverContext, chain: [leaf], key: key)
-            let client = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.1:443")
+            let client = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.1:443", maximum: maximum)
+            prepare(client)
             client.advanceHandshake()
             pump(client, server)
             _ = client.read()  // TLS 1.3 tickets arrive after the handshake
-            #expect(client.state == .established)
-            #expect(client.peerCertificate?.der == leaf.der)
+            check(client, server, leaf)
             resumed.append(client.resumed)
         }
-        #expect(resumed == [false, true, true])
         // Another upstream key never gets this session.
         let server = try TLSSession.server(serverContext, chain: [leaf], key: key)
-        let other = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.2:443")
+        let other = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.2:443", maximum: maximum)
+        prepare(other)
         other.advanceHandshake()
         pump(other, server)
         #expect(other.state == .established && !other.resumed)
+        return resumed
+    }
+
+    /// A second visit to the same upstream resumes the session (no full handshake) and still
+    /// knows the upstream's certificate, which the masquerade leaf mirrors.
+    @Test func upstreamSessionsAreResumed() throws {
+        let resumed = try Self.visits { client, _, leaf in
+            #expect(client.state == .established)
+            #expect(client.peerCertificate?.der == leaf.der)
+        }
+        #expect(resumed == [false, true, true])
     }
 
     /// TLS 1.2 clients without tickets resume by session ID from the server context's cache —
@@ -120,22 +133,9 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
     /// the upstream's, and nginx sends none), which OpenSSL would otherwise take as a reason to
     /// drop the session.
     @Test func sessionIDsResumeAfterConnectionsThatEndWithoutCloseNotify() throws {
-        let pki = try TestPKI()
-        defer { TestEnv.remove(pki.dir) }
-        let (leaf, key) = try pki.leaf([.dns("origin.test")])
-        let serverContext = try TLSContext.server()
-        let clientContext = try TLSContext.client(trustBundle: pki.bundle)
-        var resumed: [Bool] = []
-        for _ in 0..<3 {
-            let server = try TLSSession.server(serverContext, chain: [leaf], key: key)
-            let client = try TLSSession.client(clientContext, serverName: "origin.test", resumptionKey: "origin.test|192.0.2.1:443", maximum: .tls12)
-            _ = SSL_set_options(client.ssl, 1 << 14)  // SSL_OP_NO_TICKET: session IDs only
-            client.advanceHandshake()
-            pump(client, server)
+        let resumed = try Self.visits(maximum: .tls12, prepare: { _ = SSL_set_options($0.ssl, 1 << 14) }) { client, server, _ in  // SSL_OP_NO_TICKET
             #expect(client.state == .established && client.protocolVersion == .tls12)
             #expect(server.resumed == client.resumed)
-            resumed.append(client.resumed)
-            // The connection ends here, neither side having sent close_notify.
         }
         #expect(resumed == [false, true, true])
     }
