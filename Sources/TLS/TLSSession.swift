@@ -267,7 +267,8 @@ public final class TLSSession: @unchecked Sendable {
         // close_notify sent — TLS 1.0's rule; since TLS 1.1 such sessions may be resumed (RFC
         // 5246 7.2.1). Loupe sends the client its close_notify only after the upstream's, which
         // many servers (nginx) never send, so TLS 1.2 clients without tickets would hardly ever
-        // resume by session ID. Marking it sent (no bytes move) keeps the session cached.
+        // resume by session ID. Marking it sent (no bytes move) keeps the session cached; a
+        // fatal alert either way still removes it (OpenSSL does that when the alert passes).
         if context.isServer { SSL_set_shutdown(ssl, SSL_get_shutdown(ssl) | SSL_SENT_SHUTDOWN) }
         SSL_free(ssl)
     }
