@@ -242,6 +242,7 @@ public final class Agent: Sendable {
         m.proxyEnds = observed.proxyEnds.withLock { $0 }
         m.requests = observed.requests.withLock { $0 }
         (m.verdictSeconds, m.verdictPackets) = observed.verdictTime.withLock { ($0.seconds, $0.packets) }
+        m.flowLogLost = feed.lostLines
         return m
     }
 

@@ -35,6 +35,9 @@ public final class FlowFeed: Sendable {
         self.writer = writer
     }
 
+    /// Flow-log lines the file (or pipe) lost so far (see `LineWriter.lostLines`).
+    public var lostLines: Int { writer?.lostLines ?? 0 }
+
     /// Returns once every line so far is in the file, or after `seconds`.
     public func flush(seconds: Double? = nil) { writer?.flush(seconds: seconds) }
 

@@ -20,6 +20,8 @@ public final class LineWriter: Sendable {
     }
 
     private let pending = Mutex(Pending())
+    /// Every line lost so far (over the limit, or refused by the file), for metrics.
+    private let lost = Atomic<Int>(0)
     private let wake = DispatchSemaphore(value: 0)
     /// Only the writer thread uses it (and switches it).
     private nonisolated(unsafe) var fd: Int32
@@ -65,11 +67,16 @@ public final class LineWriter: Sendable {
         done.wait()
     }
 
+    /// Lines lost since the writer started: dropped past the limit or refused by the file (each
+    /// loss is also reported in the file once it takes lines again).
+    public var lostLines: Int { lost.load(ordering: .relaxed) }
+
     /// Queues `line` (a newline is added). Never blocks on the file.
     public func write(_ line: String) {
         let first = pending.withLock { p -> Bool in
             guard p.bytes.count + line.utf8.count < limit else {
                 p.dropped += 1
+                lost.add(1, ordering: .relaxed)
                 return false
             }
             let wasEmpty = p.bytes.isEmpty
@@ -106,7 +113,11 @@ public final class LineWriter: Sendable {
                 line.add("reason", "the flow log was not taking lines fast enough; \(lost) were dropped")
                 if writeAll(Array((line.line + "\n").utf8)) { lost = 0 }
             }
-            if !batch.isEmpty, !writeAll(batch) { lost += batch.count(where: { $0 == 0x0A }) }
+            if !batch.isEmpty, !writeAll(batch) {
+                let refused = batch.count(where: { $0 == 0x0A })
+                lost += refused
+                self.lost.add(refused, ordering: .relaxed)
+            }
             // Lines that could not be written are reported with the next overflow line.
             if lost > 0 { pending.withLock { $0.dropped += lost } }
             if let replacement {

@@ -15,6 +15,8 @@ public struct MetricsSnapshot: Sendable {
     public var proxyEnds: [ProxyEnd: Int] = [:]
     /// Requests on bumped flows (HTTP/1.1 and HTTP/2) by request-stage verdict.
     public var requests: [String: Int] = [:]
+    /// Flow-log lines lost because the log was not taking them.
+    public var flowLogLost = 0
     public var verdictSeconds = 0.0
     public var verdictPackets = 0
 
@@ -54,6 +56,9 @@ public struct MetricsSnapshot: Sendable {
                    .map { ("mode=\(Self.label($0.key.mode)),reason=\(Self.label($0.key.reason))", "\($0.value)") })
         family("loupe_requests_total", "counter", "Requests on bumped flows (HTTP/1.1 and HTTP/2), by request-stage verdict.",
                requests.sorted { $0.key < $1.key }.map { ("verdict=\(Self.label($0.key))", "\($0.value)") })
+        family("loupe_flow_log_lost_lines_total", "counter",
+               "Flow-log lines lost because the log's file or pipe was not taking them (each loss is also written to the log once it takes lines again).",
+               [("", "\(flowLogLost)")])
         return out
     }
 

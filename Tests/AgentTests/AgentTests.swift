@@ -231,6 +231,7 @@ final class Lines: @unchecked Sendable {
         }.reduce(0, +)
         #expect(kept > 0 && kept < total, "some lines kept, some dropped (\(kept))")
         #expect(dropped == total - kept, "every line is either written or counted as dropped (\(dropped) + \(kept))")
+        #expect(writer.lostLines == dropped, "the count for metrics is the one the log reports (\(writer.lostLines))")
         #expect(lines.last == "after", "lines flow again once the reader reads")
     }
 }
@@ -246,6 +247,7 @@ final class Lines: @unchecked Sendable {
         m.verdictSeconds = 0.5
         m.verdictPackets = 10
         m.requests = ["allow": 7, "block": 2]
+        m.flowLogLost = 12
         let text = m.text
         #expect(m.queues == [QueueCounters(queue: 0, waiting: 2, queueDropped: 5, userDropped: 1, sequence: 900),
                              QueueCounters(queue: 100, waiting: 0, queueDropped: 0, userDropped: 0, sequence: 40)])
@@ -255,7 +257,7 @@ final class Lines: @unchecked Sendable {
                          "loupe_prepared_handshakes_total{result=\"used\"} 6\n", "loupe_prepared_handshakes_total{result=\"discarded\"} 0\n",
                          "loupe_proxy_connections_total{mode=\"bump\",reason=\"upstream TLS failed\"} 4\n",
                          "loupe_verdict_seconds_count 10\n", "# TYPE loupe_flows_total counter\n",
-                         "loupe_requests_total{verdict=\"block\"} 2\n"] {
+                         "loupe_requests_total{verdict=\"block\"} 2\n", "loupe_flow_log_lost_lines_total 12\n"] {
             #expect(text.contains(expected), "\(expected) in:\n\(text)")
         }
         #expect(MetricsSnapshot.label("a\"b\\c\nd") == "\"a\\\"b\\\\c\\nd\"", "label values are escaped")
