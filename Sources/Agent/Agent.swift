@@ -265,6 +265,7 @@ public final class Agent: Sendable {
             "dns_addresses": handler.knownAddresses,
             "undecidable_packets": counters.undecidable,
             "leaf_cache": ["hits": stats.hits, "misses": stats.misses, "mints": stats.mints, "failures": stats.failures],
+            "flow_log_lost_lines": feed.lostLines,
         ]
     }
 

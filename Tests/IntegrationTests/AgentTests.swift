@@ -201,6 +201,7 @@ import Testing
         #expect(line("QUIC") == "QUIC refused", "UDP/443 to an inspected destination is refused: \(out)")
         #expect(line("STATUS").contains("\"queue_backend\":\"iptables-nft\"") || line("STATUS").contains("\"queue_backend\":\"nft\""), "\(out)")
         #expect(line("STATUS").contains("\"mark_mask\":\"0xf000000\""), "the mark field is reported: \(line("STATUS"))")
+        #expect(line("STATUS").contains("\"flow_log_lost_lines\":0"), "no flow-log line lost to a file that takes them: \(line("STATUS"))")
         #expect(line("MEMBER").contains("dns_addresses"), "group loupe may read: \(out)")
         let export = line("MEMBEREXPORT").split(separator: " ")
         #expect(export.count == 3 && export[1] == export[2] && export[1].count == 95, "group loupe exports the root through the agent: \(out)")
@@ -226,7 +227,7 @@ import Testing
         let followed = (try? String(contentsOfFile: "\(dir)/follow.txt", encoding: .utf8)) ?? ""
         #expect(followed.contains("\"dst\":\"[fd00:211::2]:80\""), "flows --follow streams new lines as they happen: \(followed)")
         let metrics = (try? String(contentsOfFile: "\(dir)/metrics.txt", encoding: .utf8)) ?? ""
-        #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\"") && metrics.contains("loupe_requests_total{verdict=\"allow\"} "),
+        #expect(line("METRICSRC") == "METRICSRC 0" && metrics.contains("loupe_flow_log_lost_lines_total 0\n") && metrics.contains("loupe_flows_total{verdict=\"block\"} ") && metrics.contains("loupe_proxy_connections_total{mode=\"bump\"") && metrics.contains("loupe_requests_total{verdict=\"allow\"} "),
                 "Prometheus metrics on the configured address: \(metrics)")
         // The second bumped request to origin.test had its client-facing handshake prepared.
         let used = metrics.split(separator: "\n").first { $0.hasPrefix("loupe_prepared_handshakes_total{result=\"used\"} ") }
