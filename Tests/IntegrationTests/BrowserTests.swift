@@ -11,6 +11,16 @@ import Testing
 @Suite struct BrowserTests {
     static let canRun = ["chromium", "nginx", "openssl", "certutil"].allSatisfy(TestEnv.has)
 
+    /// Shell lines: an NSS database trusting Loupe's root ($D/loupe-root.pem) as Chromium's,
+    /// then `dom` set to the DOM of `url` once loaded (origin.test is 127.0.0.1).
+    static func chromiumDump(_ url: String) -> String {
+        """
+        mkdir -p $D/home/.pki/nssdb && certutil -d sql:$D/home/.pki/nssdb -N --empty-password && certutil -d sql:$D/home/.pki/nssdb -A -t C,, -n loupe -i $D/loupe-root.pem
+        dom=$(HOME=$D/home timeout 60 chromium --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir=$D/profile \\
+          --host-resolver-rules="MAP origin.test 127.0.0.1" --virtual-time-budget=10000 --dump-dom \(url) 2>$D/chromium.err)
+        """
+    }
+
     static let page = """
         <html><head><script src="/app.js"></script></head><body><img src="/pixel.txt"><p id="out">loading</p>
         <script>
@@ -46,9 +56,7 @@ import Testing
             $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(nginx) --policy $D/policy.toml --flow-log $D/flows.jsonl 2>$D/pb.err & echo $! > $D/pb.pid
             for i in $(seq 100); do grep -q listening $D/pb.err 2>/dev/null && break; sleep 0.1; done
             for i in $(seq 50); do timeout 1 bash -c "echo > /dev/tcp/127.0.0.1/\(nginx)" 2>/dev/null && break; sleep 0.1; done
-            mkdir -p $D/home/.pki/nssdb && certutil -d sql:$D/home/.pki/nssdb -N --empty-password && certutil -d sql:$D/home/.pki/nssdb -A -t C,, -n loupe -i $D/loupe-root.pem
-            dom=$(HOME=$D/home timeout 60 chromium --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir=$D/profile \\
-              --host-resolver-rules="MAP origin.test 127.0.0.1" --virtual-time-budget=10000 --dump-dom https://origin.test:\(proxy)/ 2>$D/chromium.err)
+            \(Self.chromiumDump("https://origin.test:\(proxy)/"))
             echo "DOM $(echo "$dom" | grep -o 'blocked=[^<]*')"
             sleep 0.5
             """
@@ -131,9 +139,7 @@ extension BrowserTests {
             $L proxy --state-dir $D/loupe --listen 127.0.0.1:\(proxy) --upstream-ca $D/origin-root.pem --to 127.0.0.1:\(origin) --flow-log $D/flows.jsonl 2>$D/pw.err & echo $! > $D/pw.pid
             for i in $(seq 100); do grep -q listening $D/pw.err 2>/dev/null && break; sleep 0.1; done
             for i in $(seq 50); do timeout 1 bash -c "echo > /dev/tcp/127.0.0.1/\(origin)" 2>/dev/null && break; sleep 0.1; done
-            mkdir -p $D/home/.pki/nssdb && certutil -d sql:$D/home/.pki/nssdb -N --empty-password && certutil -d sql:$D/home/.pki/nssdb -A -t C,, -n loupe -i $D/loupe-root.pem
-            dom=$(HOME=$D/home timeout 60 chromium --headless=new --no-sandbox --disable-gpu --no-first-run --user-data-dir=$D/profile \\
-              --host-resolver-rules="MAP origin.test 127.0.0.1" --virtual-time-budget=10000 --dump-dom https://origin.test:\(proxy)/ 2>$D/chromium.err)
+            \(Self.chromiumDump("https://origin.test:\(proxy)/"))
             echo "DOM $(echo "$dom" | grep -o '<p id="out">[^<]*' | sed 's/<p id="out">//')"
             sleep 0.5
             """
