@@ -138,6 +138,8 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
             #expect(server.resumed == client.resumed)
         }
         #expect(resumed == [false, true, true])
+        // The cache is bounded (OpenSSL's own bound would be 20,480 sessions, ~14 MiB).
+        #expect(SSL_CTX_ctrl(try TLSContext.server().ctx, SSL_CTRL_GET_SESS_CACHE_SIZE, 0, nil) == TLSContext.serverSessionCacheSize)
     }
 
     @Test func noALPNOverlapMeansNoALPN() throws {
