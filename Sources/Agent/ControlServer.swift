@@ -81,6 +81,8 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
     let serve: @Sendable (ControlRequest, ControlPeer) async -> ControlReply
     var buffer: [UInt8] = []
     var answered = false
+    /// The stream's output, once the request was a `flows --follow`.
+    var follower: FollowerOutput?
 
     init(serve: @escaping @Sendable (ControlRequest, ControlPeer) async -> ControlReply) { self.serve = serve }
 
@@ -140,7 +142,9 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
         case .stream(let initial, let start, let stop):
             write([ControlHeader.ok] + initial, on: channel, close: false)
             let loop = channel.eventLoop
-            let follower = NIOLoopBound(FollowerOutput(channel: channel), eventLoop: loop)
+            let output = FollowerOutput(channel: channel)
+            follower = output  // told when the socket drains (channelWritabilityChanged)
+            let follower = NIOLoopBound(output, eventLoop: loop)
             let id = start { line in
                 loop.execute { follower.value.send(line) }
             }
@@ -154,12 +158,18 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
         if close { done.whenComplete { _ in channel.close(promise: nil) } }
     }
 
+    /// A follower's socket took what was queued: the count of the lines it missed goes now.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { follower?.sendNotice() }
+        context.fireChannelWritabilityChanged()
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 }
 
 /// One `flows --follow` client's lines, on its channel's event loop. Past the channel's
 /// high-water mark — a client that stopped reading: a paused pager, a full pipe — lines are
-/// dropped and counted, and the count goes out as a line of its own once it reads again: the
+/// dropped and counted, and the count goes out as a line of its own once its socket drains: the
 /// agent never holds more than the mark for a reader.
 final class FollowerOutput {
     let channel: Channel
@@ -172,15 +182,23 @@ final class FollowerOutput {
             dropped += 1
             return
         }
-        var text = ""
-        if dropped > 0 {
-            var notice = JSONLine(time: Date())
-            notice.add("event", "follow_overflow")
-            notice.add("dropped_lines", dropped)
-            notice.add("reason", "this follower was not reading fast enough; \(dropped) lines were not sent to it")
-            text = notice.line + "\n"
-            dropped = 0
-        }
-        channel.writeAndFlush(channel.allocator.buffer(string: text + line + "\n"), promise: nil)
+        channel.writeAndFlush(channel.allocator.buffer(string: notice() + line + "\n"), promise: nil)
+    }
+
+    /// The count of missed lines, if any, as soon as the client reads again.
+    func sendNotice() {
+        let text = notice()
+        if !text.isEmpty { channel.writeAndFlush(channel.allocator.buffer(string: text), promise: nil) }
+    }
+
+    /// The line that counts the lines dropped since the last one ("" when none were).
+    private func notice() -> String {
+        guard dropped > 0 else { return "" }
+        var line = JSONLine(time: Date())
+        line.add("event", "follow_overflow")
+        line.add("dropped_lines", dropped)
+        line.add("reason", "this follower was not reading fast enough; \(dropped) lines were not sent to it")
+        dropped = 0
+        return line.line + "\n"
     }
 }

@@ -272,7 +272,7 @@ final class Lines: @unchecked Sendable {
 
     /// `loupe flows --follow | less`, paused: the agent keeps writing lines for it. Past the
     /// channel's mark they are dropped and counted — not queued in the agent without bound —
-    /// and once the client reads again the count arrives as a line of its own, before the next.
+    /// and once the client reads again the count arrives as a line of its own.
     @Test(.enabled(if: TestEnv.isRoot, "the control socket serves root and group loupe; as another user the request is refused (CI is root)"))
     func aFollowerThatStopsReadingCostsLinesNotMemory() async throws {
         let dir = TestEnv.scratch("follow")
@@ -332,7 +332,10 @@ final class Lines: @unchecked Sendable {
                 received += buffer[..<n]
             }
         }
-        drain(quiet: 300) { false }  // what was queued before: the socket's and the channel's share
+        // What was queued (the socket's and the channel's share), then — the socket drained —
+        // the count of the rest, without waiting for another line.
+        drain { String(decoding: received, as: UTF8.self).contains("\"event\":\"follow_overflow\"") }
+        #expect(String(decoding: received, as: UTF8.self).contains("\"event\":\"follow_overflow\""), "the notice came once the client read")
         follow("last")
         drain { received.count >= 5 && Array(received.suffix(5)) == Array("last\n".utf8) }
         let lines = String(decoding: received, as: UTF8.self).split(separator: "\n").map(String.init)
