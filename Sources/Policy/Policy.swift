@@ -34,7 +34,7 @@ public struct Policy: Sendable {
             rulesByStage.append(staged)
             indexByStage.append(PortIndex(staged))
             defaultDecisions.append(defaults[stage].map { verdict in
-                Decision(stage: stage, verdict: verdict, rule: "default", reason: "no rule matched; the \(stage.rawValue) default",
+                Decision(stage: stage, verdict: verdict, rule: Decision.defaultRule, reason: "no rule matched; the \(stage.rawValue) default",
                          blockMode: verdict == .block ? defaultBlockMode : nil)
             })
         }
@@ -249,7 +249,9 @@ extension Policy {
     static func parseRule(_ r: TOMLReader, lists: [String: HostSet]) throws(ConfigError) -> Rule {
         try r.onlyKeys(Set(["name", "stage", "action", "block", "reason", "identity"] + Condition.fields.map(\.key)))
         guard let name = try r.string("name"), !name.isEmpty else { throw r.error("every rule needs a name") }
-        guard name != "default" else { throw r.error("'default' is reserved for the stage defaults", at: r.table["name"]) }
+        guard !Decision.builtInRules.contains(name) else {
+            throw r.error("'\(name)' is reserved for Loupe's own decisions (\(Decision.builtInRules.sorted().joined(separator: ", ")))", at: r.table["name"])
+        }
         guard let stageText = try r.string("stage") else { throw r.error("rule '\(name)' needs a stage (connect, hello or request)") }
         guard let stage = Stage(rawValue: stageText) else {
             throw r.error("rule '\(name)': unknown stage '\(stageText)' (connect, hello or request)", at: r.table["stage"])

@@ -56,4 +56,15 @@ public struct Decision: Sendable, Equatable, CustomStringConvertible {
         let how = blockMode.map { " (\($0.rawValue))" } ?? ""
         return "\(stage.rawValue): \(verdict.rawValue)\(how) by rule \"\(rule)\" — \(reason)"
     }
+
+    /// The rule of a stage's default.
+    public static let defaultRule = "default"
+    /// The proxy's own refusal of a request its connection cannot carry (a host the verified
+    /// certificate does not cover, another port): answered 421.
+    public static let misdirectedRule = "misdirected"
+    /// The proxy's own refusal of a request it cannot read one way only: answered 400.
+    public static let malformedRule = "malformed"
+    /// Names no policy rule may take: decisions under them are Loupe's own, and clients are
+    /// answered by what they mean.
+    public static let builtInRules: Set<String> = [defaultRule, misdirectedRule, malformedRule]
 }

@@ -815,7 +815,7 @@ public final class ConnectionMachine {
         if let client = settings.clientPort, facts.method != "CONNECT", let url = facts.url {
             let named = facts.port
             if let named, named != client.port {
-                return Decision(stage: .request, verdict: .block, rule: "misdirected",
+                return Decision(stage: .request, verdict: .block, rule: Decision.misdirectedRule,
                                 reason: "the request names port \(named), but the connection is to port \(client.port)")
             }
             if named == nil, client.redirected, client.port != 443 {
@@ -827,7 +827,7 @@ public final class ConnectionMachine {
         // upstream was verified.
         if let host = facts.host, !host.isEmpty, host != coveredHost, let certificate = upstreamCertificate {
             guard certificate.covers(host: host) else {
-                return Decision(stage: .request, verdict: .block, rule: "misdirected",
+                return Decision(stage: .request, verdict: .block, rule: Decision.misdirectedRule,
                                 reason: "the request names \(host), which the server's verified certificate does not cover")
             }
             coveredHost = facts.host
@@ -879,9 +879,14 @@ public final class ConnectionMachine {
 
     /// 403 for a request the policy blocks; 421 Misdirected Request (RFC 9110 15.5.20) for one
     /// this connection cannot carry — a host its verified certificate does not cover, another
-    /// port — which clients may send again on a connection of its own, judged there as itself.
+    /// port — which clients may send again on a connection of its own, judged there as itself;
+    /// 400 for a malformed one. (No policy rule may take those built-in names.)
     static func refusalStatus(_ decision: Decision) -> (code: Int, text: String) {
-        decision.rule == "misdirected" ? (421, "Misdirected Request") : (403, "Forbidden")
+        switch decision.rule {
+        case Decision.misdirectedRule: (421, "Misdirected Request")
+        case Decision.malformedRule: (400, "Bad Request")
+        default: (403, "Forbidden")
+        }
     }
 
     /// The answer to a request whose body framing is ambiguous.

@@ -334,12 +334,10 @@ struct HTTP2RequestFilter {
         // judge one, an origin that takes another would serve it (RFC 9113 8.3.1).
         let distinct = hosts.count > 1 ? Set(hosts.map { $0.lowercased() }) : []
         let decision: Decision
-        var status: String?
         if case .malformed(let why) = verdict {
-            decision = Decision(stage: .request, verdict: .block, rule: "malformed", reason: "a malformed HTTP/2 request: \(why)")
-            status = "400"
+            decision = Decision(stage: .request, verdict: .block, rule: Decision.malformedRule, reason: "a malformed HTTP/2 request: \(why)")
         } else if distinct.count > 1 {
-            decision = Decision(stage: .request, verdict: .block, rule: "misdirected", reason: "the request names more than one host (\(distinct.sorted().joined(separator: ", ").prefix(120)))")
+            decision = Decision(stage: .request, verdict: .block, rule: Decision.misdirectedRule, reason: "the request names more than one host (\(distinct.sorted().joined(separator: ", ").prefix(120)))")
         } else {
             decision = decide(method, &url)
         }
@@ -351,7 +349,7 @@ struct HTTP2RequestFilter {
             }
             refused.insert(block.stream)
             let body = ConnectionMachine.forbiddenBody(decision)
-            toClient += Self.refusal(stream: block.stream, status: status ?? String(ConnectionMachine.refusalStatus(decision).code), body: body)
+            toClient += Self.refusal(stream: block.stream, status: String(ConnectionMachine.refusalStatus(decision).code), body: body)
             windowOwed += body.count
             return
         }
@@ -372,7 +370,7 @@ struct HTTP2RequestFilter {
         openRequests.remove(stream)
         bodies[stream] = nil
         let exchange = exchanges.removeValue(forKey: stream)
-        out.decisions.append((Decision(stage: .request, verdict: .block, rule: "malformed", reason: "a malformed HTTP/2 request: \(why)"),
+        out.decisions.append((Decision(stage: .request, verdict: .block, rule: Decision.malformedRule, reason: "a malformed HTTP/2 request: \(why)"),
                               exchange?.method ?? "", exchange?.url ?? ""))
         out.upstream += Self.rstStream(stream, code: Self.protocolError)
         toClient += Self.rstStream(stream, code: Self.protocolError)

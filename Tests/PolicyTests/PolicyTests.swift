@@ -365,6 +365,7 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         ("[[rule]]\nname = \"r\"\nstage = \"connect\"\naction = \"allow\"\nblock = \"drop\"", 5, "only to action"),
         ("[[rule]]\nname = \"r\"\nstage = \"connect\"\naction = \"allow\"\n[[rule]]\nname = \"r\"\nstage = \"connect\"\naction = \"allow\"", 5, "already used at line 5"),
         ("[[rule]]\nstage = \"connect\"\naction = \"allow\"", 1, "needs a name"),
+        ("[[rule]]\nname = \"misdirected\"\nstage = \"request\"\naction = \"block\"", 2, "'misdirected' is reserved for Loupe's own decisions"),
         ("[[rule]]\nname = \"r\"\nstage = \"request\"\npath = [\"admin\"]\naction = \"allow\"", 4, "start with '/'"),
         ("[[rule]]\nname = \"r\"\nstage = \"connect\"\ndst_port = []\naction = \"allow\"", 4, "never match"),
         ("[[rule]]\nname = \"r\"\nstage = \"hello\"\ntls = \"no\"\naction = \"block\"", 4, "true or false"),
