@@ -144,9 +144,9 @@ final class ControlConnection: ChannelInboundHandler, @unchecked Sendable {
             let loop = channel.eventLoop
             let output = FollowerOutput(channel: channel)
             follower = output  // told when the socket drains (channelWritabilityChanged)
-            let follower = NIOLoopBound(output, eventLoop: loop)
+            let bound = NIOLoopBound(output, eventLoop: loop)
             let id = start { line in
-                loop.execute { follower.value.send(line) }
+                loop.execute { bound.value.send(line) }
             }
             channel.closeFuture.whenComplete { _ in stop(id) }
         }

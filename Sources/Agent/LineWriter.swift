@@ -21,7 +21,7 @@ public final class LineWriter: Sendable {
 
     private let pending = Mutex(Pending())
     /// Every line lost so far (over the limit, or refused by the file), for metrics.
-    private let lost = Atomic<Int>(0)
+    private let lostTotal = Atomic<Int>(0)
     private let wake = DispatchSemaphore(value: 0)
     /// Only the writer thread uses it (and switches it).
     private nonisolated(unsafe) var fd: Int32
@@ -69,14 +69,14 @@ public final class LineWriter: Sendable {
 
     /// Lines lost since the writer started: dropped past the limit or refused by the file (each
     /// loss is also reported in the file once it takes lines again).
-    public var lostLines: Int { lost.load(ordering: .relaxed) }
+    public var lostLines: Int { lostTotal.load(ordering: .relaxed) }
 
     /// Queues `line` (a newline is added). Never blocks on the file.
     public func write(_ line: String) {
         let first = pending.withLock { p -> Bool in
             guard p.bytes.count + line.utf8.count < limit else {
                 p.dropped += 1
-                lost.add(1, ordering: .relaxed)
+                lostTotal.add(1, ordering: .relaxed)
                 return false
             }
             let wasEmpty = p.bytes.isEmpty
@@ -116,7 +116,7 @@ public final class LineWriter: Sendable {
             if !batch.isEmpty, !writeAll(batch) {
                 let refused = batch.count(where: { $0 == 0x0A })
                 lost += refused
-                self.lost.add(refused, ordering: .relaxed)
+                lostTotal.add(refused, ordering: .relaxed)
             }
             // Lines that could not be written are reported with the next overflow line.
             if lost > 0 { pending.withLock { $0.dropped += lost } }

@@ -26,13 +26,11 @@ enum SessionBIO {
         }
         _ = BIO_meth_set_write_ex(method) { bio, bytes, count, done in
             BIO_clear_flags(bio, retryFlags)
-            let appended: Bool? = withSession(of: bio) { session in
-                if let bytes, count > 0 {
-                    session.output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes).assumingMemoryBound(to: UInt8.self), count: count))
-                }
-                return true
+            let written: Void? = withSession(of: bio) { session in
+                guard let bytes, count > 0 else { return }
+                session.output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes).assumingMemoryBound(to: UInt8.self), count: count))
             }
-            guard appended != nil else { return 0 }
+            guard written != nil else { return 0 }  // no session yet
             done?.pointee = count
             return 1
         }

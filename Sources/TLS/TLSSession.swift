@@ -87,7 +87,7 @@ public final class TLSContext: @unchecked Sendable {
         // origin than OpenSSL's AES-256-first default (the server still chooses).
         try check("TLS 1.3 cipher suites", SSL_CTX_set_ciphersuites(context.ctx, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384") == 1)
         // And so for TLS 1.2 (OpenSSL's default puts every AES-256 suite first): the same suites.
-        let tls12 = OfferCatalog.aes128First(context.configuredNames().filter { !$0.hasPrefix("TLS_") })
+        let tls12 = OfferCatalog.aes128First(context.configuredSuites().filter { !$0.isTLS13 }.map(\.name))
         try check("TLS 1.2 cipher list", SSL_CTX_set_cipher_list(context.ctx, tls12.joined(separator: ":")) == 1)
         // External cache only: OpenSSL hands each new session (TLS 1.3 tickets arrive after the
         // handshake) to `newSession`, which files a copy under the session's upstream key.
@@ -98,11 +98,15 @@ public final class TLSContext: @unchecked Sendable {
         return context
     }
 
-    /// The OpenSSL names of the suites this context is configured with, in its order.
-    private func configuredNames() -> [String] {
-        guard let ciphers = SSL_CTX_get_ciphers(ctx) else { return [] }
-        return (0..<loupe_sk_SSL_CIPHER_num(ciphers)).compactMap { i in
-            loupe_sk_SSL_CIPHER_value(ciphers, i).map { String(cString: SSL_CIPHER_get_name($0)) }
+    /// The suites this context is configured with, in its order.
+    private func configuredSuites() -> [OfferCatalog.Suite] {
+        SSL_CTX_get_ciphers(ctx).map(Self.suites) ?? []
+    }
+
+    /// A stack of suites as code points and OpenSSL names, in its order.
+    private static func suites(_ ciphers: OpaquePointer) -> [OfferCatalog.Suite] {
+        (0..<loupe_sk_SSL_CIPHER_num(ciphers)).compactMap { i in
+            loupe_sk_SSL_CIPHER_value(ciphers, i).map { OfferCatalog.Suite(id: SSL_CIPHER_get_protocol_id($0), name: String(cString: SSL_CIPHER_get_name($0))) }
         }
     }
 
@@ -115,13 +119,8 @@ public final class TLSContext: @unchecked Sendable {
         SSL_set_connect_state(ssl)
         guard let ciphers = SSL_get1_supported_ciphers(ssl) else { throw OpenSSLError.drain("SSL_get1_supported_ciphers") }
         defer { loupe_sk_SSL_CIPHER_free(ciphers) }
-        var catalog = OfferCatalog(tls12: [], tls13: [])
-        for i in 0..<loupe_sk_SSL_CIPHER_num(ciphers) {
-            guard let cipher = loupe_sk_SSL_CIPHER_value(ciphers, i) else { continue }
-            let suite = OfferCatalog.Suite(id: SSL_CIPHER_get_protocol_id(cipher), name: String(cString: SSL_CIPHER_get_name(cipher)))
-            if suite.id >> 8 == 0x13 { catalog.tls13.append(suite) } else { catalog.tls12.append(suite) }
-        }
-        return catalog
+        let all = Self.suites(ciphers)
+        return OfferCatalog(tls12: all.filter { !$0.isTLS13 }, tls13: all.filter(\.isTLS13))
     }
 }
 

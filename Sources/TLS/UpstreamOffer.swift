@@ -8,6 +8,8 @@ public struct OfferCatalog: Sendable, Equatable {
         public var id: UInt16
         public var name: String
         public init(id: UInt16, name: String) { self.id = id; self.name = name }
+        /// TLS 1.3 suites are 0x13xx.
+        var isTLS13: Bool { id >> 8 == 0x13 }
     }
 
     /// TLS 1.2 (and older) suites, OpenSSL names, in the context's order.
