@@ -115,13 +115,24 @@ public enum URLPath {
         var userless = authority
         if let at = userless.utf8.lastIndex(of: 0x40) { userless = userless[userless.index(after: at)...]; changed = true }
         var (host, port) = hostAndPort(userless)
+        if host.utf8.count > 1, host.utf8.last == 0x2E { host = host.dropLast(); changed = true }
+        // Every request's URL comes through here, nearly always canonical: decided over the
+        // bytes, nothing is built unless something changes.
+        if !changed, port.map({ isCanonicalPort($0, scheme: scheme) }) ?? true { return nil }
         let lowerScheme = scheme.lowercased()
         // The port as a number: ":0443" is 443 to a server.
         var portText = port.map { ":" + $0 } ?? ""
-        if let digits = port, let number = Int(digits), String(number) != digits { portText = ":\(number)"; changed = true }
-        if portText == ":" || (portText == ":443" && lowerScheme == "https://") || (portText == ":80" && lowerScheme == "http://") { portText = ""; changed = true }
-        if host.count > 1, host.hasSuffix(".") { host = host.dropLast(); changed = true }
-        return changed ? lowerScheme + host.lowercased() + portText : nil
+        if let digits = port, let number = Int(digits), String(number) != digits { portText = ":\(number)" }
+        if portText == ":" || (portText == ":443" && lowerScheme == "https://") || (portText == ":80" && lowerScheme == "http://") { portText = "" }
+        return lowerScheme + host.lowercased() + portText
+    }
+
+    /// Whether a port is written as servers write it back: digits without a leading zero, and
+    /// not the scheme's default (`scheme` is lowercase, ending in "://").
+    private static func isCanonicalPort(_ port: Substring, scheme: Substring) -> Bool {
+        let digits = port.utf8
+        guard let first = digits.first, first != 0x30 || digits.count == 1, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return false }
+        return !(digits.elementsEqual("443".utf8) && scheme == "https://") && !(digits.elementsEqual("80".utf8) && scheme == "http://")
     }
 
     /// The authority of `url` ("host[:port]", with any userinfo), nil without a "://".

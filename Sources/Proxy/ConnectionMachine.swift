@@ -830,7 +830,7 @@ public final class ConnectionMachine {
                 return Decision(stage: .request, verdict: .block, rule: Decision.misdirectedRule,
                                 reason: "the request names \(host), which the server's verified certificate does not cover")
             }
-            coveredHost = facts.host
+            coveredHost = host
         }
         return policy.decide(.request, facts)
     }

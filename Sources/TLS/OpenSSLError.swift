@@ -27,6 +27,15 @@ public struct OpenSSLError: Error, Sendable, CustomStringConvertible {
     }
 }
 
+/// Empties this thread's error queue before a call whose outcome is read from it (SSL_get_error
+/// looks there). OpenSSL 3.0's ERR_clear_error resets all sixteen slots of the queue every time —
+/// ~5% of a relayed request's CPU at one call per record; a peek finds the queue empty, as it
+/// nearly always is, in a fraction of that.
+@inline(__always)
+func clearErrorQueue() {
+    if ERR_peek_error() != 0 { ERR_clear_error() }
+}
+
 /// Runs `body` with a clean error queue; a false result becomes an `OpenSSLError`.
 @inline(__always)
 func check(_ operation: @autoclosure () -> String, _ ok: Bool) throws(OpenSSLError) {

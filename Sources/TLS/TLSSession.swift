@@ -395,7 +395,7 @@ public final class TLSSession: @unchecked Sendable {
     /// Starts (client) or continues the handshake; call after `receive`.
     public func advanceHandshake() {
         guard state == .handshaking else { return }
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_do_handshake(ssl)
         if rc == 1 {
             state = .established
@@ -425,7 +425,7 @@ public final class TLSSession: @unchecked Sendable {
             // relay asks both legs after every event).
             let available = inputPending + Int(SSL_pending(ssl))
             guard available > 0 || SSL_has_pending(ssl) == 1 else { return out }
-            ERR_clear_error()
+            clearErrorQueue()
             // Every record into one uninitialised array sized by what can be there (plaintext is
             // never longer than its records): no zeroed scratch buffer, no concatenation.
             var rc: Int32 = 1
@@ -461,7 +461,7 @@ public final class TLSSession: @unchecked Sendable {
         output.reserveCapacity(output.count + plaintext.count + (plaintext.count / 16_384 + 1) * 64)
         var offset = 0
         while offset < plaintext.count {
-            ERR_clear_error()
+            clearErrorQueue()
             var n = 0
             let rc = plaintext.withUnsafeBytes { SSL_write_ex(ssl, $0.baseAddress! + offset, $0.count - offset, &n) }
             guard rc == 1 else { throw OpenSSLError.drain("SSL_write") }
@@ -480,9 +480,9 @@ public final class TLSSession: @unchecked Sendable {
 
     /// Sends close_notify.
     public func close() {
-        ERR_clear_error()
+        clearErrorQueue()
         _ = SSL_shutdown(ssl)
-        ERR_clear_error()
+        clearErrorQueue()
     }
 
     // MARK: what was negotiated

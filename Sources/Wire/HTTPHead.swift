@@ -37,7 +37,14 @@ public struct HTTPHead: Sendable, Equatable {
     }
 
     static func sameName(_ a: ArraySlice<UInt8>, _ b: String) -> Bool {
-        a.count == b.utf8.count && zip(a, b.utf8).allSatisfy { x, y in x | 0x20 == y | 0x20 && (x == y || Self.isLetter(x)) }
+        guard a.count == b.utf8.count else { return false }
+        var i = a.startIndex
+        for y in b.utf8 {
+            let x = a[i]
+            if x != y, x | 0x20 != y | 0x20 || !isLetter(x) { return false }
+            i += 1
+        }
+        return true
     }
 
     private static func isLetter(_ c: UInt8) -> Bool { (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) }
@@ -82,10 +89,22 @@ public struct HTTPHead: Sendable, Equatable {
 
     /// Every comma-separated element of every field named `name`, trimmed (RFC 9110 5.6.1;
     /// empty elements dropped).
+    /// Split over the bytes, as servers split them: a request asks for four fields (framing,
+    /// Host, Upgrade) and usually carries one of them, so nothing is built for the rest.
     public func fieldValues(_ name: String) -> [String] {
-        fields.filter { Self.sameName(bytes[$0.name], name) }.flatMap { field in
-            string(at: field.value).split(separator: ",").map { $0.trimmingSpaces }.filter { !$0.isEmpty }
+        var values: [String] = []
+        for field in fields where Self.sameName(bytes[field.name], name) {
+            var start = field.value.lowerBound
+            while start <= field.value.upperBound {
+                let end = bytes[start..<field.value.upperBound].firstIndex(of: 0x2C) ?? field.value.upperBound
+                var element = start..<end
+                while let f = element.first, bytes[f] == 0x20 || bytes[f] == 0x09 { element = (f + 1)..<element.upperBound }
+                while let l = element.last, bytes[l] == 0x20 || bytes[l] == 0x09 { element = element.lowerBound..<l }
+                if !element.isEmpty { values.append(string(at: element)) }
+                start = end + 1
+            }
         }
+        return values
     }
 
     /// A chunked body's line without its line end and surrounding blanks ("" ends the trailers).
@@ -231,15 +250,5 @@ public struct HTTPHead: Sendable, Equatable {
             default: false
             }
         }
-    }
-}
-
-extension Substring {
-    /// Without leading and trailing spaces and tabs (optional whitespace, RFC 9110 5.6.3).
-    var trimmingSpaces: String {
-        var slice = self[...]
-        while let f = slice.first, f == " " || f == "\t" { slice = slice.dropFirst() }
-        while let l = slice.last, l == " " || l == "\t" { slice = slice.dropLast() }
-        return String(slice)
     }
 }

@@ -213,6 +213,30 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
 
     /// A request URL's host and path, as rules see them: userinfo, ports, IPv6 literals, and an
     /// authority ended by a query or fragment; no scheme, no host.
+    /// A request's origin as servers take it, checked against the plain spelling of the rule
+    /// (lowercase, no userinfo or trailing dot, the port as a number and not the default) over
+    /// every combination of the parts that can differ.
+    @Test func originsAreCanonicalised() {
+        func expected(_ scheme: String, _ user: String, _ host: String, _ port: String?) -> String {
+            let scheme = scheme.lowercased()
+            var host = host.lowercased()
+            if host.utf8.count > 1, host.hasSuffix(".") { host.removeLast() }
+            var portText = port.map { ":" + (Int($0).map(String.init) ?? $0) } ?? ""
+            if portText == ":" || (portText == ":443" && scheme == "https://") || (portText == ":80" && scheme == "http://") { portText = "" }
+            return scheme + host + portText
+        }
+        for scheme in ["https://", "HTTPS://", "http://"] {
+            for user in ["", "user@", "u:p@"] {
+                for host in ["h.example", "H.Example", "h.example.", "[2001:db8::1]", "[2001:DB8::1]", "x", "."] {
+                    for port in [nil, "", "443", "0443", "80", "8443", "08443", "0", "99999", "+443", "-1", "x1"] as [String?] {
+                        let url = scheme + user + host + (port.map { ":" + $0 } ?? "") + "/p?q"
+                        #expect(URLPath.canonicalURL(url) == expected(scheme, user, host, port) + "/p?q", "\(url)")
+                    }
+                }
+            }
+        }
+    }
+
     @Test func urlHostAndPath() {
         func parts(_ url: String) -> (String?, String?) {
             var f = FlowFacts()

@@ -211,6 +211,49 @@ func pump(_ a: TLSSession, _ b: TLSSession) {
         #expect(client.failureAlert == 70, "a proxied client must hear protocol_version")
     }
 
+    /// SSL_get_error reads the thread's error queue: a session clears what another call left
+    /// there (and skips the clearing when nothing is queued), so a stale error never passes
+    /// for the session's own failure — in the handshake, in reading or in writing.
+    @Test func aStaleErrorOnTheQueueFailsNoSession() throws {
+        let pki = try TestPKI()
+        defer { TestEnv.remove(pki.dir) }
+        let (leaf, key) = try pki.leaf([.dns("origin.test")])
+        func leaveAnError() {
+            let junk = Array("not a certificate".utf8)
+            let bio = junk.withUnsafeBytes { BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }
+            #expect(PEM_read_bio_X509(bio, nil, nil, nil) == nil)
+            BIO_free(bio)
+            #expect(ERR_peek_error() != 0, "the failed parse left its error queued")
+        }
+        let server = try TLSSession.server(try TLSContext.server(), chain: [leaf], key: key)
+        let client = try TLSSession.client(try TLSContext.client(trustBundle: pki.bundle), serverName: "origin.test")
+        leaveAnError()
+        client.advanceHandshake()
+        for _ in 0..<50 {
+            let fromClient = client.takeOutput(), fromServer = server.takeOutput()
+            if fromClient.isEmpty && fromServer.isEmpty { break }
+            leaveAnError()
+            server.receive(fromClient)
+            leaveAnError()
+            client.receive(fromServer)
+        }
+        #expect(client.state == .established && server.state == .established, "\(client.state) \(server.state)")
+        for round in 0..<3 {
+            leaveAnError()
+            try client.write(Array("request \(round)".utf8))
+            server.receive(client.takeOutput())
+            leaveAnError()
+            #expect(server.read() == Array("request \(round)".utf8))
+            leaveAnError()
+            try server.write(Array("answer \(round)".utf8))
+            client.receive(server.takeOutput())
+            leaveAnError()
+            #expect(client.read() == Array("answer \(round)".utf8))
+        }
+        #expect(client.state == .established && server.state == .established, "\(client.state) \(server.state)")
+        ERR_clear_error()
+    }
+
     @Test func garbageFromThePeerFailsCleanly() throws {
         let pki = try TestPKI()
         defer { TestEnv.remove(pki.dir) }

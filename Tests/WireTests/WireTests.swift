@@ -294,6 +294,21 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(odd.header("x^") == "1" && odd.header("x~") == nil)
     }
 
+    /// List-valued fields (RFC 9110 5.6.1): every field of the name, in order, split at commas,
+    /// optional whitespace trimmed, empty elements dropped — what the framing, Host and Upgrade
+    /// checks count and compare.
+    @Test func fieldValuesSplitEveryFieldOfTheName() {
+        let text = "GET / HTTP/1.1\r\nTransfer-Encoding: gzip , ,chunked\r\nHost: a.test\r\nX: \r\ntransfer-encoding:\tbr,\t\r\nUpgrade: h2c\r\n\r\n"
+        guard case .head(let head) = HTTPHead.parse(Array(text.utf8)[...], expectRequest: true) else { Issue.record("no head"); return }
+        #expect(head.fieldValues("transfer-encoding") == ["gzip", "chunked", "br"])
+        #expect(head.fieldValues("HOST") == ["a.test"] && head.fieldValues("x").isEmpty && head.fieldValues("content-length").isEmpty)
+        #expect(head.fieldValues("upgrade") == ["h2c"] && head.fieldValues("upgrad").isEmpty)
+        guard case .head(let twoHosts) = HTTPHead.parse(Array("GET / HTTP/1.1\r\nHost: a.test, b.test\r\n\r\n".utf8)[...], expectRequest: true) else {
+            Issue.record("no head"); return
+        }
+        #expect(twoHosts.fieldValues("host") == ["a.test", "b.test"], "one field naming two hosts is two hosts")
+    }
+
     @Test func malformedHeads() {
         for bad in ["GET\r\n\r\n", "GET / HTTP/2\r\n\r\n", "GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", "GET / HTTP/1.1\r\nNoColon\r\n\r\n", "G(T / HTTP/1.1\r\n\r\n",
                     "GET  / HTTP/1.1\r\n\r\n", "GET / HTTP/1.1 x\r\n\r\n", "GET / HTTP/1.10\r\n\r\n", "GET /a b HTTP/1.1\r\n\r\n", "\r\n\r\n"] {
