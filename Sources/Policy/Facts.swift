@@ -116,23 +116,21 @@ public enum URLPath {
         if let at = userless.utf8.lastIndex(of: 0x40) { userless = userless[userless.index(after: at)...]; changed = true }
         var (host, port) = hostAndPort(userless)
         if host.utf8.count > 1, host.utf8.last == 0x2E { host = host.dropLast(); changed = true }
-        // Every request's URL comes through here, nearly always canonical: decided over the
-        // bytes, nothing is built unless something changes.
-        if !changed, port.map({ isCanonicalPort($0, scheme: scheme) }) ?? true { return nil }
-        let lowerScheme = scheme.lowercased()
-        // The port as a number: ":0443" is 443 to a server.
-        var portText = port.map { ":" + $0 } ?? ""
-        if let digits = port, let number = Int(digits), String(number) != digits { portText = ":\(number)" }
-        if portText == ":" || (portText == ":443" && lowerScheme == "https://") || (portText == ":80" && lowerScheme == "http://") { portText = "" }
-        return lowerScheme + host.lowercased() + portText
+        let portText = port.flatMap { canonicalPort($0, default: HTTPHead.absoluteFormScheme(scheme).map { $0 == 8 ? 443 : 80 }) }
+        // Every request's URL comes through here, nearly always canonical: nothing is built
+        // unless something changes.
+        guard changed || portText != nil else { return nil }
+        return scheme.lowercased() + host.lowercased() + (portText ?? port.map { ":" + $0 } ?? "")
     }
 
-    /// Whether a port is written as servers write it back: digits without a leading zero, and
-    /// not the scheme's default (`scheme` is lowercase, ending in "://").
-    private static func isCanonicalPort(_ port: Substring, scheme: Substring) -> Bool {
-        let digits = port.utf8
-        guard let first = digits.first, first != 0x30 || digits.count == 1, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return false }
-        return !(digits.elementsEqual("443".utf8) && scheme == "https://") && !(digits.elementsEqual("80".utf8) && scheme == "http://")
+    /// The port as a server writes it back, where that differs from `port` as written: "" for a
+    /// bare colon or the scheme's default, else ":" and the number (":0443" is 443 to a server);
+    /// nil when it is written so already, or is no number.
+    private static func canonicalPort(_ port: Substring, default defaultPort: Int?) -> String? {
+        if port.isEmpty { return "" }
+        guard let number = Int(port) else { return nil }
+        if number == defaultPort { return "" }
+        return String(number) == port ? nil : ":\(number)"
     }
 
     /// The authority of `url` ("host[:port]", with any userinfo), nil without a "://".

@@ -39,17 +39,14 @@ struct ExpiringEntries<Value: Expiring> {
         return entry.value
     }
 
-    /// Drops every expired entry, or else the one expiring soonest (each heap item is popped
-    /// once, so this is O(log n) an insertion over time).
+    /// Drops every expired entry, or else the one expiring soonest — the heap's top either way
+    /// (each item is popped once, so this is O(log n) an insertion over time).
     private mutating func makeRoom(now: Date) {
         var dropped = false
-        while let top = heap.first {
-            let current = entries[top.key]?.serial == top.serial
-            if current, dropped, top.expires > now { return }
+        while let top = heap.first, !dropped || top.expires <= now {
             popTop()
-            guard current else { continue }
+            guard entries[top.key]?.serial == top.serial else { continue }  // stale
             entries[top.key] = nil
-            if top.expires > now { return }
             dropped = true
         }
     }

@@ -88,8 +88,7 @@ public struct HTTPHead: Sendable, Equatable {
     }
 
     /// Every comma-separated element of every field named `name`, trimmed (RFC 9110 5.6.1;
-    /// empty elements dropped).
-    /// Split over the bytes, as servers split them: a request asks for four fields (framing,
+    /// empty elements dropped), split over the bytes as servers split them: a request asks for four fields (framing,
     /// Host, Upgrade) and usually carries one of them, so nothing is built for the rest.
     public func fieldValues(_ name: String) -> [String] {
         var values: [String] = []

@@ -56,6 +56,6 @@ import Testing
             table.insert(Stamp(expires: t0.addingTimeInterval(Double(60 + i % 7)), tag: i), for: "host\(i % 3)", now: t0)
         }
         #expect(table.count == 3 && table.heapCount <= 33, "\(table.heapCount) heap items for 3 entries")
-        #expect(table.live("host2", now: t0)?.tag == 49_999 - (49_999 - 2) % 3)
+        #expect(table.live("host2", now: t0)?.tag == 49_997, "the last insertion of the key stands")
     }
 }
