@@ -4,7 +4,7 @@ import Foundation
 /// and per request) without JSONSerialization or date formatters, which cost hundreds of µs
 /// per line on Linux. Fields keep the order they are added in; nil values are left out.
 public struct JSONLine: Sendable {
-    var text: String
+    @usableFromInline var text: String
 
     public init() {
         text = "{"
@@ -38,7 +38,8 @@ public struct JSONLine: Sendable {
         Self.quote(value, into: &text)
     }
 
-    public mutating func add<I: BinaryInteger>(_ key: String, _ value: I?) {
+    // Inlinable: specialised where it is called (per flow and per request), not generic at run time.
+    @inlinable public mutating func add<I: BinaryInteger>(_ key: String, _ value: I?) {
         guard let value else { return }
         appendKey(key)
         text += String(value)
@@ -78,7 +79,7 @@ public struct JSONLine: Sendable {
     }
 
     /// Keys are the code's own field names: nothing in them needs escaping.
-    mutating func appendKey(_ key: String) {
+    @usableFromInline mutating func appendKey(_ key: String) {
         text += text.utf8.count > 1 ? ",\"" : "\""
         text += key
         text += "\":"

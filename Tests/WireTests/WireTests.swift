@@ -294,6 +294,22 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         #expect(odd.header("x^") == "1" && odd.header("x~") == nil)
     }
 
+    /// The scheme of an absolute-form target, in any case — and only letters fold: a control
+    /// byte that becomes ":" or "/" once 0x20 is set ("\u{1A}" | 0x20 == ":") is no scheme.
+    @Test func absoluteFormSchemesFoldOnlyLetters() {
+        let cases: [(String, Int?)] = [
+            ("https://h/x", 8), ("http://h/x", 7), ("HTTPS://h", 8), ("HtTp://h", 7), ("http://", 7),
+            ("/path", nil), ("", nil), ("http", nil), ("https:/", nil), ("http:\\\\h", nil), ("httpx://h", nil),
+            ("ftp://h", nil), ("http\u{1A}//h", nil), ("http:\u{0F}/h", nil), ("https:\u{0F}\u{0F}h", nil), ("hTtPs:/", nil),
+        ]
+        for (target, length) in cases {
+            #expect(HTTPHead.absoluteFormScheme(target) == length, "\(target.debugDescription)")
+            // The same bytes as a slice of a longer string (a request line's target).
+            let line = "GET " + target
+            #expect(HTTPHead.absoluteFormScheme(line.dropFirst(4)) == length, "substring \(target.debugDescription)")
+        }
+    }
+
     /// List-valued fields (RFC 9110 5.6.1): every field of the name, in order, split at commas,
     /// optional whitespace trimmed, empty elements dropped — what the framing, Host and Upgrade
     /// checks count and compare.
