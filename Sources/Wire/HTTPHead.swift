@@ -40,12 +40,14 @@ public struct HTTPHead: Sendable, Equatable {
         guard a.count == b.utf8.count else { return false }
         var i = a.startIndex
         for y in b.utf8 {
-            let x = a[i]
-            if x != y, x | 0x20 != y | 0x20 || !isLetter(x) { return false }
+            if !sameIgnoringCase(a[i], y) { return false }
             i += 1
         }
         return true
     }
+
+    /// ASCII case-insensitive, and only letters fold ("^" is not "~", "\u{1A}" is not ":").
+    private static func sameIgnoringCase(_ x: UInt8, _ y: UInt8) -> Bool { x == y || (x | 0x20 == y | 0x20 && isLetter(x)) }
 
     private static func isLetter(_ c: UInt8) -> Bool { (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) }
 
@@ -237,19 +239,15 @@ public struct HTTPHead: Sendable, Equatable {
     public static func absoluteFormScheme(_ target: Substring) -> Int? { absoluteFormScheme(target.utf8[...]) }
 
     private static func absoluteFormScheme(_ target: Substring.UTF8View) -> Int? {
-        var i = target.startIndex
-        // Takes the next byte if it is `e` (a letter: in either case).
-        func take(_ e: UInt8) -> Bool {
-            guard i < target.endIndex else { return false }
-            let b = target[i]
-            guard b == e || (e >= 0x61 && e <= 0x7A && b == e - 0x20) else { return false }
-            i = target.index(after: i)
+        func starts(_ scheme: String) -> Bool {
+            var i = target.startIndex
+            for y in scheme.utf8 {
+                guard i < target.endIndex, sameIgnoringCase(target[i], y) else { return false }
+                i = target.index(after: i)
+            }
             return true
         }
-        guard take(UInt8(ascii: "h")), take(UInt8(ascii: "t")), take(UInt8(ascii: "t")), take(UInt8(ascii: "p")) else { return nil }
-        let secure = take(UInt8(ascii: "s"))
-        guard take(UInt8(ascii: ":")), take(UInt8(ascii: "/")), take(UInt8(ascii: "/")) else { return nil }
-        return secure ? 8 : 7
+        return starts("https://") ? 8 : starts("http://") ? 7 : nil
     }
 
     /// A token (RFC 9110 5.6.2): a method or a field name.
