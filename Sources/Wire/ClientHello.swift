@@ -100,7 +100,13 @@ public struct ClientHelloReader: Sendable {
     /// Every byte received so far (to replay upstream after a splice decision).
     public var bytes: [UInt8] { buffered }
 
-    public mutating func feed(_ data: some Sequence<UInt8>) -> Result {
+    // Concrete byte types rather than `some Sequence`: a generic here runs unspecialised from
+    // the proxy's module, once per new connection's first reads.
+    public mutating func feed(_ data: [UInt8]) -> Result {
+        feed(data[...])
+    }
+
+    public mutating func feed(_ data: ArraySlice<UInt8>) -> Result {
         guard result == .needMore else { return result }
         buffered.append(contentsOf: data)
         result = advance()
