@@ -130,7 +130,11 @@ public enum URLPath {
         if port.isEmpty { return "" }
         guard let number = Int(port) else { return nil }
         if number == defaultPort { return "" }
-        return String(number) == port ? nil : ":\(number)"
+        // Written as the number would be ("+443", "0443" are not): compared by the first byte,
+        // since every request URL naming a port comes here and `String(number)` would allocate.
+        let first = port.utf8.first!
+        let asWritten = (first >= 0x31 && first <= 0x39) || port.utf8.elementsEqual([0x30])
+        return asWritten ? nil : ":\(number)"
     }
 
     /// The authority of `url` ("host[:port]", with any userinfo), nil without a "://".
