@@ -51,7 +51,7 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy", "Divert", "Proxy"]),
+        .executableTarget(name: "loupe-bench", dependencies: ["CA", "Store", "TLS", "Policy", "Divert", "Proxy", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "TestSupport", dependencies: ["Platform", "TLS", "Wire"], path: "Tests/TestSupport"),
         .testTarget(name: "TOMLTests", dependencies: ["TOML"]),
         .testTarget(name: "PolicyTests", dependencies: ["Policy", "TOML", "Wire", "TestSupport"]),

@@ -1,4 +1,5 @@
 import CA
+import NIOCore
 import Policy
 import TLS
 import Wire
@@ -14,12 +15,14 @@ import Wire
 ///      │                                             ─▶ mint leaf ─▶ client TLS handshake ─▶ relaying (plaintext)
 ///      └ client quiet ─▶ connect upstream; the server speaks first ─▶ not TLS ─▶ splice (opaque)
 public final class ConnectionMachine {
+    /// Bytes travel as the channels' own buffers: a splice hands what it read to the other
+    /// side as it is, with no copy in and out of an array.
     public enum Event: Sendable {
-        case clientData([UInt8])
+        case clientData(ByteBuffer)
         case clientClosed
         case upstreamConnected
         case upstreamConnectFailed(String)
-        case upstreamData([UInt8])
+        case upstreamData(ByteBuffer)
         case upstreamClosed
         case leafReady(Leaf)
         case leafFailed(String)
@@ -37,8 +40,8 @@ public final class ConnectionMachine {
 
     public enum Command: Equatable, Sendable {
         case connectUpstream(FlowFacts.Endpoint)
-        case sendClient([UInt8])
-        case sendUpstream([UInt8])
+        case sendClient(ByteBuffer)
+        case sendUpstream(ByteBuffer)
         case mintLeaf(LeafRequest)
         /// Prove that `destination` serves a valid certificate for `name` (own handshake, cached).
         case probe(FlowFacts.Endpoint, name: String)
@@ -210,7 +213,7 @@ public final class ConnectionMachine {
             return []
         case (.peeking, .clientData(let bytes)):
             guard let setup else { return [] }
-            switch setup.hello.feed(bytes) {
+            switch setup.hello.feed([UInt8](buffer: bytes)) {
             case .needMore: return []
             case .hello(let h): return decide(h)
             case .notTLS: return decideNotTLS()
@@ -249,7 +252,7 @@ public final class ConnectionMachine {
             return []
         case (.upstreamHandshake, .upstreamData(let bytes)):
             guard let upstream = upstreamTLS else { return [] }
-            upstream.receive(bytes)
+            upstream.receive([UInt8](buffer: bytes))
             var out = send(upstream: upstream.takeOutput())
             switch upstream.state {
             case .handshaking: return out
@@ -295,12 +298,12 @@ public final class ConnectionMachine {
         case (.minting, .leafFailed(let why)):
             return finish("minting the masquerade leaf failed: \(why)", alert: 80)
         case (.clientHandshake, .clientData(let bytes)):
-            return pumpClientHandshake(bytes)
+            return pumpClientHandshake([UInt8](buffer: bytes))
         case (.clientHandshake, .clientClosed):
             return clientAborted("the client closed the connection")
         case (.clientHandshake, .upstreamData(let bytes)), (.minting, .upstreamData(let bytes)):
             // Early upstream data (a TLS 1.3 ticket) waits inside the upstream session.
-            upstreamTLS?.receive(bytes)
+            upstreamTLS?.receive([UInt8](buffer: bytes))
             return []
         case (.relaying, .idle):
             // As a server closing an idle keep-alive connection: close_notify on both legs of a
@@ -349,7 +352,7 @@ public final class ConnectionMachine {
 
     /// The upstream sent the first bytes of the flow: no TLS client waits for its server, so
     /// the flow is not TLS — decided as such, and the greeting passed on once it is spliced.
-    private func serverSpokeFirst(_ greeting: [UInt8]) -> [Command] {
+    private func serverSpokeFirst(_ greeting: ByteBuffer) -> [Command] {
         let commands = decideNotTLS(because: "the server spoke first")
         guard phase == .relaying else { return commands }
         return commands + [.sendClient(greeting)]
@@ -426,7 +429,7 @@ public final class ConnectionMachine {
         phase = .relaying
         defer { setup = nil }  // the hello is replayed once; an idle flow keeps no copy
         guard let sent = setup?.hello.bytes, !sent.isEmpty else { return [] }
-        return [.sendUpstream(sent)]
+        return [.sendUpstream(ByteBuffer(bytes: sent))]
     }
 
     private func startUpstreamTLS() -> [Command] {
@@ -606,7 +609,7 @@ public final class ConnectionMachine {
         case .established, .closed:
             phase = .relaying
             // The request may have come with the handshake's last flight.
-            if let why = quarantined { return out + answerQuarantined(.clientData([]), why) }
+            if let why = quarantined { return out + answerQuarantined(.clientData(ByteBuffer()), why) }
             if client.alpn == nil || client.alpn == "http/1.1" || client.alpn == "http/1.0" {
                 requests = HTTPRequestTracker()
                 responses = HTTPResponseTracker()
@@ -637,10 +640,10 @@ public final class ConnectionMachine {
             upstreamClosed = true
             return clientClosed ? finish("both sides closed") : [.closeClient]
         case (_, .clientData(let bytes)):
-            clientTLS?.receive(bytes)
+            clientTLS?.receive([UInt8](buffer: bytes))
             return forwardPlaintext()
         case (_, .upstreamData(let bytes)):
-            upstreamTLS?.receive(bytes)
+            upstreamTLS?.receive([UInt8](buffer: bytes))
             return forwardPlaintext()
         // TCP closed under a bumped flow. After a close_notify (already passed on) this is the
         // end of a clean close; without one the stream was cut, and the other side must see a
@@ -857,7 +860,7 @@ public final class ConnectionMachine {
         guard let client = clientTLS else { return finish(why) }
         switch event {
         case .clientData(let bytes):
-            client.receive(bytes)
+            client.receive([UInt8](buffer: bytes))
             guard !client.read().isEmpty else { return send(client: client.takeOutput()) }
             let body = "Loupe did not connect you: the real server failed verification.\n\(why)\n"
             try? client.write(Array("HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
@@ -899,8 +902,8 @@ public final class ConnectionMachine {
         Array("Blocked by Loupe policy (rule \(decision.rule)): \(decision.reason)\n".utf8)
     }
 
-    private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(bytes)] }
-    private func send(client bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendClient(bytes)] }
+    private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(ByteBuffer(bytes: bytes))] }
+    private func send(client bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendClient(ByteBuffer(bytes: bytes))] }
 
     /// Ends the connection; with `alert`, first sends the client a fatal TLS alert record.
     private func finish(_ reason: String, alert: UInt8? = nil) -> [Command] {
@@ -908,7 +911,7 @@ public final class ConnectionMachine {
         discardPrepared()
         setup = nil
         var out: [Command] = []
-        if let alert { out.append(.sendClient([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert])) }
+        if let alert { out.append(.sendClient(ByteBuffer(bytes: [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, alert]))) }
         return out + [.closeClient, .closeUpstream, .finished(reason: reason)]
     }
 }

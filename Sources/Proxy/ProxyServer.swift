@@ -338,11 +338,11 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
+        let buffer = unwrapInboundIn(data)
         receiveBuffers.sawRead(buffer)
         activity.moved(at: NIODeadline.now().uptimeNanoseconds)
         bytesFromClient += buffer.readableBytes
-        handle(.clientData(buffer.readBytes(length: buffer.readableBytes) ?? []))
+        handle(.clientData(buffer))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -411,10 +411,10 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             connect(to: destination, on: context.eventLoop)
         case .sendClient(let bytes):
             activity.moved(at: NIODeadline.now().uptimeNanoseconds)
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(bytes), promise: nil)
         case .sendUpstream(let bytes):
             guard let upstream else { return }
-            upstream.writeAndFlush(upstream.allocator.buffer(bytes: bytes), promise: nil)
+            upstream.writeAndFlush(bytes, promise: nil)
         case .mintQuarantineLeaf(let request):
             mint(request, from: configuration.quarantine, on: context.eventLoop)
         case .mintLeaf(let request):
@@ -578,10 +578,10 @@ final class UpstreamSide: ChannelInboundHandler, @unchecked Sendable {
     init(client: NIOLoopBound<ClientSide>) { self.client = client }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
+        let buffer = unwrapInboundIn(data)
         receiveBuffers.sawRead(buffer)
         client.value.bytesFromUpstream += buffer.readableBytes
-        client.value.handle(.upstreamData(buffer.readBytes(length: buffer.readableBytes) ?? []))
+        client.value.handle(.upstreamData(buffer))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

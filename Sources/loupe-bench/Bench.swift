@@ -27,6 +27,7 @@ import CA
 import Divert
 import Dispatch
 import Foundation
+import NIOCore
 import Policy
 import Proxy
 import Store
@@ -112,8 +113,8 @@ struct Bench {
             for command in machine.handle(event) {
                 switch command {
                 case .connectUpstream: next.append(.upstreamConnected)
-                case .sendUpstream(let bytes): origin.receive(bytes)
-                case .sendClient(let bytes): client.receive(bytes)
+                case .sendUpstream(let bytes): origin.receive([UInt8](buffer: bytes))
+                case .sendClient(let bytes): client.receive([UInt8](buffer: bytes))
                 case .mintLeaf(let request): next.append(.leafReady(try loupe.mint(request)))
                 default: break
                 }
@@ -125,8 +126,8 @@ struct Bench {
         for _ in 0..<100 {
             if queue.isEmpty {
                 let a = client.takeOutput(), b = origin.takeOutput()
-                if !a.isEmpty { queue.append(.clientData(a)) }
-                if !b.isEmpty { queue.append(.upstreamData(b)) }
+                if !a.isEmpty { queue.append(.clientData(ByteBuffer(bytes: a))) }
+                if !b.isEmpty { queue.append(.upstreamData(ByteBuffer(bytes: b))) }
                 if queue.isEmpty { break }
             }
             queue += try handle(queue.removeFirst())
@@ -142,7 +143,7 @@ struct Bench {
         let rounds = body > 65_536 ? 500 : count  // bulk bodies: fewer, each long
         for _ in 0..<rounds {
             try client.write(request)
-            let fromClient = client.takeOutput()
+            let fromClient = ByteBuffer(bytes: client.takeOutput())  // as NIO hands it over
             var t = now()
             _ = try handle(.clientData(fromClient))
             up.append(now() - t)
@@ -154,7 +155,7 @@ struct Bench {
             var spent: UInt64 = 0
             var received: [UInt8] = []
             for start in stride(from: 0, to: fromOrigin.count, by: 65_536) {
-                let read = Array(fromOrigin[start..<min(start + 65_536, fromOrigin.count)])
+                let read = ByteBuffer(bytes: fromOrigin[start..<min(start + 65_536, fromOrigin.count)])
                 t = now()
                 _ = try handle(.upstreamData(read))
                 spent += now() - t

@@ -65,6 +65,16 @@ import Testing
                 r="$r $(sleep 0.5 | ip netns exec $A timeout 10 openssl s_client -$v -connect 10.205.0.2:443 -servername origin.test -CAfile $D/loupe-root.pem $([ -f $D/sess.$n ] && echo -sess_in $D/sess.$n) -sess_out $D/sess.$n 2>/dev/null | grep -oE '^(New|Reused)')"
               done; echo "RESUME_$n$r"
             done
+            # Spliced, with a client reading slower than the origin sends: the same body, relayed
+            # as read (no copy in between), the origin held back by the client's pace.
+            printf '[defaults]\nconnect = "allow"\nhello = "bump"\nrequest = "allow"\n[[rule]]\nname = "splice-origin"\nstage = "hello"\nsni = ["origin.test"]\naction = "splice"\n' > $D/splice.toml
+            ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 127.0.0.1:18444 --policy $D/splice.toml --upstream-ca $D/origin-root.pem \\
+              --to 10.205.0.2:443 --flow-log $D/splice.jsonl 2>$D/splice.err & echo $! > $D/splice.pid
+            for i in $(seq 100); do grep -q listening $D/splice.err 2>/dev/null && break; sleep 0.1; done
+            echo "SPLICE $(ip netns exec $A curl -sS --max-time 60 --limit-rate 40M --cacert $D/origin-root.pem --resolve origin.test:18444:127.0.0.1 \\
+              https://origin.test:18444/big.bin -o $D/spliced.bin -w '%{http_code}' 2>&1)"
+            echo "SPLICESHA x $(sha256sum < $D/spliced.bin | cut -c1-64)"
+            sleep 0.3
             ip netns exec $A nft list table inet loupe_test >/dev/null && echo "TABLE present"
             """
         try script.write(toFile: "\(dir)/proxy.sh", atomically: true, encoding: .utf8)
@@ -75,6 +85,13 @@ import Testing
         #expect(line("ISSUER").contains("Loupe Root CA"), "the client must see Loupe's leaf: \(out)")
         let sums = line("SHA").split(separator: " ")
         #expect(sums.count == 3 && sums[1] == sums[2], "100 MiB must arrive byte-identical: \(out)")
+        #expect(line("SPLICE") == "SPLICE 200", "\(out)\n\((try? String(contentsOfFile: "\(dir)/splice.err", encoding: .utf8)) ?? "")")
+        let spliced = line("SPLICESHA").split(separator: " ")
+        #expect(spliced.count == 3 && sums.count == 3 && spliced[2] == sums[2], "a spliced 100 MiB arrives byte-identical: \(out)")
+        let spliceLog = (try? String(contentsOfFile: "\(dir)/splice.jsonl", encoding: .utf8)) ?? ""
+        let splicedClose = spliceLog.split(separator: "\n").first { $0.contains("\"event\":\"closed\"") } ?? ""
+        #expect(splicedClose.contains("\"mode\":\"splice\"") && splicedClose.contains("\"sni\":\"origin.test\""), "\(spliceLog)")
+        #expect(splicedClose.range(of: "\"bytes_down\":10[45][0-9]{6}[,}]", options: .regularExpression) != nil, "bytes_down counts the spliced body and its records: \(splicedClose)")
         #expect(line("BYIP") == "BYIP 200", "no SNI: the leaf carries the destination IP: \(out)")
         #expect(line("IPV6") == "IPV6 200" && line("ISSUER6").contains("Loupe Root CA"), "IPv6 is diverted and bumped too: \(out)")
         #expect(line("BYIP6") == "BYIP6 200", "\(out)")

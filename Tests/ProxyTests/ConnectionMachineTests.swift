@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 import TestSupport
 import Testing
 import CA
@@ -106,8 +107,8 @@ final class Playbook {
             if queue.isEmpty {
                 let fromClient = client.takeOutput()
                 let fromOrigin = origin.takeOutput()
-                if !fromClient.isEmpty { queue.append(.clientData(fromClient)) }
-                if !fromOrigin.isEmpty { queue.append(.upstreamData(fromOrigin)) }
+                if !fromClient.isEmpty { queue.append(.clientData(ByteBuffer(bytes: fromClient))) }
+                if !fromOrigin.isEmpty { queue.append(.upstreamData(ByteBuffer(bytes: fromOrigin))) }
                 if queue.isEmpty { return }
             }
             let event = queue.removeFirst()
@@ -115,8 +116,8 @@ final class Playbook {
                 log.append(command)
                 switch command {
                 case .connectUpstream: queue.append(connectFails.map { .upstreamConnectFailed($0) } ?? .upstreamConnected)
-                case .sendUpstream(let bytes): origin.receive(bytes)
-                case .sendClient(let bytes): client.receive(bytes)
+                case .sendUpstream(let bytes): origin.receive([UInt8](buffer: bytes))
+                case .sendClient(let bytes): client.receive([UInt8](buffer: bytes))
                 case .probe(_, let name):
                     queue.append(probe(name))
                 case .mintLeaf(let request):
@@ -377,7 +378,7 @@ final class Playbook {
         let m = try p.machine()
         var hello: [UInt8] = [0x03, 0x02] + [UInt8](repeating: 7, count: 32) + [0, 0, 2, 0xC0, 0x13, 1, 0]  // TLS 1.1, no extensions
         hello = [1, 0, 0, UInt8(hello.count)] + hello
-        let commands = m.handle(.clientData([0x16, 3, 1, 0, UInt8(hello.count)] + hello))
+        let commands = m.handle(.clientData(ByteBuffer(bytes: [0x16, 3, 1, 0, UInt8(hello.count)] + hello)))
         #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
         #expect(commands.contains { if case .finished(let why) = $0 { why.contains("TLS 1.1") } else { false } }, "\(commands)")
         #expect(m.phase == .closed)
@@ -439,10 +440,10 @@ final class Playbook {
         let m = try p.machine()
         var hello: [UInt8] = [0x03, 0x03] + [UInt8](repeating: 7, count: 32) + [0, 0, 4, 0x00, 0x0A, 0x00, 0x05, 1, 0]  // TLS 1.2, no extensions
         hello = [1, 0, 0, UInt8(hello.count)] + hello
-        let commands = m.handle(.clientData([0x16, 3, 1, 0, UInt8(hello.count)] + hello))
+        let commands = m.handle(.clientData(ByteBuffer(bytes: [0x16, 3, 1, 0, UInt8(hello.count)] + hello)))
         #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
         #expect(commands.contains { if case .finished(let why) = $0 { why.contains("no cipher suite") } else { false } }, "\(commands)")
-        #expect(commands.contains { if case .sendClient(let alert) = $0 { alert.suffix(2) == [2, 40] } else { false } }, "a fatal handshake_failure alert: \(commands)")
+        #expect(commands.contains { if case .sendClient(let alert) = $0 { [UInt8](buffer: alert).suffix(2) == [2, 40] } else { false } }, "a fatal handshake_failure alert: \(commands)")
     }
 
     /// The upstream leg offers only the client's suites: a client held to ECDHE-RSA gets no
@@ -847,15 +848,15 @@ final class Playbook {
     @Test func notTLSIsSplicedAsOpaqueBytes() throws {
         let p = try Playbook()
         let m = try p.machine()
-        let commands = m.handle(.clientData(Array("GET / HTTP/1.1\r\n".utf8)))
+        let commands = m.handle(.clientData(ByteBuffer(string: "GET / HTTP/1.1\r\n")))
         #expect(commands.count == 2 && commands.last == .connectUpstream(FlowFacts.Endpoint("192.0.2.10:443")!), "\(commands)")
         guard case .decided(let decision) = commands.first else { Issue.record("no hello decision: \(commands)"); return }
         #expect(decision.verdict == .splice && decision.reason.contains("not TLS"), "the default bump cannot apply: \(decision)")
-        #expect(m.handle(.upstreamConnected) == [.sendUpstream(Array("GET / HTTP/1.1\r\n".utf8))])
-        #expect(m.handle(.upstreamData([1, 2])) == [.sendClient([1, 2])])
+        #expect(m.handle(.upstreamConnected) == [.sendUpstream(ByteBuffer(string: "GET / HTTP/1.1\r\n"))])
+        #expect(m.handle(.upstreamData(ByteBuffer(bytes: [1, 2]))) == [.sendClient(ByteBuffer(bytes: [1, 2]))])
         #expect(m.handle(.clientClosed) == [.closeUpstream])
         #expect(m.handle(.upstreamClosed) == [.closeClient, .closeUpstream, .finished(reason: "both sides closed")])
-        #expect(m.phase == .closed && m.handle(.clientData([9])) == [])
+        #expect(m.phase == .closed && m.handle(.clientData(ByteBuffer(bytes: [9]))) == [])
     }
 
     /// A hello rule on `tls = false` refuses what is not TLS: closed, nothing connected, no
@@ -875,7 +876,7 @@ final class Playbook {
             action = "block"
             """
         let m = try p.machine(policy: policy)
-        let commands = m.handle(.clientData(Array("SSH-2.0-OpenSSH_9.2\r\n".utf8)))
+        let commands = m.handle(.clientData(ByteBuffer(string: "SSH-2.0-OpenSSH_9.2\r\n")))
         #expect(!commands.contains { if case .connectUpstream = $0 { true } else { false } }, "\(commands)")
         #expect(!commands.contains { if case .sendClient = $0 { true } else { false } }, "no alert to a client that speaks no TLS: \(commands)")
         #expect(commands.contains { if case .decided(let d) = $0 { d.rule == "no-plaintext" && d.verdict == .block } else { false } }, "\(commands)")
@@ -883,7 +884,7 @@ final class Playbook {
 
         let greeted = try p.machine(dst: "192.0.2.10:25", policy: policy)
         _ = greeted.handle(.quiet) + greeted.handle(.upstreamConnected)
-        let blocked = greeted.handle(.upstreamData(Array("220 mail.test ESMTP\r\n".utf8)))
+        let blocked = greeted.handle(.upstreamData(ByteBuffer(string: "220 mail.test ESMTP\r\n")))
         #expect(!blocked.contains { if case .sendClient = $0 { true } else { false } }, "\(blocked)")
         #expect(blocked.contains { if case .decided(let d) = $0 { d.rule == "no-plaintext" && d.verdict == .block } else { false } }, "\(blocked)")
         #expect(greeted.phase == .closed)
@@ -899,14 +900,14 @@ final class Playbook {
         #expect(m.handle(.quiet).isEmpty, "one connection")
         #expect(m.handle(.upstreamConnected).isEmpty && m.phase == .peeking)
         let greeting = Array("220 mail.test ESMTP\r\n".utf8)
-        let commands = m.handle(.upstreamData(greeting))
+        let commands = m.handle(.upstreamData(ByteBuffer(bytes: greeting)))
         guard case .decided(let decision)? = commands.first else { Issue.record("no hello decision: \(commands)"); return }
         #expect(decision.verdict == .splice && decision.reason.contains("the server spoke first"), "\(decision)")
-        #expect(commands.dropFirst() == [.sendClient(greeting)] && m.phase == .relaying, "\(commands)")
-        #expect(m.handle(.clientData(Array("EHLO me\r\n".utf8))) == [.sendUpstream(Array("EHLO me\r\n".utf8))])
+        #expect(commands.dropFirst() == [.sendClient(ByteBuffer(bytes: greeting))] && m.phase == .relaying, "\(commands)")
+        #expect(m.handle(.clientData(ByteBuffer(string: "EHLO me\r\n"))) == [.sendUpstream(ByteBuffer(string: "EHLO me\r\n"))])
 
         let spoke = try p.machine()
-        #expect(spoke.handle(.clientData([0x16, 3, 1])).isEmpty && spoke.handle(.quiet).isEmpty)
+        #expect(spoke.handle(.clientData(ByteBuffer(bytes: [0x16, 3, 1]))).isEmpty && spoke.handle(.quiet).isEmpty)
         let refused = try p.machine()
         _ = refused.handle(.quiet)
         #expect(refused.handle(.upstreamConnectFailed("refused")).last == .finished(reason: "upstream connect failed while the client was quiet: refused"))
@@ -925,7 +926,7 @@ final class Playbook {
         let silent = try p.machine()
         #expect(silent.handle(.timeout) == [.closeClient, .closeUpstream, .finished(reason: "no ClientHello before the deadline")])
         let partial = try p.machine()
-        #expect(partial.handle(.clientData([0x16, 0x03, 0x01])) == [])
+        #expect(partial.handle(.clientData(ByteBuffer(bytes: [0x16, 0x03, 0x01]))) == [])
         #expect(partial.handle(.clientClosed).last == .finished(reason: "client closed during peeking"))
         let unreachable = try p.machine()
         let origin = try p.origin([.dns("www.origin.test")])
