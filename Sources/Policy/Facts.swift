@@ -133,7 +133,7 @@ public enum URLPath {
         // Written as the number would be ("+443", "0443" are not): compared by the first byte,
         // since every request URL naming a port comes here and `String(number)` would allocate.
         let first = port.utf8.first!
-        let asWritten = (first >= 0x31 && first <= 0x39) || port.utf8.elementsEqual([0x30])
+        let asWritten = (first >= 0x31 && first <= 0x39) || port == "0"
         return asWritten ? nil : ":\(number)"
     }
 

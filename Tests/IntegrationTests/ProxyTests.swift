@@ -65,10 +65,9 @@ import Testing
                 r="$r $(sleep 0.5 | ip netns exec $A timeout 10 openssl s_client -$v -connect 10.205.0.2:443 -servername origin.test -CAfile $D/loupe-root.pem $([ -f $D/sess.$n ] && echo -sess_in $D/sess.$n) -sess_out $D/sess.$n 2>/dev/null | grep -oE '^(New|Reused)')"
               done; echo "RESUME_$n$r"
             done
-            # Spliced, with a client reading slower than the origin sends: the same body, relayed
-            # as read (no copy in between), the origin held back by the client's pace.
-            printf '[defaults]\nconnect = "allow"\nhello = "bump"\nrequest = "allow"\n[[rule]]\nname = "splice-origin"\nstage = "hello"\nsni = ["origin.test"]\naction = "splice"\n' > $D/splice.toml
-            ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 127.0.0.1:18444 --policy $D/splice.toml --upstream-ca $D/origin-root.pem \\
+            # Spliced, to a client reading slower than the origin sends (the origin is held back):
+            # the same body, byte for byte.
+            ip netns exec $A \(TestEnv.loupe) proxy --state-dir $D/loupe --listen 127.0.0.1:18444 --policy \(TestEnv.packageRoot)/bench/splice-origin.toml --upstream-ca $D/origin-root.pem \\
               --to 10.205.0.2:443 --flow-log $D/splice.jsonl 2>$D/splice.err & echo $! > $D/splice.pid
             for i in $(seq 100); do grep -q listening $D/splice.err 2>/dev/null && break; sleep 0.1; done
             echo "SPLICE $(ip netns exec $A curl -sS --max-time 60 --limit-rate 40M --cacert $D/origin-root.pem --resolve origin.test:18444:127.0.0.1 \\
