@@ -55,10 +55,24 @@ public struct FlowFacts: Sendable, Equatable {
     // Stage request:
     public var method: String?
     /// Absolute URL of the request, e.g. "https://host/path?q".
-    public var url: String? { didSet { canonicalURL = url.map(URLPath.canonicalURL) } }
+    public var url: String? {
+        didSet {
+            canonicalURL = url.map(URLPath.canonicalURL)
+            let authority = canonicalURL.flatMap(URLPath.authority).map(URLPath.hostAndPort)
+            host = authority.map { String($0.host.utf8.first == 0x5B ? $0.host.dropFirst().dropLast() : $0.host) }
+            port = authority?.port.flatMap { UInt16($0) }
+        }
+    }
     /// `url` with its path as an origin resolves it (`URLPath`), made once when `url` is set:
     /// every path and url rule compares against it.
     public private(set) var canonicalURL: String?
+    /// The request's host, from `url` in canonical form (lowercase, no userinfo or trailing dot;
+    /// an IPv6 address without its brackets). Set with `url`, as the request stage reads it
+    /// for every request.
+    public private(set) var host: String?
+    /// The port `url` names, from its canonical form: nil when it names none or the default
+    /// (request URLs are https: 443).
+    public private(set) var port: UInt16?
 
     public init() {}
 
@@ -70,19 +84,6 @@ public struct FlowFacts: Sendable, Equatable {
         guard let url = canonicalURL, let end = URLPath.pathStart(url) else { return nil }
         let tail = url[end...]
         return tail.utf8.first == 0x2F ? String(tail) : "/" + tail
-    }
-
-    /// The port `url` names, from its canonical form: nil when it names none or the default
-    /// (request URLs are https: 443).
-    public var port: UInt16? {
-        canonicalURL.flatMap(URLPath.authority).flatMap { URLPath.hostAndPort($0).port.flatMap { UInt16($0) } }
-    }
-
-    /// The request's host, from `url` in canonical form (lowercase, no userinfo or trailing dot;
-    /// an IPv6 address without its brackets).
-    public var host: String? {
-        guard let host = canonicalURL.flatMap(URLPath.authority).map({ URLPath.hostAndPort($0).host }) else { return nil }
-        return String(host.utf8.first == 0x5B ? host.dropFirst().dropLast() : host)
     }
 }
 

@@ -732,10 +732,12 @@ public final class ConnectionMachine {
             upstream.close()
             halfClose.append(.closeUpstream)
         }
-        out += send(upstream: upstream.takeOutput())
-        out += send(client: client.takeOutput())
-        if clientClosed && upstreamClosed { return out + finish("both sides closed") }
-        return out + halfClose
+        // Appended in place: this runs for every read of a bumped flow, and each `+` is an array.
+        let toUpstream = upstream.takeOutput(), toClient = client.takeOutput()
+        if !toUpstream.isEmpty { out.append(.sendUpstream(ByteBuffer(bytes: toUpstream))) }
+        if !toClient.isEmpty { out.append(.sendClient(ByteBuffer(bytes: toClient))) }
+        if clientClosed && upstreamClosed { out += finish("both sides closed") } else { out += halfClose }
+        return out
     }
 
     /// Carries the client's HTTP/1.1 pieces upstream, deciding each request head; returns the

@@ -580,8 +580,9 @@ final class UpstreamSide: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
         receiveBuffers.sawRead(buffer)
-        client.value.bytesFromUpstream += buffer.readableBytes
-        client.value.handle(.upstreamData(buffer))
+        let side = client.value  // each `value` checks the thread
+        side.bytesFromUpstream += buffer.readableBytes
+        side.handle(.upstreamData(buffer))
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

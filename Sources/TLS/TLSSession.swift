@@ -436,10 +436,13 @@ public final class TLSSession: @unchecked Sendable {
                     rc = SSL_read_ex(ssl, buffer.baseAddress! + count, buffer.count - count, &n)
                     guard rc == 1 else { return }
                     count += n
+                    // Every byte received is decrypted and taken: the next call could only fail
+                    // wanting more (a BIO read, an error queued and cleared — per record).
+                    if inputPending == 0, SSL_has_pending(ssl) == 0 { return }
                 }
             }
             if out.isEmpty { out = chunk } else { out += chunk }
-            if rc == 1 { continue }  // the array filled up: there may be more
+            if rc == 1 { continue }  // the array filled up, or all was taken (then nothing is available)
             switch SSL_get_error(ssl, rc) {
             case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
                 // Only a post-handshake message came (a session ticket): OpenSSL keeps its 16 KiB
