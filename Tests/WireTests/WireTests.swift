@@ -480,4 +480,18 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         let parsed = try JSONSerialization.jsonObject(with: Data(line.line.utf8)) as? [String: String]
         #expect(parsed?["url"] == "https://a.test/\"x\"\\\n\t\u{1}\u{7F}é")
     }
+
+    @Test func integersAreWrittenAsTheirDecimalDigits() throws {
+        for value in [0, 7, 10, 99, 100, 1_000_000, -1, -305, Int.max, Int.min] {
+            var line = JSONLine()
+            line.add("n", value)
+            #expect(line.line == "{\"n\":\(value)}")
+        }
+        var line = JSONLine()
+        line.add("port", UInt16(443))
+        line.add("uid", UInt32.max)
+        line.add("none", nil as Int?)
+        #expect(line.line == #"{"port":443,"uid":4294967295}"#)
+    }
 }
+
