@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "TOML"),
         .target(name: "Wire"),
         .target(name: "Policy", dependencies: ["TOML", "Wire"]),
-        .target(name: "TLS", dependencies: ["COpenSSL", "Wire"]),
+        .target(name: "TLS", dependencies: ["COpenSSL", "Wire", .product(name: "NIOCore", package: "swift-nio")]),
         .target(name: "Platform"),
         .target(name: "Store", dependencies: ["TLS", "Platform"]),
         .target(name: "CA", dependencies: ["TLS", "Store", "TOML", "Wire"]),

@@ -252,8 +252,8 @@ public final class ConnectionMachine {
             return []
         case (.upstreamHandshake, .upstreamData(let bytes)):
             guard let upstream = upstreamTLS else { return [] }
-            upstream.receive([UInt8](buffer: bytes))
-            var out = send(upstream: upstream.takeOutput())
+            upstream.receive(bytes)
+            var out = send(upstream: upstream.takeRecords())
             switch upstream.state {
             case .handshaking: return out
             case .failed(let why):
@@ -303,7 +303,7 @@ public final class ConnectionMachine {
             return clientAborted("the client closed the connection")
         case (.clientHandshake, .upstreamData(let bytes)), (.minting, .upstreamData(let bytes)):
             // Early upstream data (a TLS 1.3 ticket) waits inside the upstream session.
-            upstreamTLS?.receive([UInt8](buffer: bytes))
+            upstreamTLS?.receive(bytes)
             return []
         case (.relaying, .idle):
             // As a server closing an idle keep-alive connection: close_notify on both legs of a
@@ -311,7 +311,7 @@ public final class ConnectionMachine {
             if mode != .splice, let client = clientTLS, let upstream = upstreamTLS {
                 client.close()
                 upstream.close()
-                return send(client: client.takeOutput()) + send(upstream: upstream.takeOutput()) + finish("idle: nothing moved for the idle timeout")
+                return send(client: client.takeRecords()) + send(upstream: upstream.takeRecords()) + finish("idle: nothing moved for the idle timeout")
             }
             return finish("idle: nothing moved for the idle timeout")
         case (.relaying, .quiet):
@@ -461,7 +461,7 @@ public final class ConnectionMachine {
             setup?.forecastKey = key
             phase = .upstreamHandshake
             upstream.advanceHandshake()
-            let hello = send(upstream: upstream.takeOutput())
+            let hello = send(upstream: upstream.takeRecords())
             // With a forecast, the client-facing handshake is prepared once the hello has left
             // (`prepareClientHandshake`). Not with a key log: a discarded handshake's secrets
             // would be filed under the client's random too.
@@ -602,7 +602,7 @@ public final class ConnectionMachine {
     private func pumpClientHandshake(_ bytes: [UInt8]) -> [Command] {
         guard let client = clientTLS else { return [] }
         client.receive(bytes)
-        var out = send(client: client.takeOutput())
+        var out = send(client: client.takeRecords())
         switch client.state {
         case .handshaking: return out
         case .failed(let why): return out + clientAborted(why)
@@ -640,10 +640,10 @@ public final class ConnectionMachine {
             upstreamClosed = true
             return clientClosed ? finish("both sides closed") : [.closeClient]
         case (_, .clientData(let bytes)):
-            clientTLS?.receive([UInt8](buffer: bytes))
+            clientTLS?.receive(bytes)
             return forwardPlaintext()
         case (_, .upstreamData(let bytes)):
-            upstreamTLS?.receive([UInt8](buffer: bytes))
+            upstreamTLS?.receive(bytes)
             return forwardPlaintext()
         // TCP closed under a bumped flow. After a close_notify (already passed on) this is the
         // end of a clean close; without one the stream was cut, and the other side must see a
@@ -733,9 +733,8 @@ public final class ConnectionMachine {
             halfClose.append(.closeUpstream)
         }
         // Appended in place: this runs for every read of a bumped flow, and each `+` is an array.
-        let toUpstream = upstream.takeOutput(), toClient = client.takeOutput()
-        if !toUpstream.isEmpty { out.append(.sendUpstream(ByteBuffer(bytes: toUpstream))) }
-        if !toClient.isEmpty { out.append(.sendClient(ByteBuffer(bytes: toClient))) }
+        if let records = upstream.takeRecords() { out.append(.sendUpstream(records)) }
+        if let records = client.takeRecords() { out.append(.sendClient(records)) }
         if clientClosed && upstreamClosed { out += finish("both sides closed") } else { out += halfClose }
         return out
     }
@@ -804,7 +803,7 @@ public final class ConnectionMachine {
     private func end(_ client: TLSSession, _ upstream: TLSSession, page: [UInt8]?, reason: String) -> [Command] {
         if let page { try? client.write(page) }
         client.close()
-        return send(upstream: upstream.takeOutput()) + send(client: client.takeOutput()) + finish(reason)
+        return send(upstream: upstream.takeRecords()) + send(client: client.takeRecords()) + finish(reason)
     }
 
     /// The request stage for `facts`. First, the request must name a host the upstream's verified
@@ -862,12 +861,12 @@ public final class ConnectionMachine {
         guard let client = clientTLS else { return finish(why) }
         switch event {
         case .clientData(let bytes):
-            client.receive([UInt8](buffer: bytes))
-            guard !client.read().isEmpty else { return send(client: client.takeOutput()) }
+            client.receive(bytes)
+            guard !client.read().isEmpty else { return send(client: client.takeRecords()) }
             let body = "Loupe did not connect you: the real server failed verification.\n\(why)\n"
             try? client.write(Array("HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n\(body)".utf8))
             client.close()
-            return send(client: client.takeOutput()) + finish("\(why) (quarantine certificate served)")
+            return send(client: client.takeRecords()) + finish("\(why) (quarantine certificate served)")
         case .clientClosed:
             return finish("\(why) (quarantine certificate served; the client left)")
         default:
@@ -904,7 +903,8 @@ public final class ConnectionMachine {
         Array("Blocked by Loupe policy (rule \(decision.rule)): \(decision.reason)\n".utf8)
     }
 
-    private func send(upstream bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendUpstream(ByteBuffer(bytes: bytes))] }
+    private func send(upstream records: ByteBuffer?) -> [Command] { records.map { [.sendUpstream($0)] } ?? [] }
+    private func send(client records: ByteBuffer?) -> [Command] { records.map { [.sendClient($0)] } ?? [] }
     private func send(client bytes: [UInt8]) -> [Command] { bytes.isEmpty ? [] : [.sendClient(ByteBuffer(bytes: bytes))] }
 
     /// Ends the connection; with `alert`, first sends the client a fatal TLS alert record.

@@ -82,8 +82,7 @@ final class ProbeHandler: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var buffer = unwrapInboundIn(data)
-        session.receive(buffer.readBytes(length: buffer.readableBytes) ?? [])
+        session.receive(unwrapInboundIn(data))
         flush(context.channel)
         switch session.state {
         case .established, .closed: settle(true, "verified", context.channel)
@@ -100,8 +99,7 @@ final class ProbeHandler: ChannelInboundHandler, @unchecked Sendable {
     func errorCaught(context: ChannelHandlerContext, error: Error) { settle(false, "\(error)", context.channel) }
 
     func flush(_ channel: Channel) {
-        let out = session.takeOutput()
-        if !out.isEmpty { channel.writeAndFlush(channel.allocator.buffer(bytes: out), promise: nil) }
+        if let records = session.takeRecords() { channel.writeAndFlush(records, promise: nil) }
     }
 
     func settle(_ verified: Bool, _ reason: String, _ channel: Channel) {

@@ -1,7 +1,9 @@
 import COpenSSL
+import NIOCore
 
-/// The one BIO under a session: OpenSSL reads the peer's bytes straight from the array the owner
-/// handed to `receive`, and writes its records straight into the array `takeOutput` hands back.
+/// The one BIO under a session: OpenSSL reads the peer's bytes straight from the buffer the owner
+/// handed to `receive` (a socket's read, as NIO made it), and writes its records straight into
+/// the buffer `takeRecords` hands back (to be written to the other socket as it is).
 /// Memory BIOs cost two copies of every byte more (in and out of their own buffers), kept the
 /// size of the largest burst until replaced, and four of them (with locks and buffer headers)
 /// were ~1 KiB of every idle bumped pair.
@@ -28,7 +30,7 @@ enum SessionBIO {
             BIO_clear_flags(bio, retryFlags)
             let written: Void? = withSession(of: bio) { session in
                 guard let bytes, count > 0 else { return }
-                session.output.append(contentsOf: UnsafeBufferPointer(start: UnsafeRawPointer(bytes).assumingMemoryBound(to: UInt8.self), count: count))
+                session.appendOutput(UnsafeRawBufferPointer(start: bytes, count: count))
             }
             guard written != nil else { return 0 }  // no session yet
             done?.pointee = count
@@ -40,7 +42,7 @@ enum SessionBIO {
             switch command {
             case BIO_CTRL_FLUSH: return BIO_get_data(bio) == nil ? 0 : 1  // nothing is held back
             case BIO_CTRL_PENDING: return withSession(of: bio) { $0.inputPending } ?? 0
-            case BIO_CTRL_WPENDING: return withSession(of: bio) { $0.output.count } ?? 0
+            case BIO_CTRL_WPENDING: return withSession(of: bio) { $0.output?.readableBytes ?? 0 } ?? 0
             default: return 0
             }
         }
@@ -68,29 +70,33 @@ enum SessionBIO {
 
 extension TLSSession {
     /// Bytes from the peer OpenSSL has not read yet.
-    var inputPending: Int { input.count - inputRead }
+    var inputPending: Int { input?.readableBytes ?? 0 }
 
-    /// Queues the peer's bytes; the array itself when nothing is left of the last one.
-    func queueInput(_ bytes: [UInt8]) {
-        if inputPending == 0 {
-            input = bytes
+    /// Queues the peer's bytes; the buffer itself when nothing is left of the last one.
+    func queueInput(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0 else { return }
+        if input == nil {
+            input = buffer
         } else {
-            input.removeSubrange(0..<inputRead)
-            input += bytes
+            input!.writeImmutableBuffer(buffer)
         }
-        inputRead = 0
     }
 
-    /// Copies up to `wanted` queued bytes for OpenSSL; once all are read the array is let go.
-    func takeInput(into buffer: UnsafeMutablePointer<CChar>, upTo wanted: Int) -> Int {
+    /// Copies up to `wanted` queued bytes for OpenSSL; once all are read the buffer is let go.
+    func takeInput(into destination: UnsafeMutablePointer<CChar>, upTo wanted: Int) -> Int {
         let count = min(wanted, inputPending)
         guard count > 0 else { return 0 }
-        input.withUnsafeBytes { UnsafeMutableRawPointer(buffer).copyMemory(from: $0.baseAddress! + inputRead, byteCount: count) }
-        inputRead += count
-        if inputRead == input.count {
-            input = []
-            inputRead = 0
-        }
+        input!.withUnsafeReadableBytes { UnsafeMutableRawPointer(destination).copyMemory(from: $0.baseAddress!, byteCount: count) }
+        input!.moveReaderIndex(forwardBy: count)  // the reader index only: no copy on write
+        if input!.readableBytes == 0 { input = nil }
         return count
     }
+
+    /// Appends records OpenSSL wrote.
+    func appendOutput(_ bytes: UnsafeRawBufferPointer) {
+        if output == nil { output = Self.allocator.buffer(capacity: bytes.count) }
+        output!.writeBytes(bytes)
+    }
+
+    static let allocator = ByteBufferAllocator()
 }

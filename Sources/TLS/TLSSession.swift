@@ -1,4 +1,5 @@
 import COpenSSL
+import NIOCore
 import Synchronization
 import Wire
 
@@ -240,11 +241,10 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     let ssl: OpaquePointer
-    /// Peer bytes OpenSSL reads through SessionBIO, from `inputRead` on.
-    var input: [UInt8] = []
-    var inputRead = 0
-    /// Records OpenSSL wrote through SessionBIO, for the owner to send.
-    var output: [UInt8] = []
+    /// Peer bytes OpenSSL reads through SessionBIO (nil once all are read).
+    var input: ByteBuffer?
+    /// Records OpenSSL wrote through SessionBIO, for the owner to send (nil once taken).
+    var output: ByteBuffer?
     public private(set) var state: State = .handshaking
     /// Server side: protocols this session may select (wire form, without length prefixes).
     var allowedALPN: [[UInt8]]?
@@ -378,18 +378,29 @@ public final class TLSSession: @unchecked Sendable {
         return session
     }
 
-    /// Bytes from the peer.
-    public func receive(_ bytes: [UInt8]) {
-        guard !bytes.isEmpty else { return }
-        queueInput(bytes)
+    /// Bytes from the peer, as a socket read them: OpenSSL reads them from this buffer.
+    public func receive(_ buffer: ByteBuffer) {
+        guard buffer.readableBytes > 0 else { return }
+        queueInput(buffer)
         advanceHandshake()
     }
 
-    /// Bytes to send to the peer (handshake records, application data, alerts).
+    /// Bytes from the peer.
+    public func receive(_ bytes: [UInt8]) {
+        guard !bytes.isEmpty else { return }
+        receive(ByteBuffer(bytes: bytes))
+    }
+
+    /// Records to send to the peer (handshake, application data, alerts) in the buffer OpenSSL
+    /// wrote them into; nil when there are none.
+    public func takeRecords() -> ByteBuffer? {
+        defer { output = nil }
+        return output
+    }
+
+    /// `takeRecords` as bytes.
     public func takeOutput() -> [UInt8] {
-        var taken: [UInt8] = []
-        swap(&taken, &output)
-        return taken
+        takeRecords().map { Array($0.readableBytesView) } ?? []
     }
 
     /// Starts (client) or continues the handshake; call after `receive`.
@@ -456,12 +467,13 @@ public final class TLSSession: @unchecked Sendable {
         }
     }
 
-    /// Encrypts `plaintext`; the records appear in `takeOutput()`.
+    /// Encrypts `plaintext`; the records appear in `takeRecords()`.
     public func write(_ plaintext: [UInt8]) throws(OpenSSLError) {
         guard state == .established else { throw OpenSSLError(operation: "writing before the handshake completed", details: []) }
         // Room for the records up front (a record's header, nonce, tag and padding fit in 64
         // bytes with the suites Loupe speaks): no regrowth while they are appended.
-        output.reserveCapacity(output.count + plaintext.count + (plaintext.count / 16_384 + 1) * 64)
+        let room = plaintext.count + (plaintext.count / 16_384 + 1) * 64
+        if output == nil { output = Self.allocator.buffer(capacity: room) } else { output!.reserveCapacity(minimumWritableBytes: room) }
         var offset = 0
         while offset < plaintext.count {
             clearErrorQueue()
@@ -479,7 +491,7 @@ public final class TLSSession: @unchecked Sendable {
     }
 
     /// What the byte queues hold allocated now (nothing, once read and taken).
-    var bufferedCapacity: Int { input.capacity + output.capacity }
+    var bufferedCapacity: Int { (input?.capacity ?? 0) + (output?.capacity ?? 0) }
 
     /// Sends close_notify.
     public func close() {
