@@ -91,9 +91,11 @@ public struct JSONLine: Sendable {
 
     /// Keys are the code's own field names: nothing in them needs escaping.
     @usableFromInline mutating func appendKey(_ key: String) {
-        bytes.append(contentsOf: bytes.count > 1 ? [0x2C, 0x22] : [0x22])
+        if bytes.count > 1 { bytes.append(0x2C) }  // no array literals: each could be an allocation
+        bytes.append(0x22)
         bytes.append(contentsOf: key.utf8)
-        bytes.append(contentsOf: [0x22, 0x3A])
+        bytes.append(0x22)
+        bytes.append(0x3A)
     }
 
     public var line: String {
