@@ -152,12 +152,9 @@ public final class ProxyServer: Sendable {
             .serverChannelOption(.backlog, value: 1024)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .serverChannelOption(.socketOption(.init(rawValue: SO_REUSEPORT)), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.recvAllocator, value: ReceiveBuffers.allocator)
-            .childChannelOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
-            .childChannelOption(.writeBufferWaterMark, value: WriteBuffers.waterMark)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try PairSocketOptions.apply(to: channel, mark: nil)
                     try channel.pipeline.syncOperations.addHandler(ClientSide(shared))
                     open.count.add(1, ordering: .relaxed)
                     channel.closeFuture.whenComplete { _ in
@@ -237,6 +234,20 @@ struct ReceiveBuffers {
 /// all at once.
 enum WriteBuffers {
     static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 64 * 1024, high: 128 * 1024)
+}
+
+/// The options both sockets of a pair carry, set in their channel initializers: through the
+/// bootstraps' option lists each option was a future and its callbacks, for every socket.
+enum PairSocketOptions {
+    static func apply(to channel: Channel, mark: UInt32?) throws {
+        guard let options = channel.syncOptions else { throw ChannelError.operationUnsupported }
+        try options.setOption(.allowRemoteHalfClosure, value: true)
+        try options.setOption(.recvAllocator, value: ReceiveBuffers.allocator)
+        try options.setOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
+        try options.setOption(.writeBufferWaterMark, value: WriteBuffers.waterMark)
+        // SO_MARK (36): the diversion rules accept marked packets before redirecting.
+        if let mark { try options.setOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(mark)) }
+    }
 }
 
 /// Reads the original destination of a redirected socket.
@@ -370,7 +381,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     /// Backpressure: while the client cannot take more, stop reading the upstream (and so
     /// stop its sender); nothing is buffered beyond the channel's high-water mark.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        upstream?.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenFailure { _ in }
+        try? upstream?.syncOptions?.setOption(.autoRead, value: context.channel.isWritable)  // same event loop
         context.fireChannelWritabilityChanged()
     }
 
@@ -510,22 +521,16 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             return
         }
         let this = NIOLoopBound(self, eventLoop: loop)
-        var bootstrap = ClientBootstrap(group: loop)
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.recvAllocator, value: ReceiveBuffers.allocator)
-            .channelOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
-            .channelOption(.writeBufferWaterMark, value: WriteBuffers.waterMark)
+        let mark = configuration.bypassMark
+        ClientBootstrap(group: loop)
             .connectTimeout(configuration.handshakeTimeout)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try PairSocketOptions.apply(to: channel, mark: mark)
                     try channel.pipeline.syncOperations.addHandler(UpstreamSide(client: this))
                 }
             }
-        if let mark = configuration.bypassMark {
-            // SO_MARK (36): the diversion rules accept marked packets before redirecting.
-            bootstrap = bootstrap.channelOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(mark))
-        }
-        bootstrap.connect(to: address).whenComplete { result in
+            .connect(to: address).whenComplete { result in
             switch result {
             case .success(let channel):
                 // The client left while this connect was under way: nobody will use it.
@@ -596,7 +601,7 @@ final class UpstreamSide: ChannelInboundHandler, @unchecked Sendable {
     /// Backpressure the other way: a slow upstream stops reads from the client.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
-        client.value.context?.channel.setOption(ChannelOptions.autoRead, value: writable).whenFailure { _ in }
+        try? client.value.context?.channel.syncOptions?.setOption(.autoRead, value: writable)
         context.fireChannelWritabilityChanged()
     }
 
