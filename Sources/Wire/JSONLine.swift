@@ -47,7 +47,7 @@ public struct JSONLine: Sendable {
     @inlinable public mutating func add<I: BinaryInteger>(_ key: String, _ value: I?) {
         guard let value else { return }
         appendKey(key)
-        bytes.append(contentsOf: String(value).utf8)
+        if let small = Int(exactly: value) { Self.writeDecimal(small, into: &bytes) } else { bytes.append(contentsOf: String(value).utf8) }
     }
 
     public mutating func add(_ key: String, _ value: Int?) {
@@ -105,7 +105,7 @@ public struct JSONLine: Sendable {
     }
 
     /// `value` in decimal, digit by digit (no String made for it).
-    static func writeDecimal(_ value: Int, into out: inout [UInt8]) {
+    @usableFromInline static func writeDecimal(_ value: Int, into out: inout [UInt8]) {
         if value < 0 { out.append(0x2D) }
         var rest = value.magnitude
         var divisor: UInt = 1

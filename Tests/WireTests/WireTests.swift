@@ -491,7 +491,9 @@ func makeHello(sni: String? = "a.test", alpn: [String] = ["h2"], padding: Int = 
         line.add("port", UInt16(443))
         line.add("uid", UInt32.max)
         line.add("none", nil as Int?)
-        #expect(line.line == #"{"port":443,"uid":4294967295}"#)
+        line.add("big", UInt64.max)  // past Int: written through String
+        line.add("small", Int8.min)
+        #expect(line.line == #"{"port":443,"uid":4294967295,"big":18446744073709551615,"small":-128}"#)
     }
 }
 
