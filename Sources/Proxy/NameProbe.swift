@@ -45,10 +45,7 @@ public final class NameProbe: Sendable {
         }
         let session: TLSSession
         do { session = try TLSSession.client(context, serverName: name) } catch { return finish(false, "\(error)") }
-        let address: SocketAddress
-        do { address = try SocketAddress(ipAddress: IPAddress.format(destination.address), port: Int(destination.port)) } catch {
-            return finish(false, "\(error)")
-        }
+        guard let address = destination.socketAddress else { return finish(false, "no IP address: \(destination.address.count) bytes") }
         let handler = ProbeHandler(session: session, finish: finish)
         var bootstrap = ClientBootstrap(group: loop).connectTimeout(timeout).channelInitializer { channel in
             channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }

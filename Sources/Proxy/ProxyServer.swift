@@ -311,11 +311,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
         let channel = context.channel
         checkActivity()
         OriginalDestination.of(channel).whenComplete { [self] result in
-            let local = channel.localAddress
-            let ownAddress = local.flatMap { a -> FlowFacts.Endpoint? in
-                guard let ip = a.ipAddress, let port = a.port, let bytes = IPAddress.parse(ip) else { return nil }
-                return FlowFacts.Endpoint(address: IPAddress.unmapped(bytes), port: UInt16(port))
-            }
+            let ownAddress = channel.localAddress.flatMap(FlowFacts.Endpoint.init)
             // No redirect (the socket's own address came back) → the configured destination.
             var destination = (try? result.get()) ?? nil
             let redirected = destination != nil && destination != ownAddress
@@ -323,9 +319,7 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
             var facts = FlowFacts()
             facts.proto = .tcp
             facts.dst = destination
-            if let remote = channel.remoteAddress, let ip = remote.ipAddress, let port = remote.port, let bytes = IPAddress.parse(ip) {
-                facts.src = FlowFacts.Endpoint(address: IPAddress.unmapped(bytes), port: UInt16(port))
-            }
+            facts.src = channel.remoteAddress.flatMap(FlowFacts.Endpoint.init)
             guard destination != nil else {
                 log(["event": "refused", "reason": "no original destination (not redirected and no fixed destination)"])
                 channel.close(promise: nil)
@@ -513,11 +507,8 @@ final class ClientSide: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func connect(to destination: FlowFacts.Endpoint, on loop: EventLoop) {
-        let address: SocketAddress
-        do {
-            address = try SocketAddress(ipAddress: IPAddress.format(destination.address), port: Int(destination.port))
-        } catch {
-            handle(.upstreamConnectFailed("\(error)"))
+        guard let address = destination.socketAddress else {
+            handle(.upstreamConnectFailed("no IP address: \(destination.address.count) bytes"))
             return
         }
         let this = NIOLoopBound(self, eventLoop: loop)
