@@ -47,11 +47,14 @@ public final class NameProbe: Sendable {
         do { session = try TLSSession.client(context, serverName: name) } catch { return finish(false, "\(error)") }
         guard let address = destination.socketAddress else { return finish(false, "no IP address: \(destination.address.count) bytes") }
         let handler = ProbeHandler(session: session, finish: finish)
-        var bootstrap = ClientBootstrap(group: loop).connectTimeout(timeout).channelInitializer { channel in
-            channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+        let mark = bypassMark
+        ClientBootstrap(group: loop).connectTimeout(timeout).channelInitializer { channel in
+            channel.eventLoop.makeCompletedFuture {
+                try PairSocketOptions.setBypassMark(mark, on: channel)
+                try channel.pipeline.syncOperations.addHandler(handler)
+            }
         }
-        if let bypassMark { bootstrap = bootstrap.channelOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(bypassMark)) }
-        bootstrap.connect(to: address).whenComplete { result in
+        .connect(to: address).whenComplete { result in
             switch result {
             case .success(let channel):
                 channel.eventLoop.scheduleTask(in: self.timeout) { handler.settle(false, "no answer within the probe deadline", channel) }

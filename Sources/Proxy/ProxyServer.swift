@@ -245,8 +245,14 @@ enum PairSocketOptions {
         try options.setOption(.recvAllocator, value: ReceiveBuffers.allocator)
         try options.setOption(.maxMessagesPerRead, value: ReceiveBuffers.readsPerWakeup)
         try options.setOption(.writeBufferWaterMark, value: WriteBuffers.waterMark)
-        // SO_MARK (36): the diversion rules accept marked packets before redirecting.
-        if let mark { try options.setOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(mark)) }
+        try setBypassMark(mark, on: channel)
+    }
+
+    /// SO_MARK (36): the diversion rules accept marked packets before redirecting.
+    static func setBypassMark(_ mark: UInt32?, on channel: Channel) throws {
+        guard let mark else { return }
+        guard let options = channel.syncOptions else { throw ChannelError.operationUnsupported }
+        try options.setOption(.socketOption(.init(rawValue: 36)), value: SocketOptionValue(mark))
     }
 }
 
@@ -260,17 +266,11 @@ enum OriginalDestination {
         // A dual-stack listener sees IPv4 clients on an IPv6 socket: try IPv6, then IPv4.
         let v4: @Sendable () -> EventLoopFuture<FlowFacts.Endpoint?> = {
             let future: EventLoopFuture<sockaddr_in> = provider.unsafeGetSocketOption(level: SocketOptionLevel(0), name: SocketOptionName(80))
-            return future.map { addr in
-                var a = addr
-                return FlowFacts.Endpoint(address: withUnsafeBytes(of: &a.sin_addr) { Array($0) }, port: UInt16(bigEndian: addr.sin_port))
-            }.recover { _ in nil }
+            return future.map { FlowFacts.Endpoint(SocketAddress($0, host: "")) }.recover { _ in nil }
         }
         guard local.protocol == .inet6 else { return v4() }
         let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: SocketOptionLevel(41), name: SocketOptionName(80))
-        return future.map { addr -> FlowFacts.Endpoint? in
-            var a = addr
-            return FlowFacts.Endpoint(address: withUnsafeBytes(of: &a.sin6_addr) { Array($0) }, port: UInt16(bigEndian: addr.sin6_port))
-        }.recover { _ in nil }.flatMap { found in found.map { channel.eventLoop.makeSucceededFuture($0) } ?? v4() }
+        return future.map { FlowFacts.Endpoint(SocketAddress($0, host: "")) }.recover { _ in nil }.flatMap { found in found.map { channel.eventLoop.makeSucceededFuture($0) } ?? v4() }
     }
 }
 

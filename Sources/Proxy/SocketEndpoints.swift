@@ -21,22 +21,5 @@ extension FlowFacts.Endpoint {
     }
 
     /// Nil unless the address is 4 or 16 bytes.
-    var socketAddress: SocketAddress? {
-        switch address.count {
-        case 4:
-            var raw = sockaddr_in()
-            raw.sin_family = sa_family_t(AF_INET)
-            raw.sin_port = port.bigEndian
-            withUnsafeMutableBytes(of: &raw.sin_addr) { $0.copyBytes(from: address) }
-            return SocketAddress(raw, host: "")
-        case 16:
-            var raw = sockaddr_in6()
-            raw.sin6_family = sa_family_t(AF_INET6)
-            raw.sin6_port = port.bigEndian
-            withUnsafeMutableBytes(of: &raw.sin6_addr) { $0.copyBytes(from: address) }
-            return SocketAddress(raw, host: "")
-        default:
-            return nil
-        }
-    }
+    var socketAddress: SocketAddress? { try? SocketAddress(packedIPAddress: ByteBuffer(bytes: address), port: Int(port)) }
 }
