@@ -265,7 +265,8 @@ import Testing
             blocks = text.split("[[rule]]")
             open(sys.argv[2], "w").write("[[rule]]".join(b for b in blocks if 'name = "reject-82"' not in b))
             PY
-            kill -HUP $(cat $D/agent.pid); sleep 0.5
+            # A reload opens the store and unseals the root again: wait for its line, not a fixed time.
+            kill -HUP $(cat $D/agent.pid); for i in $(seq 100); do grep -q 'reloaded' $D/agent.err && break; sleep 0.1; done
             echo "HUPRELOAD $(c http://10.212.0.2:82/) $(grep -c 'reloaded' $D/agent.err)"
             # SIGTERM drains: an inspected download already under way completes.
             (ip netns exec $A curl -sS --max-time 20 --limit-rate 2M --cacert $D/loupe-root.pem --resolve origin.test:443:10.212.0.2 https://origin.test/big.bin -o $D/drained.got; echo "rc=$?" > $D/drained.rc) & dl=$!
