@@ -253,6 +253,21 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(parts("https:/h.example/a") == (nil, nil))
         #expect(parts("a:b://h.example//x/./y") == ("h.example", "/x/y"), "the first :// starts the authority")
         #expect(URLPath.split("https://h.example:1/p?q") == ("https://h.example:1", "/p?q"))
+        // Parts are found by byte offsets: a multi-byte host or path keeps them in place.
+        #expect(parts("https://bücher.example:8443/é?ü") == ("bücher.example", "/é?ü"))
+        #expect(parts("https://ü@[::1]/") == ("::1", "/"))
+        func port(_ url: String) -> UInt16? {
+            var f = FlowFacts()
+            f.url = url
+            return f.port
+        }
+        for (url, expected) in [("https://h.example:8443/", 8443), ("https://h.example:0443/", nil), ("https://h.example:443/", nil),
+                                ("http://h.example:443/", 443), ("https://h.example:0/", 0), ("https://h.example:65535", 65535),
+                                ("https://h.example:65536/", nil), ("https://h.example:99999/", nil), ("https://h.example:x1/", nil),
+                                ("https://h.example:/", nil), ("https://h.example/", nil), ("https://[::1]:8080/", 8080),
+                                ("HTTPS://H.example:08080/", 8080), ("https://h.example:+8080/", 8080)] as [(String, UInt16?)] {
+            #expect(port(url) == expected, "\(url)")
+        }
         #expect(URLPath.canonical("/a/b//") == "/a/b/" && URLPath.canonical("/ok/path?x//y") == "/ok/path?x//y")
     }
 
