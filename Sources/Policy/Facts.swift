@@ -233,7 +233,7 @@ public enum URLPath {
         func host(of url: String) -> String {
             let bytes = url.utf8
             var from = hostStart, to = hostEnd
-            if to - from >= 2, bytes[index(from, in: url)] == 0x5B { from += 1; to -= 1 }
+            if from < to, bytes[index(from, in: url)] == 0x5B { from += 1; to = max(from, to - 1) }
             return String(url[index(from, in: url)..<index(to, in: url)])
         }
 

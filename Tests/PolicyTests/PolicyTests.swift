@@ -256,6 +256,7 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         // Parts are found by byte offsets: a multi-byte host or path keeps them in place.
         #expect(parts("https://bücher.example:8443/é?ü") == ("bücher.example", "/é?ü"))
         #expect(parts("https://ü@[::1]/") == ("::1", "/"))
+        #expect(parts("https://[/") == ("", "/") && parts("https://[x:1/") == ("", "/"), "a bracket's pair is dropped as before, even unmatched")
         func port(_ url: String) -> UInt16? {
             var f = FlowFacts()
             f.url = url
