@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Platform
 
 @main
 struct Loupe: AsyncParsableCommand {
@@ -10,6 +11,8 @@ struct Loupe: AsyncParsableCommand {
     )
 
     static func main() async {
+        // First, before any thread allocates: each would otherwise make a heap arena of its own.
+        MemoryTrim.shareArenas()
         // A closed stdout (`loupe run | head`) or log pipe is a write error to report, not a
         // signal that kills the agent with its ruleset still installed.
         signal(SIGPIPE, SIG_IGN)

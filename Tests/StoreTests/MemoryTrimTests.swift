@@ -31,4 +31,43 @@ import Testing
         // 5,000 × 16 KiB were freed; at least half of it must leave the resident set.
         #expect(before - after > 40 * 1024 * 1024, "resident \(before >> 20) MiB before the trim, \(after >> 20) MiB after")
     }
+
+    /// glibc's arenas, counted from malloc_info's report (one `<heap nr=` each).
+    static func arenaCount() -> Int {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_info") else { return -1 }
+        let mallocInfo = unsafeBitCast(symbol, to: (@convention(c) (Int32, UnsafeMutablePointer<FILE>?) -> Int32).self)
+        var buffer: UnsafeMutablePointer<CChar>?
+        var size = 0
+        guard let stream = open_memstream(&buffer, &size) else { return -1 }
+        _ = mallocInfo(0, stream)
+        fclose(stream)
+        defer { free(buffer) }
+        guard let buffer else { return -1 }
+        return String(cString: buffer).components(separatedBy: "<heap nr=").count - 1
+    }
+
+    /// Threads started after `shareArenas` take an arena that exists: more threads allocating at
+    /// once than there are arenas would otherwise make new ones (a proxy's event loops each
+    /// pinning freed pages in an arena of its own).
+    @Test(.enabled(if: MemoryTrim.isAvailable, "glibc's malloc is not available here"))
+    func threadsStartedAfterSharingMakeNoArenas() {
+        MemoryTrim.shareArenas()
+        let before = Self.arenaCount()
+        let threads = before + 4
+        let allocated = DispatchSemaphore(value: 0), release = DispatchSemaphore(value: 0)
+        for _ in 0..<threads {
+            Thread {
+                let block = malloc(4096)!
+                memset(block, 1, 4096)
+                allocated.signal()
+                release.wait()
+                free(block)
+            }.start()
+        }
+        for _ in 0..<threads { allocated.wait() }
+        let during = Self.arenaCount()
+        for _ in 0..<threads { release.signal() }
+        #expect(before > 0)
+        #expect(during == before, "\(threads) threads allocating at once: \(before) arenas before, \(during) during")
+    }
 }
