@@ -59,7 +59,9 @@ public struct FlowFacts: Sendable, Equatable {
         didSet {
             let canonical = url.map(URLPath.canonicalURLAndBounds)
             canonicalURL = canonical?.url
-            guard let canonical, let bounds = canonical.bounds else { host = nil; port = nil; return }
+            canonicalURLIsASCII = canonical?.url.utf8.allSatisfy { $0 < 0x80 } ?? false
+            guard let canonical, let bounds = canonical.bounds else { host = nil; port = nil; canonicalAuthorityEnd = nil; return }
+            canonicalAuthorityEnd = bounds.end
             host = bounds.host(of: canonical.url)
             port = bounds.portNumber(of: canonical.url)
         }
@@ -74,6 +76,11 @@ public struct FlowFacts: Sendable, Equatable {
     /// The port `url` names, from its canonical form: nil when it names none or the default
     /// (request URLs are https: 443).
     public private(set) var port: UInt16?
+    /// Where the authority ends in `canonicalURL`, a UTF-8 offset (nil without a "://"), so
+    /// path and url rules cut it there per request without scanning it again.
+    private var canonicalAuthorityEnd: Int?
+    /// Whether `canonicalURL` is all ASCII, as most are: path and url rules then compare bytes.
+    private var canonicalURLIsASCII = false
 
     public init() {}
 
@@ -82,9 +89,64 @@ public struct FlowFacts: Sendable, Equatable {
     /// The request's path (with query), from `url`, as an origin resolves it (`URLPath.canonical`).
     public var path: String? {
         // From where the authority ends: a "/" inside a query is not where the path starts.
-        guard let url = canonicalURL, let bounds = URLPath.Bounds(url) else { return nil }
-        let tail = url[bounds.index(bounds.end, in: url)...]
-        return tail.utf8.first == 0x2F ? String(tail) : "/" + tail
+        guard let tail = pathParts else { return nil }
+        return tail.slash ? "/" + tail.rest : String(tail.rest)
+    }
+
+    /// `canonicalURL` as "scheme://authority" and the rest, in place (`URLPath.split`'s parts).
+    private var canonicalURLParts: (origin: Substring, rest: Substring)? {
+        guard let url = canonicalURL, let end = canonicalAuthorityEnd else { return nil }
+        let index = url.utf8.index(url.utf8.startIndex, offsetBy: end)
+        return (url[..<index], url[index...])
+    }
+
+    /// `path` without building it: whether a "/" goes before `rest`.
+    private var pathParts: (slash: Bool, rest: Substring)? {
+        canonicalURLParts.map { ($0.rest.utf8.first != 0x2F, $0.rest) }
+    }
+
+    /// Whether `path` starts with `prefix`, without building it (path rules ask per request).
+    func pathHasPrefix(_ prefix: String) -> Bool? {
+        guard let end = canonicalAuthorityEnd else { return nil }
+        let slash = canonicalURL!.utf8.dropFirst(end).first != 0x2F
+        // After the "/" that `path` puts first, the rule's next bytes follow the authority.
+        let skip = slash ? 1 : 0
+        if slash && prefix.utf8.first != 0x2F { return prefix.isEmpty }
+        if let byBytes = asciiBytes(from: end, startWith: prefix, skipping: skip) { return byBytes }
+        let rest = pathParts!.rest
+        return rest.hasPrefix(prefix[prefix.utf8.index(prefix.startIndex, offsetBy: skip)...])
+    }
+
+    /// Whether `canonicalURL` is `prefix.origin` followed by text starting with `prefix.rest`.
+    func canonicalURLHas(_ prefix: URLPrefix) -> Bool {
+        guard let end = canonicalAuthorityEnd else { return false }
+        if let byBytes = asciiBytes(from: 0, startWith: prefix.text, skipping: 0) { return byBytes && end == prefix.origin.utf8.count }
+        let (origin, rest) = canonicalURLParts!
+        return origin == prefix.origin && rest.hasPrefix(prefix.rest)
+    }
+
+    /// Whether `canonicalURL`'s bytes from `offset` start with `prefix`'s after its first
+    /// `skip`, decided by bytes where all compared are ASCII: bytes and characters agree there
+    /// (but for "\r\n", one character, which no request URL holds). nil leaves it to Swift's
+    /// comparison by characters (a Substring's, Character by Character, had been most of a
+    /// rule's cost), which knows a Kelvin sign is canonically "K".
+    private func asciiBytes(from offset: Int, startWith prefix: String, skipping skip: Int) -> Bool? {
+        guard canonicalURLIsASCII, let url = canonicalURL else { return nil }
+        var prefix = prefix
+        return url.utf8.withContiguousStorageIfAvailable { urlBytes -> Bool? in
+            prefix.withUTF8 { prefixBytes -> Bool? in
+                let wanted = prefixBytes.count - skip
+                guard wanted <= urlBytes.count - offset else {
+                    return prefixBytes.contains { $0 >= 0x80 } ? nil : false
+                }
+                for k in 0..<wanted {
+                    let byte = prefixBytes[skip + k]
+                    guard byte < 0x80 else { return nil }
+                    guard urlBytes[offset + k] == byte else { return false }
+                }
+                return true
+            }
+        } ?? nil
     }
 }
 

@@ -48,7 +48,7 @@ public struct Policy: Sendable {
 
     private func firstMatch(_ stage: Stage, _ facts: FlowFacts, excluding: Set<String>) -> Decision? {
         let staged = rulesByStage[stage.ordinal]
-        for i in indexByStage[stage.ordinal].candidates(facts.dst?.port) where !excluding.contains(staged[i].name) && staged[i].matches(facts) {
+        for i in indexByStage[stage.ordinal].candidates(facts.dst?.port) where (excluding.isEmpty || !excluding.contains(staged[i].name)) && staged[i].matches(facts) {
             let rule = staged[i]
             return Decision(stage: stage, verdict: rule.action, rule: rule.name, reason: rule.matchReason,
                             blockMode: rule.action == .block ? (rule.blockMode ?? defaultBlockMode) : nil)
@@ -377,9 +377,9 @@ extension Policy {
                 return URLPath.canonical(s[...])  // compared as requests are
             })
         case "url":
-            return .url(try strings(key, value, r).map { (s, v) throws(ConfigError) -> String in
+            return .url(try strings(key, value, r).map { (s, v) throws(ConfigError) -> URLPrefix in
                 guard s.lowercased().hasPrefix("http://") || s.lowercased().hasPrefix("https://") else { throw r.error("'url' prefixes start with http:// or https://, found '\(s)'", at: v) }
-                return URLPath.canonicalURL(s)  // compared as requests are
+                return URLPrefix(canonical: URLPath.canonicalURL(s))  // compared as requests are
             })
         default:
             throw r.error("unknown match field '\(key)'", at: value)

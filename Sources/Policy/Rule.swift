@@ -65,7 +65,7 @@ public enum Condition: Sendable, CustomStringConvertible {
     case alpn(Set<String>)
     case method(Set<String>)
     case path([String])
-    case url([String])
+    case url([URLPrefix])
 
     /// The match fields, the first stage whose facts include them, and their TOML key.
     public static let fields: [(key: String, stage: Stage)] = [
@@ -94,7 +94,7 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .alpn(let s): "alpn \(s.sorted().joined(separator: "|"))"
         case .method(let s): "method \(s.sorted().joined(separator: "|"))"
         case .path(let p): "path \(p.joined(separator: "|"))"
-        case .url(let u): "url \(u.joined(separator: "|"))"
+        case .url(let u): "url \(u.map(\.text).joined(separator: "|"))"
         }
     }
 
@@ -121,8 +121,8 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .sni(let m): return f.sni.map(m.matches) ?? false
         case .alpn(let s): return f.alpn.contains { s.contains($0.lowercased()) }
         case .method(let s): return f.method.map { s.contains($0.uppercased()) } ?? false
-        case .path(let p): return f.path.map { path in p.contains { path.hasPrefix($0) } } ?? false
-        case .url(let u): return f.canonicalURL.map { url in u.contains { Self.urlMatches(url, prefix: $0) } } ?? false
+        case .path(let p): return p.contains { f.pathHasPrefix($0) ?? false }
+        case .url(let u): return u.contains { f.canonicalURLHas($0) }  // (a method reference would copy f)
         }
     }
 
@@ -153,10 +153,6 @@ public enum Condition: Sendable, CustomStringConvertible {
         return had.map { "\(description): flow has \($0)" } ?? "\(description): flow's \(field) is unknown"
     }
 
-    /// A URL prefix names one origin (scheme, host and port, exactly: "https://intranet.test"
-    /// is not a prefix of "https://intranet.test.evil.test") and a prefix of what follows it —
-    /// both in canonical form (`URLPath`: rules are stored so, requests are
-    /// `FlowFacts.canonicalURL`), so case, a default port or a trailing dot change nothing.
     /// Whether the condition may hold for a request of a flow whose connect and hello facts are
     /// `f`: request fields are unknown (they may), a URL prefix may if it names the flow's SNI
     /// (or the flow has none); everything else is known already.
@@ -166,15 +162,30 @@ public enum Condition: Sendable, CustomStringConvertible {
         case .url(let prefixes):
             guard let sni = f.sni.flatMap(HostName.normalise) else { return true }
             return prefixes.contains { prefix in
-                guard let authority = URLPath.authority(prefix) else { return true }
+                guard let authority = URLPath.authority(prefix.origin) else { return true }
                 return HostName.normalise(String(URLPath.hostAndPort(authority).host)) == sni
             }
         default: return matches(f)
         }
     }
 
-    static func urlMatches(_ url: String, prefix: String) -> Bool {
-        let (u1, u2) = URLPath.split(url), (p1, p2) = URLPath.split(prefix)
-        return u1 == p1 && u2.hasPrefix(p2)
+}
+
+/// A `url` condition's prefix, split once when the policy is read. It names one origin (scheme,
+/// host and port, exactly: "https://intranet.test" is not a prefix of
+/// "https://intranet.test.evil.test") and a prefix of what follows it — both in canonical form
+/// (`URLPath`: rules are stored so, requests are `FlowFacts.canonicalURL`), so case, a default
+/// port or a trailing dot change nothing.
+public struct URLPrefix: Sendable {
+    /// "scheme://authority".
+    let origin: String
+    /// The path (and query) prefix after it.
+    let rest: String
+    /// The whole prefix, `origin` and `rest`.
+    public let text: String
+
+    init(canonical: String) {
+        (origin, rest) = URLPath.split(canonical)
+        text = canonical
     }
 }

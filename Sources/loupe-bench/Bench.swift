@@ -4,8 +4,8 @@
 //
 // mint:   leaf minting in-process under a fresh per-host root (DESIGN.md targets: p50 ≤ 150 µs
 //         uncached, ≤ 5 µs cached), plus the single-flight cache's async path.
-// policy: decisions/s for a 10,000-rule policy and for a 1,000,000-entry host list, and the
-//         list's load time.
+// policy: decisions/s for a 10,000-rule policy, for a 1,000,000-entry host list (and the
+//         list's load time) and for a request walking 200 url and path rules.
 // flows:  the queue's flow handler in-process (classify, facts, decide, flow-log line), per
 //         first packet — the user-space part of a verdict (scripts/bench-queue measures the rest);
 //         LOUPE_BENCH_PARTS=1 also times its parts (classify, decide, handler without the log);
@@ -413,6 +413,22 @@ struct Bench {
         let perLookup = Double(now() - t0) / Double(lookups)
         precondition(blocked == lookups / 2)
         print(String(format: "1,000,000-entry list, half hits:      %10.0f decisions/s (%.2f µs each)", 1e9 / perLookup, perLookup / 1000))
+
+        // The request stage: 100 url and 100 path rules, none for this request, all walked.
+        var requests = defaults
+        for i in 0..<100 {
+            requests += "[[rule]]\nname = \"u\(i)\"\nstage = \"request\"\nurl = [\"https://host\(i).example/private/\"]\naction = \"block\"\n"
+            requests += "[[rule]]\nname = \"p\(i)\"\nstage = \"request\"\npath = [\"/admin\(i)/\"]\naction = \"block\"\n"
+        }
+        let requestPolicy = try Policy.parse(requests, file: "requests.toml")
+        var request = FlowFacts()
+        request.dst = FlowFacts.Endpoint("192.0.2.1:443")
+        request.method = "GET"
+        request.url = "https://host7.example/assets/app.js?v=2"
+        t0 = now()
+        for _ in 0..<20_000 { precondition(requestPolicy.decide(.request, request).rule == "default") }
+        let perRequest = Double(now() - t0) / 20_000
+        print(String(format: "200 url and path rules, all walked:   %9.0f decisions/s (%.2f µs each)", 1e9 / perRequest, perRequest / 1000))
     }
 }
 

@@ -171,6 +171,46 @@ func facts(dst: String = "192.0.2.1:443", _ edit: (inout FlowFacts) -> Void = { 
         #expect(URLPath.canonicalURL(plain) == plain)
     }
 
+    /// Path and url rules read the request's canonical URL in place (no String built per
+    /// request, bytes compared where they decide as characters do) and decide as a prefix of
+    /// `path` would: a URL without a path has "/", a query right after the host ("https://h?a")
+    /// is the path "/?a", a "/" inside that query is no path segment, and what Swift takes for
+    /// the same text (a Kelvin sign and "K", "é" composed or not) matches alike.
+    @Test func pathAndURLRulesMatchAsStringsCompare() throws {
+        let urls = ["https://h.test", "https://h.test/", "https://h.test?x=/admin", "https://h.test/admin?x", "https://h.test/adminx",
+                    "https://h.test:8443/a/b", "https://user@H.test./a", "no-scheme/admin", "https://h.test#/admin",
+                    "https://h.test/caf\u{E9}/x", "https://h.test/cafe\u{301}/x", "https://h.test/K", "https://h.test/Kxyz", "https://h.test/\u{212A}", "https://h.test/a\u{301}"]
+        let prefixes = ["", "/", "/admin", "/?x", "/a/", "admin", "/adminx/", "/caf\u{E9}", "/cafe\u{301}", "/cafe", "/\u{212A}", "/K", "/a"]
+        for url in urls {
+            let f = facts { $0.url = url }
+            for prefix in prefixes {
+                #expect(f.pathHasPrefix(prefix) == f.path.map { $0.hasPrefix(prefix) }, "\(url) against \(prefix)")
+            }
+        }
+        // A url rule holds where its origin is the request's and the rest a prefix of the
+        // request's rest, as Swift compares strings — by bytes only where that decides the same.
+        let origins = ["https://h.test", "https://h.test:8443", "https://h.tes", "https://h.test/"]
+        for url in urls + ["https://h.test:8443/admin", "https://h.testx/admin"] {
+            let f = facts { $0.url = url }
+            for origin in origins {
+                for path in prefixes where path.isEmpty || path.hasPrefix("/") {
+                    let prefix = URLPrefix(canonical: URLPath.canonicalURL(origin + path))
+                    let (u1, u2) = URLPath.split(f.canonicalURL!), (p1, p2) = URLPath.split(prefix.text)
+                    let expected = url.contains("://") && u1 == p1 && u2.hasPrefix(p2)
+                    #expect(f.canonicalURLHas(prefix) == expected, "\(url) against \(prefix.text)")
+                }
+            }
+        }
+        #expect(facts { $0.url = "https://h.test?x=/admin" }.pathHasPrefix("/?x") == true)
+        #expect(facts { $0.url = "https://h.test?x=/admin" }.pathHasPrefix("/admin") == false)
+        #expect(facts { $0.url = "https://h.test" }.pathHasPrefix("/") == true)
+        #expect(facts { $0.url = "no-scheme/admin" }.pathHasPrefix("/") == nil)
+        let p = try policy("[[rule]]\nname = \"root\"\nstage = \"request\"\npath = [\"/\"]\naction = \"block\"")
+        #expect(p.decide(.request, facts { $0.url = "https://h.test" }).rule == "root")
+        #expect(p.decide(.request, facts { $0.url = "https://h.test?q" }).rule == "root")
+        #expect(p.decide(.request, facts()).rule == "default")
+    }
+
     /// Paths are compared as the origin resolves them: an escaped, doubled or dotted spelling
     /// of a blocked path is blocked too (the classic way past a path rule).
     @Test func pathRulesSeeThePathTheOriginServes() throws {
