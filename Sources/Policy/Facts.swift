@@ -102,18 +102,22 @@ public struct FlowFacts: Sendable, Equatable {
 
     /// `path` without building it: whether a "/" goes before `rest`.
     private var pathParts: (slash: Bool, rest: Substring)? {
-        canonicalURLParts.map { ($0.rest.utf8.first != 0x2F, $0.rest) }
+        canonicalURLParts.map { (Self.pathAddsSlash(before: $0.rest.utf8), $0.rest) }
     }
+
+    /// Whether `path` puts a "/" before what follows the authority (no path, or a query or
+    /// fragment right after the host).
+    private static func pathAddsSlash(before rest: some Collection<UInt8>) -> Bool { rest.first != 0x2F }
 
     /// Whether `path` starts with `prefix`, without building it (path rules ask per request).
     func pathHasPrefix(_ prefix: String) -> Bool? {
-        guard let end = canonicalAuthorityEnd else { return nil }
-        let slash = canonicalURL!.utf8.dropFirst(end).first != 0x2F
+        guard let url = canonicalURL, let end = canonicalAuthorityEnd else { return nil }
+        let slash = Self.pathAddsSlash(before: url.utf8.dropFirst(end))
         // After the "/" that `path` puts first, the rule's next bytes follow the authority.
         let skip = slash ? 1 : 0
         if slash && prefix.utf8.first != 0x2F { return prefix.isEmpty }
         if let byBytes = asciiBytes(from: end, startWith: prefix, skipping: skip) { return byBytes }
-        let rest = pathParts!.rest
+        let rest = url[url.utf8.index(url.utf8.startIndex, offsetBy: end)...]
         return rest.hasPrefix(prefix[prefix.utf8.index(prefix.startIndex, offsetBy: skip)...])
     }
 
